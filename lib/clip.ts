@@ -1,0 +1,154 @@
+// CLIP from a Hugging Face folder: image and text features with HF semantics, preprocessing and tokenization.
+import { access } from 'node:fs/promises'
+import { join } from 'node:path'
+import { readClipConfig, type ClipFolderConfig } from './config.js'
+import { resolveDevice, type DeviceOption } from './device.js'
+import { SemicapError } from './errors.js'
+import { preprocessImages, type ImageInput } from './image.js'
+import { call, callSync, native, type AddonClip, type TowerOutputWire } from './native.js'
+import { Serial } from './serial.js'
+import { Tensor } from './tensor.js'
+import { ClipTokenizer } from './tokenizers/clip.js'
+import { Gpt2Tokenizer } from './tokenizers/gpt2.js'
+
+export interface ModelLoadOptions {
+  device?: DeviceOption
+}
+
+export interface TowerOutput {
+  lastHidden: Tensor
+  pooled: Tensor
+  features: Tensor
+}
+
+const towerOut = (o: TowerOutputWire): TowerOutput => ({
+  lastHidden: Tensor.fromWire(o.lastHidden),
+  pooled: Tensor.fromWire(o.pooled),
+  features: Tensor.fromWire(o.features),
+})
+
+export interface TextTokenizer {
+  encode(text: string): number[]
+}
+
+async function exists(p: string): Promise<boolean> {
+  return access(p).then(
+    () => true,
+    () => false,
+  )
+}
+
+export class Clip {
+  readonly dir: string | undefined
+  readonly config: ClipFolderConfig
+  readonly device: string
+  /** @internal */ readonly addon: AddonClip
+  readonly #serial = new Serial()
+  #tokenizer: ClipTokenizer | Gpt2Tokenizer | undefined
+  #disposed = false
+
+  private constructor(dir: string | undefined, config: ClipFolderConfig, device: string, addon: AddonClip, tokenizer: ClipTokenizer | Gpt2Tokenizer | undefined) {
+    this.dir = dir
+    this.config = config
+    this.device = device
+    this.addon = addon
+    this.#tokenizer = tokenizer
+  }
+
+  /** Loads `config.json` + `model.safetensors` (and the tokenizer files, when present) from a Hugging Face folder. */
+  static async load(dir: string, options: ModelLoadOptions = {}): Promise<Clip> {
+    if (typeof dir !== 'string') throw new TypeError('Clip.load: dir must be a string')
+    const device = resolveDevice(options.device)
+    const config = await readClipConfig(dir)
+    const addon = await call(() => new (native().AddonClip)(config.wire))
+    await call(() => addon.load(join(dir, 'model.safetensors'), device))
+    let tokenizer: ClipTokenizer | Gpt2Tokenizer | undefined
+    if (config.tokenizer === 'gpt2') tokenizer = await Gpt2Tokenizer.load(dir, { packageFallback: false })
+    else if ((await exists(join(dir, 'tokenizer.json'))) || (await exists(join(dir, 'vocab.json')))) tokenizer = await ClipTokenizer.load(dir)
+    return new Clip(dir, config, device, addon, tokenizer)
+  }
+
+  get imageSize(): number {
+    return this.config.wire.imageSize
+  }
+  get projectionDim(): number {
+    return this.config.wire.projectionDim
+  }
+  get logitScale(): number {
+    return callSync(() => this.addon.logitScale())
+  }
+  get tokenizer(): ClipTokenizer | Gpt2Tokenizer {
+    if (!this.#tokenizer) throw new SemicapError('E_TOKENIZER', `${this.dir ?? 'CLIP'}: the folder has no tokenizer files (tokenizer.json or vocab.json + merges.txt)`)
+    return this.#tokenizer
+  }
+
+  #check(t: unknown, what: string): Tensor {
+    if (this.#disposed) throw new SemicapError('E_DISPOSED', 'Clip was disposed')
+    if (!(t instanceof Tensor)) throw new TypeError(`${what} must be a Tensor`)
+    return t
+  }
+
+  /** Vision tower: last hidden state (before post_layernorm), pooled class token, projected features. */
+  vision(pixels: Tensor): Promise<TowerOutput> {
+    const p = this.#check(pixels, 'pixels')
+    if (p.dtype !== 'float32') return Promise.reject(new SemicapError('E_DTYPE', `pixels must be float32, got ${p.dtype}`))
+    return this.#serial.run(() => call(() => this.addon.vision(p.toWire()))).then(towerOut)
+  }
+
+  /** Text tower: last hidden state (after final_layer_norm), pooled at the end token, projected features. */
+  text(ids: Tensor): Promise<TowerOutput> {
+    const t = this.#check(ids, 'ids')
+    if (t.dtype !== 'int64' && t.dtype !== 'int32') return Promise.reject(new SemicapError('E_DTYPE', `ids must be int64, got ${t.dtype}`))
+    return this.#serial.run(() => call(() => this.addon.text(t.toWire()))).then(towerOut)
+  }
+
+  /** [B,3,H,W] float32 -> [B, projection_dim], like Hugging Face get_image_features. */
+  async imageFeatures(pixels: Tensor): Promise<Tensor> {
+    return (await this.vision(pixels)).features
+  }
+
+  /** [B,T] int64 -> [B, projection_dim], like Hugging Face get_text_features. */
+  async textFeatures(ids: Tensor): Promise<Tensor> {
+    return (await this.text(ids)).features
+  }
+
+  /** Images (paths, Buffers, raw RGB) -> [B,3,S,S] float32, like CLIPImageProcessor. */
+  async preprocess(inputs: ImageInput[], options: { maxPixels?: number } = {}): Promise<Tensor> {
+    if (!Array.isArray(inputs) || inputs.length === 0) throw new TypeError('preprocess: inputs must be a non-empty array')
+    const { data, shape } = await preprocessImages(inputs, { size: this.imageSize, cropSize: this.imageSize, maxPixels: options.maxPixels })
+    return new Tensor('float32', shape, data)
+  }
+
+  /** Texts -> [B,T] int64 with start and end tokens, padded with the end token to the longest text (or maxLength). */
+  tokenize(texts: string[], options: { maxLength?: number; padding?: 'longest' | 'max_length' } = {}): Tensor {
+    if (!Array.isArray(texts) || texts.length === 0 || texts.some((t) => typeof t !== 'string')) throw new TypeError('tokenize: texts must be a non-empty array of strings')
+    const maxLength = options.maxLength ?? this.config.wire.maxPositions
+    const tok = this.tokenizer
+    if (tok instanceof ClipTokenizer) {
+      const b = tok.encodeBatch(texts, { maxLength, padding: options.padding ?? 'longest' })
+      return new Tensor('int64', b.shape, b.ids)
+    }
+    // A tiny CLIP may use the GPT-2 tokenizer (config semicap.tokenizer = 'gpt2'): bos + ids + eos, eos padding.
+    const bos = this.config.bosTokenId
+    const eos = this.config.wire.eosTokenId
+    const rows = texts.map((t) => [bos, ...tok.encode(t).slice(0, maxLength - 2), eos])
+    const T = options.padding === 'max_length' ? maxLength : Math.max(...rows.map((r) => r.length))
+    const ids = new BigInt64Array(rows.length * T).fill(BigInt(eos))
+    rows.forEach((r, i) => r.forEach((x, j) => (ids[i * T + j] = BigInt(x))))
+    return new Tensor('int64', [rows.length, T], ids)
+  }
+
+  /** Convenience: texts -> projected text features. */
+  encodeTexts(texts: string[]): Promise<Tensor> {
+    return this.textFeatures(this.tokenize(texts))
+  }
+
+  dispose(): void {
+    this.#disposed = true
+    this.addon.dispose()
+  }
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#serial.run(async () => undefined)
+    this.dispose()
+  }
+}

@@ -1,0 +1,77 @@
+// Decoding options: validated here, handed to native code as one plain object.
+import { SemicapError } from './errors.js'
+import type { DecodeWire, Gpt2ConfigWire } from './native.js'
+import type { Gpt2Tokenizer } from './tokenizers/gpt2.js'
+
+export interface DecodeOptions {
+  decoding?: 'greedy' | 'beam' | 'sample'
+  /** Beam width (beam search). Default 5. */
+  beams?: number
+  /** Most tokens generated per caption. Default 30. */
+  maxTokens?: number
+  /** End and stop tokens are suppressed before this many tokens. Default 0. */
+  minTokens?: number
+  temperature?: number
+  topP?: number
+  topK?: number
+  /** Seed for sampling. Default 0. */
+  seed?: number
+  /** A caption ends after a token containing this text (kept), or at the end token. Default '.'; null for none. */
+  stop?: string | null
+  /** End at the end-of-text token (not kept). Default true. */
+  stopAtEos?: boolean
+}
+
+const stopCache = new WeakMap<Gpt2Tokenizer, Map<string, number[]>>()
+
+/** Ids of every token whose text contains `stop`: computed once per tokenizer. */
+export function stopTokenIds(tokenizer: Gpt2Tokenizer, stop: string): number[] {
+  let byStop = stopCache.get(tokenizer)
+  if (!byStop) stopCache.set(tokenizer, (byStop = new Map()))
+  let ids = byStop.get(stop)
+  if (!ids) {
+    ids = []
+    for (let id = 0; id < tokenizer.vocabSize; id++) {
+      if (tokenizer.isSpecial(id)) continue
+      if (tokenizer.decode([id]).includes(stop)) ids.push(id)
+    }
+    byStop.set(stop, ids)
+  }
+  return ids
+}
+
+function int(v: unknown, name: string, min: number, max: number, fallback: number): number {
+  if (v === undefined) return fallback
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new RangeError(`${name} must be an integer in [${min}, ${max}], got ${String(v)}`)
+  return v
+}
+function num(v: unknown, name: string, ok: (x: number) => boolean, fallback: number, range: string): number {
+  if (v === undefined) return fallback
+  if (typeof v !== 'number' || !Number.isFinite(v) || !ok(v)) throw new RangeError(`${name} must be ${range}, got ${String(v)}`)
+  return v
+}
+
+export function decodeWire(o: DecodeOptions, tokenizer: Gpt2Tokenizer | undefined, cfg: Gpt2ConfigWire): DecodeWire {
+  if (o === null || typeof o !== 'object') throw new TypeError('options must be an object')
+  const method = o.decoding ?? 'greedy'
+  if (method !== 'greedy' && method !== 'beam' && method !== 'sample') throw new RangeError(`decoding must be 'greedy', 'beam' or 'sample', got ${String(method)}`)
+  const maxTokens = int(o.maxTokens, 'maxTokens', 1, cfg.nPositions, 30)
+  // Without a tokenizer there is no text to find the default stop string in; an explicit one is an error.
+  const stop = o.stop === undefined ? (tokenizer ? '.' : null) : o.stop
+  if (stop !== null && (typeof stop !== 'string' || stop.length === 0)) throw new TypeError('stop must be a non-empty string or null')
+  if (stop !== null && !tokenizer) throw new SemicapError('E_TOKENIZER', 'a stop string needs a tokenizer; this model has none')
+  if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') throw new TypeError('stopAtEos must be a boolean')
+  const eos = tokenizer?.eosId ?? cfg.eosTokenId
+  return {
+    method,
+    maxTokens,
+    minTokens: int(o.minTokens, 'minTokens', 0, maxTokens, 0),
+    beams: int(o.beams, 'beams', 1, 64, 5),
+    topK: int(o.topK, 'topK', 0, cfg.vocabSize, 0),
+    temperature: num(o.temperature, 'temperature', (x) => x > 0, 1, '> 0'),
+    topP: num(o.topP, 'topP', (x) => x > 0 && x <= 1, 1, 'in (0, 1]'),
+    seed: int(o.seed, 'seed', 0, Number.MAX_SAFE_INTEGER, 0),
+    stopIds: stop === null || !tokenizer ? [] : stopTokenIds(tokenizer, stop),
+    eosId: o.stopAtEos === false || eos >= cfg.vocabSize ? -1 : eos,
+  }
+}

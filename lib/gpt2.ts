@@ -1,0 +1,84 @@
+// GPT-2 from a Hugging Face folder: logits (with an optional prefix of embeddings) and batched generation.
+import { join } from 'node:path'
+import { readGpt2Config } from './config.js'
+import { resolveDevice } from './device.js'
+import type { ModelLoadOptions } from './clip.js'
+import { decodeWire, type DecodeOptions } from './decoding.js'
+import { SemicapError } from './errors.js'
+import { call, native, type AddonGpt2, type Gpt2ConfigWire } from './native.js'
+import { Serial } from './serial.js'
+import { Tensor } from './tensor.js'
+import { Gpt2Tokenizer } from './tokenizers/gpt2.js'
+
+export interface Generation {
+  /** [B, L] int64, -1 after each sequence's end. */
+  ids: Tensor
+  /** [B] mean log-probability per generated token. */
+  scores: Tensor
+}
+
+export class Gpt2 {
+  readonly #serial = new Serial()
+  #disposed = false
+
+  private constructor(
+    readonly dir: string,
+    readonly config: Gpt2ConfigWire,
+    readonly device: string,
+    /** @internal */ readonly addon: AddonGpt2,
+    /** Undefined when the folder has no tokenizer files and the vocabulary is not GPT-2's own. */
+    readonly tokenizer: Gpt2Tokenizer | undefined,
+  ) {}
+
+  /** Loads `config.json` + `model.safetensors` and the tokenizer (folder files, else GPT-2's own vocabulary). */
+  static async load(dir: string, options: ModelLoadOptions = {}): Promise<Gpt2> {
+    if (typeof dir !== 'string') throw new TypeError('Gpt2.load: dir must be a string')
+    const device = resolveDevice(options.device)
+    const { wire } = await readGpt2Config(dir)
+    const addon = await call(() => new (native().AddonGpt2)(wire))
+    await call(() => addon.load(join(dir, 'model.safetensors'), device))
+    const tokenizer = await loadGpt2Tokenizer(dir, wire)
+    return new Gpt2(dir, wire, device, addon, tokenizer)
+  }
+
+  #live(): void {
+    if (this.#disposed) throw new SemicapError('E_DISPOSED', 'Gpt2 was disposed')
+  }
+
+  /** ids [B,T] int64 (T may be 0 with a prefix), optional prefix [B,P,n_embd] float32 -> logits [B,P+T,vocab]. */
+  logits(ids: Tensor, options: { prefix?: Tensor } = {}): Promise<Tensor> {
+    this.#live()
+    if (!(ids instanceof Tensor)) throw new TypeError('ids must be a Tensor')
+    const prefix = options.prefix
+    if (prefix !== undefined && !(prefix instanceof Tensor)) throw new TypeError('prefix must be a Tensor')
+    return this.#serial.run(() => call(() => this.addon.logits(ids.toWire(), prefix?.toWire() ?? null))).then(Tensor.fromWire)
+  }
+
+  /** Generates from a prefix of embeddings [B,P,n_embd]; batched over B. */
+  async generate(prefix: Tensor, options: DecodeOptions = {}): Promise<Generation> {
+    this.#live()
+    if (!(prefix instanceof Tensor)) throw new TypeError('prefix must be a Tensor')
+    const wire = decodeWire(options, this.tokenizer, this.config)
+    const out = await this.#serial.run(() => call(() => this.addon.generate(prefix.toWire(), wire)))
+    return { ids: Tensor.fromWire(out.ids), scores: Tensor.fromWire(out.scores) }
+  }
+
+  dispose(): void {
+    this.#disposed = true
+    this.addon.dispose()
+  }
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#serial.run(async () => undefined)
+    this.dispose()
+  }
+}
+
+/** The folder's tokenizer files, else GPT-2's own vocabulary when the model has GPT-2's vocab size, else none. */
+export async function loadGpt2Tokenizer(dir: string, cfg: Gpt2ConfigWire): Promise<Gpt2Tokenizer | undefined> {
+  try {
+    return await Gpt2Tokenizer.load(dir, { packageFallback: cfg.vocabSize === 50257 })
+  } catch (err) {
+    if (err instanceof SemicapError && err.code === 'E_TOKENIZER' && /no tokenizer|not found|no vocab/i.test(err.message)) return undefined
+    throw err
+  }
+}

@@ -1,0 +1,37 @@
+// Process-wide runtime controls and safetensors file access.
+import { call, native, type NativeInfo, type SafetensorsHeader } from './native.js'
+import { Tensor } from './tensor.js'
+
+/** libtorch's version, CUDA availability, thread counts, and how tensors crossed the boundary so far. */
+export function runtimeInfo(): NativeInfo {
+  return native().info()
+}
+
+/** Intra-op threads for libtorch (process-wide). `SEMICAP_THREADS` sets it at load time. */
+export function setThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1 || n > 1024) throw new RangeError('threads must be an integer in [1, 1024]')
+  native().setNumThreads(n)
+}
+
+export function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
+  if (typeof path !== 'string') throw new TypeError('path must be a string')
+  return call(() => native().readSafetensorsHeader(path))
+}
+
+export async function loadSafetensors(path: string): Promise<Record<string, Tensor>> {
+  if (typeof path !== 'string') throw new TypeError('path must be a string')
+  const raw = await call(() => native().loadSafetensors(path))
+  return Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, Tensor.fromWire(v)]))
+}
+
+/** Writes tensors atomically (temp file + rename). */
+export function writeSafetensors(path: string, tensors: Record<string, Tensor>, metadata: Record<string, string> = {}): Promise<void> {
+  if (typeof path !== 'string') throw new TypeError('path must be a string')
+  const wire = Object.fromEntries(
+    Object.entries(tensors).map(([k, t]) => {
+      if (!(t instanceof Tensor)) throw new TypeError(`tensor '${k}' must be a Tensor`)
+      return [k, t.toWire()]
+    }),
+  )
+  return call(() => native().writeSafetensors(path, wire, metadata))
+}

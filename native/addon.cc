@@ -1,0 +1,166 @@
+// Module init: registers the native classes and a few free functions. Context-aware: each environment (main
+// thread, worker_threads) gets its own constructors; libtorch itself is process-wide.
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <napi.h>
+#include <torch/version.h>
+
+#include "addon_state.h"
+#include "bridge.h"
+#include "errors.h"
+#include "models_binding.h"
+#include "safetensors.h"
+#include "nn.h"
+
+namespace semicap {
+namespace {
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsNumber()) fail("E_CONFIG", "threads must be a number");
+    int n = info[0].As<Napi::Number>().Int32Value();
+    if (n < 1 || n > 1024) fail("E_CONFIG", "threads must lie in [1, 1024]");
+    at::set_num_threads(n);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("torchVersion", TORCH_VERSION);
+  o.Set("cuda", at::hasCUDA());
+  o.Set("threads", at::get_num_threads());
+  o.Set("interopThreads", at::get_num_interop_threads());
+  o.Set("parallelInfo", at::get_parallel_info());
+  Napi::Object b = Napi::Object::New(env);
+  b.Set("external", static_cast<double>(bridge_stats().external));
+  b.Set("copied", static_cast<double>(bridge_stats().copied));
+  o.Set("bridge", b);
+  return o;
+}
+
+// readSafetensors(path) -> { names, metadata, tensors: {name: {dtype, shape}} } without reading data.
+Napi::Value ReadSafetensorsHeader(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsString()) fail("E_CONFIG", "path must be a string");
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    return run_async(info.Env(), [path]() -> Finish {
+      auto file = SafetensorsFile::open(path);
+      return [file](Napi::Env env) {
+        Napi::Object o = Napi::Object::New(env), meta = Napi::Object::New(env), ts = Napi::Object::New(env);
+        Napi::Array names = Napi::Array::New(env);
+        const auto& p = file->parsed();
+        for (size_t i = 0; i < p.names.size(); ++i) {
+          names.Set(static_cast<uint32_t>(i), p.names[i]);
+          const auto& v = p.tensors.at(p.names[i]);
+          Napi::Object t = Napi::Object::New(env);
+          t.Set("dtype", dtype_name(v.dtype));
+          Napi::Array shape = Napi::Array::New(env, v.shape.size());
+          for (size_t j = 0; j < v.shape.size(); ++j) shape.Set(static_cast<uint32_t>(j), static_cast<double>(v.shape[j]));
+          t.Set("shape", shape);
+          ts.Set(p.names[i], t);
+        }
+        for (auto& [k, v] : p.metadata) meta.Set(k, v);
+        o.Set("names", names);
+        o.Set("metadata", meta);
+        o.Set("tensors", ts);
+        return o;
+      };
+    });
+  });
+}
+
+// loadSafetensors(path, names?) -> { name: Tensor } (float types as stored, converted copies owned by JS).
+Napi::Value LoadSafetensors(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsString()) fail("E_CONFIG", "path must be a string");
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    return run_async(info.Env(), [path]() -> Finish {
+      auto file = SafetensorsFile::open(path);
+      std::vector<std::pair<std::string, at::Tensor>> out;
+      for (const auto& n : file->parsed().names) {
+        const TensorView& v = file->parsed().tensors.at(n);
+        at::Tensor t = view_as_tensor(v);
+        if (v.dtype == DType::I16 || v.dtype == DType::I8) t = t.to(at::kInt);
+        out.emplace_back(n, t.clone());  // own the memory: the mapping closes with `file`
+      }
+      return [out](Napi::Env env) {
+        Napi::Object o = Napi::Object::New(env);
+        for (auto& [n, t] : out) o.Set(n, tensor_to_js(env, t));
+        return o;
+      };
+    });
+  });
+}
+
+// writeSafetensors(path, { name: Tensor }, metadata?): atomic write.
+Napi::Value WriteSafetensors(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsString() || !info[1].IsObject()) fail("E_CONFIG", "writeSafetensors(path, tensors, metadata?)");
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    Napi::Object obj = info[1].As<Napi::Object>();
+    Napi::Array keys = obj.GetPropertyNames();
+    KeepAlive keep;
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (uint32_t i = 0; i < keys.Length(); ++i) {
+      std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+      tensors.emplace_back(k, tensor_from_js(obj.Get(k), "tensor '" + k + "'", keep));
+    }
+    std::map<std::string, std::string> meta;
+    if (info.Length() > 2 && info[2].IsObject()) {
+      Napi::Object m = info[2].As<Napi::Object>();
+      Napi::Array mk = m.GetPropertyNames();
+      for (uint32_t i = 0; i < mk.Length(); ++i) {
+        std::string k = mk.Get(i).As<Napi::String>().Utf8Value();
+        if (!m.Get(k).IsString()) fail("E_CONFIG", "metadata values must be strings");
+        meta[k] = m.Get(k).As<Napi::String>().Utf8Value();
+      }
+    }
+    return run_async(info.Env(), [path, tensors, meta]() -> Finish {
+      std::vector<at::Tensor> host;
+      std::vector<TensorToWrite> items;
+      for (auto& [n, t0] : tensors) {
+        at::Tensor t = t0.cpu().contiguous();
+        DType d;
+        switch (t.scalar_type()) {
+          case at::kFloat: d = DType::F32; break; case at::kHalf: d = DType::F16; break;
+          case at::kBFloat16: d = DType::BF16; break; case at::kDouble: d = DType::F64; break;
+          case at::kLong: d = DType::I64; break; case at::kInt: d = DType::I32; break;
+          case at::kByte: d = DType::U8; break; case at::kBool: d = DType::BOOL; break;
+          default: fail("E_DTYPE", "tensor '" + n + "': unsupported dtype");
+        }
+        host.push_back(t);
+        items.push_back({n, d, std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(), t.nbytes()});
+      }
+      write_safetensors(path, items, meta);
+      return [](Napi::Env env) { return env.Undefined(); };
+    }, std::move(keep));
+  });
+}
+
+}  // namespace
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* state = new AddonState();
+  env.SetInstanceData<AddonState>(state);  // deleted with the environment
+  Napi::Function tensor = AddonTensor::Init(env);
+  state->tensor_ctor = Napi::Persistent(tensor);
+  Napi::Function clip = AddonClip::Init(env);
+  state->clip_ctor = Napi::Persistent(clip);
+  exports.Set("AddonTensor", tensor);
+  exports.Set("AddonClip", clip);
+  exports.Set("AddonGpt2", AddonGpt2::Init(env));
+  exports.Set("AddonCaptioner", AddonCaptioner::Init(env));
+  exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("readSafetensorsHeader", Napi::Function::New(env, ReadSafetensorsHeader));
+  exports.Set("loadSafetensors", Napi::Function::New(env, LoadSafetensors));
+  exports.Set("writeSafetensors", Napi::Function::New(env, WriteSafetensors));
+  return exports;
+}
+
+}  // namespace semicap
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return semicap::Init(env, exports); }
+NODE_API_MODULE(semicap, InitAddon)

@@ -1,0 +1,115 @@
+#include "clip.h"
+
+#include "errors.h"
+
+namespace semicap {
+
+at::Tensor ClipEncoderLayer::operator()(const at::Tensor& x, bool causal) const {
+  at::Tensor h = ln1(x);
+  at::Tensor a = attention(split_heads(q(h), heads), split_heads(k(h), heads), split_heads(v(h), heads), causal);
+  at::Tensor y = x + out(merge_heads(a));
+  return y + fc2(activate(fc1(ln2(y)), act));
+}
+
+std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, const ClipTowerConfig& c) {
+  check(c.hidden > 0 && c.heads > 0 && c.hidden % c.heads == 0 && c.layers >= 0 && c.intermediate > 0, "E_CONFIG",
+        prefix + ": hidden_size must be a positive multiple of num_attention_heads");
+  std::vector<ClipEncoderLayer> layers;
+  for (int64_t i = 0; i < c.layers; ++i) {
+    std::string p = prefix + ".encoder.layers." + std::to_string(i) + ".";
+    auto lin = [&](const std::string& n, int64_t out, int64_t in) {
+      return Linear{params_.normal(p + n + ".weight", {out, in}), params_.zeros(p + n + ".bias", {out})};
+    };
+    ClipEncoderLayer l;
+    l.ln1 = {params_.ones(p + "layer_norm1.weight", {c.hidden}), params_.zeros(p + "layer_norm1.bias", {c.hidden}), c.eps};
+    l.q = lin("self_attn.q_proj", c.hidden, c.hidden);
+    l.k = lin("self_attn.k_proj", c.hidden, c.hidden);
+    l.v = lin("self_attn.v_proj", c.hidden, c.hidden);
+    l.out = lin("self_attn.out_proj", c.hidden, c.hidden);
+    l.ln2 = {params_.ones(p + "layer_norm2.weight", {c.hidden}), params_.zeros(p + "layer_norm2.bias", {c.hidden}), c.eps};
+    l.fc1 = lin("mlp.fc1", c.intermediate, c.hidden);
+    l.fc2 = lin("mlp.fc2", c.hidden, c.intermediate);
+    l.heads = c.heads;
+    l.act = c.act;
+    layers.push_back(l);
+  }
+  return layers;
+}
+
+ClipModel::ClipModel(const ClipConfig& cfg) : cfg_(cfg) {
+  check(cfg.patch_size > 0 && cfg.image_size > 0 && cfg.image_size % cfg.patch_size == 0, "E_CONFIG",
+        "vision_config: image_size must be a positive multiple of patch_size");
+  check(cfg.num_channels > 0 && cfg.vocab_size > 0 && cfg.max_positions > 0 && cfg.projection_dim > 0, "E_CONFIG",
+        "CLIP config: num_channels, vocab_size, max_position_embeddings and projection_dim must be positive");
+  const auto& v = cfg.vision;
+  const auto& t = cfg.text;
+  int64_t grid = cfg.image_size / cfg.patch_size;
+  patch_w_ = params_.normal("vision_model.embeddings.patch_embedding.weight", {v.hidden, cfg.num_channels, cfg.patch_size, cfg.patch_size});
+  class_emb_ = params_.normal("vision_model.embeddings.class_embedding", {v.hidden});
+  vis_pos_ = params_.normal("vision_model.embeddings.position_embedding.weight", {grid * grid + 1, v.hidden});
+  pre_ln_ = {params_.ones("vision_model.pre_layrnorm.weight", {v.hidden}), params_.zeros("vision_model.pre_layrnorm.bias", {v.hidden}), v.eps};
+  vis_layers_ = make_layers("vision_model", v);
+  post_ln_ = {params_.ones("vision_model.post_layernorm.weight", {v.hidden}), params_.zeros("vision_model.post_layernorm.bias", {v.hidden}), v.eps};
+  visual_proj_ = params_.normal("visual_projection.weight", {cfg.projection_dim, v.hidden});
+
+  tok_emb_ = params_.normal("text_model.embeddings.token_embedding.weight", {cfg.vocab_size, t.hidden});
+  txt_pos_ = params_.normal("text_model.embeddings.position_embedding.weight", {cfg.max_positions, t.hidden}, 0.01);
+  txt_layers_ = make_layers("text_model", t);
+  final_ln_ = {params_.ones("text_model.final_layer_norm.weight", {t.hidden}), params_.zeros("text_model.final_layer_norm.bias", {t.hidden}), t.eps};
+  text_proj_ = params_.normal("text_projection.weight", {cfg.projection_dim, t.hidden});
+  logit_scale_ = params_.add("logit_scale", {}, [](at::Tensor& x) { x.fill_(2.6592); });
+}
+
+at::Tensor ClipModel::encode(const std::vector<ClipEncoderLayer>& layers, at::Tensor x, bool causal) const {
+  for (const auto& l : layers) x = l(x, causal);
+  return x;
+}
+
+ClipVisionOutput ClipModel::vision(const at::Tensor& pixels_in) const {
+  check(pixels_in.dim() == 4 && pixels_in.size(1) == cfg_.num_channels && pixels_in.size(2) == cfg_.image_size &&
+            pixels_in.size(3) == cfg_.image_size && pixels_in.size(0) > 0,
+        "E_SHAPE", "pixels must have shape [B, " + std::to_string(cfg_.num_channels) + ", " + std::to_string(cfg_.image_size) + ", " +
+                       std::to_string(cfg_.image_size) + "] with B >= 1");
+  check(pixels_in.is_floating_point(), "E_DTYPE", "pixels must be float32 (or another float type)");
+  at::Tensor pixels = pixels_in.to(device(), at::kFloat);
+  check(at::isfinite(pixels).all().item<bool>(), "E_VALUE", "pixels contain NaN or infinite values");
+  at::Tensor x = at::conv2d(pixels, patch_w_, {}, cfg_.patch_size);  // [B, D, g, g]
+  x = x.flatten(2).transpose(1, 2);                                  // [B, g*g, D]
+  at::Tensor cls = class_emb_.view({1, 1, -1}).expand({x.size(0), 1, x.size(2)});
+  x = at::cat({cls, x}, 1) + vis_pos_.unsqueeze(0);
+  x = pre_ln_(x);
+  ClipVisionOutput out;
+  out.last_hidden = encode(vis_layers_, x, false);
+  out.pooled = post_ln_(out.last_hidden.select(1, 0));
+  out.features = at::linear(out.pooled, visual_proj_);
+  return out;
+}
+
+ClipTextOutput ClipModel::text(const at::Tensor& ids_in) const {
+  check(ids_in.dim() == 2 && ids_in.size(0) > 0 && ids_in.size(1) > 0, "E_SHAPE", "text ids must have shape [B, T] with B, T >= 1");
+  check(ids_in.size(1) <= cfg_.max_positions, "E_SHAPE",
+        "text ids have " + std::to_string(ids_in.size(1)) + " positions but the model has max_position_embeddings " + std::to_string(cfg_.max_positions));
+  check(ids_in.scalar_type() == at::kLong || ids_in.scalar_type() == at::kInt, "E_DTYPE", "text ids must be int64 (or int32)");
+  at::Tensor ids = ids_in.to(device(), at::kLong);
+  auto mm = at::aminmax(ids);
+  int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
+  check(lo >= 0 && hi < cfg_.vocab_size, "E_VALUE",
+        "text ids must lie in [0, " + std::to_string(cfg_.vocab_size) + "); got values in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  int64_t T = ids.size(1);
+  at::Tensor x = at::embedding(tok_emb_, ids) + txt_pos_.slice(0, 0, T).unsqueeze(0);
+  ClipTextOutput out;
+  out.last_hidden = final_ln_(encode(txt_layers_, x, true));
+  // HF pooling: legacy configs (eos_token_id == 2) pool at argmax(ids), others at the first eos.
+  at::Tensor pos;
+  if (cfg_.eos_token_id == 2) {
+    pos = ids.argmax(1);
+  } else {
+    at::Tensor is_eos = (ids == cfg_.eos_token_id).to(at::kInt);
+    pos = is_eos.argmax(1);  // first maximum = first eos; 0 when there is none (as HF)
+  }
+  out.pooled = out.last_hidden.gather(1, pos.view({-1, 1, 1}).expand({ids.size(0), 1, out.last_hidden.size(2)})).squeeze(1);
+  out.features = at::linear(out.pooled, text_proj_);
+  return out;
+}
+
+}  // namespace semicap

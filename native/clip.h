@@ -1,0 +1,56 @@
+// CLIP (Hugging Face CLIPModel semantics): vision tower, text tower, projections, logit_scale.
+#pragma once
+#include "nn.h"
+
+namespace semicap {
+
+struct ClipTowerConfig {
+  int64_t hidden = 0, intermediate = 0, heads = 0, layers = 0;
+  Activation act = Activation::QuickGelu;
+  double eps = 1e-5;
+};
+
+struct ClipConfig {
+  ClipTowerConfig vision, text;
+  int64_t image_size = 224, patch_size = 32, num_channels = 3;
+  int64_t vocab_size = 49408, max_positions = 77, eos_token_id = 2;
+  int64_t projection_dim = 512;
+};
+
+// One pre-LayerNorm transformer layer as CLIPEncoderLayer.
+struct ClipEncoderLayer {
+  LayerNorm ln1, ln2;
+  Linear q, k, v, out, fc1, fc2;
+  int64_t heads;
+  Activation act;
+  at::Tensor operator()(const at::Tensor& x, bool causal) const;
+};
+
+struct ClipVisionOutput { at::Tensor last_hidden, pooled, features; };
+struct ClipTextOutput { at::Tensor last_hidden, pooled, features; };
+
+class ClipModel {
+ public:
+  explicit ClipModel(const ClipConfig& cfg);
+  const ClipConfig& config() const { return cfg_; }
+  ParamStore& params() { return params_; }
+
+  // pixels [B, C, S, S] float32 -> outputs; validates shapes and values.
+  ClipVisionOutput vision(const at::Tensor& pixels) const;
+  // ids [B, T] int64 -> outputs; validates ids and lengths.
+  ClipTextOutput text(const at::Tensor& ids) const;
+  at::Tensor logit_scale() const { return logit_scale_; }
+  at::Device device() const { return logit_scale_.device(); }
+
+ private:
+  std::vector<ClipEncoderLayer> make_layers(const std::string& prefix, const ClipTowerConfig& c);
+  at::Tensor encode(const std::vector<ClipEncoderLayer>& layers, at::Tensor x, bool causal) const;
+
+  ClipConfig cfg_;
+  ParamStore params_;
+  at::Tensor patch_w_, class_emb_, vis_pos_, tok_emb_, txt_pos_, visual_proj_, text_proj_, logit_scale_;
+  LayerNorm pre_ln_, post_ln_, final_ln_;
+  std::vector<ClipEncoderLayer> vis_layers_, txt_layers_;
+};
+
+}  // namespace semicap

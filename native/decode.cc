@@ -1,0 +1,136 @@
+#include "decode.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <limits>
+
+#include "errors.h"
+
+namespace semicap {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+at::Tensor end_mask(const Gpt2Model& gpt, const DecodeOptions& o) {
+  at::Tensor m = at::zeros({gpt.config().vocab_size}, at::TensorOptions().dtype(at::kBool));
+  for (int64_t id : o.stop_ids) m[id] = true;
+  if (o.eos_id >= 0) m[o.eos_id] = true;
+  return m.to(gpt.device());
+}
+
+at::Tensor step_logits(const Gpt2Model& gpt, const at::Tensor& tokens, KvCache& cache) {
+  return gpt.logits(gpt.forward(gpt.embed_tokens(tokens.unsqueeze(1)), &cache).select(1, 0));
+}
+
+// Samples one token per row from softmax(logits / T) restricted to the top-k and the top-p nucleus. Uniform draws
+// come from a seeded CPU generator so results are reproducible on every device.
+at::Tensor sample(const at::Tensor& logits, const DecodeOptions& o, at::Generator& gen) {
+  at::Tensor l = logits / std::max(o.temperature, 1e-6);
+  if (o.top_k > 0 && o.top_k < l.size(-1)) {
+    at::Tensor kth = std::get<0>(l.topk(o.top_k, -1)).select(-1, o.top_k - 1).unsqueeze(-1);
+    l = l.masked_fill(l < kth, kNegInf);
+  }
+  at::Tensor probs = at::softmax(l, -1);
+  auto sorted = probs.sort(-1, /*descending=*/true);
+  at::Tensor sp = std::get<0>(sorted), si = std::get<1>(sorted);
+  if (o.top_p < 1.0) {
+    // Drop tokens once the mass before them already reaches top_p (the first token always stays).
+    at::Tensor before = sp.cumsum(-1) - sp;
+    sp = sp.masked_fill(before >= o.top_p, 0);
+  }
+  at::Tensor cdf = sp.cumsum(-1);
+  at::Tensor u = at::rand({l.size(0), 1}, gen, at::TensorOptions().dtype(at::kFloat)).to(l.device()) * cdf.select(-1, -1).unsqueeze(-1);
+  at::Tensor pos = (cdf < u).sum(-1, true).clamp_max(l.size(-1) - 1);
+  return si.gather(-1, pos).squeeze(-1);
+}
+
+DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& o) {
+  const int64_t B = prefix.size(0);
+  at::Generator gen = at::detail::createCPUGenerator(o.seed);
+  at::Tensor ends = end_mask(gpt, o);
+  KvCache cache;
+  at::Tensor logits = gpt.logits(gpt.forward(prefix, &cache).select(1, -1));
+  auto long_opts = at::TensorOptions().dtype(at::kLong).device(gpt.device());
+  at::Tensor out = at::full({B, o.max_tokens}, -1, long_opts);
+  at::Tensor finished = at::zeros({B}, long_opts.dtype(at::kBool));
+  at::Tensor logp_sum = at::zeros({B}, prefix.options());
+  at::Tensor count = at::zeros({B}, prefix.options());
+  int64_t t = 0;
+  for (; t < o.max_tokens; ++t) {
+    if (t < o.min_tokens) logits = logits.masked_fill(ends, kNegInf);
+    at::Tensor next = o.method == "sample" ? sample(logits, o, gen) : logits.argmax(-1);
+    at::Tensor alive = finished.logical_not();
+    logp_sum += at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1) * alive;
+    count += alive;
+    out.select(1, t).copy_(next.masked_fill(finished, -1));
+    finished = finished.logical_or(ends.index_select(0, next));
+    if (t + 1 == o.max_tokens || finished.all().item<bool>()) break;
+    logits = step_logits(gpt, next.masked_fill(finished, 0), cache);
+  }
+  return {out.slice(1, 0, std::min(t + 1, o.max_tokens)), logp_sum / count.clamp_min(1)};
+}
+
+DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& o) {
+  const int64_t B = prefix.size(0), K = o.beams, V = gpt.config().vocab_size;
+  check(K >= 1 && K <= V, "E_VALUE", "beams must be between 1 and the vocabulary size");
+  at::Tensor ends = end_mask(gpt, o);
+  KvCache cache;
+  at::Tensor logp = at::log_softmax(gpt.logits(gpt.forward(prefix, &cache).select(1, -1)), -1);
+  if (o.min_tokens > 0) logp = logp.masked_fill(ends, kNegInf);
+  auto top = logp.topk(K, -1);
+  at::Tensor scores = std::get<0>(top).reshape({B * K});
+  at::Tensor tokens = std::get<1>(top).reshape({B * K});
+  auto long_opts = at::TensorOptions().dtype(at::kLong).device(gpt.device());
+  cache.reorder(at::arange(B, long_opts).repeat_interleave(K));
+  at::Tensor seqs = at::full({B * K, o.max_tokens}, -1, long_opts);
+  seqs.select(1, 0).copy_(tokens);
+  at::Tensor lengths = at::ones({B * K}, prefix.options());
+  at::Tensor finished = ends.index_select(0, tokens);
+  // A finished beam may only "emit" token 0 at no cost, so its score and length stay as they were.
+  at::Tensor frozen = at::full({V}, kNegInf, prefix.options());
+  frozen[0] = 0;
+  at::Tensor base = (at::arange(B, long_opts) * K).unsqueeze(1);
+  int64_t t = 1;
+  for (; t < o.max_tokens; ++t) {
+    if (finished.all().item<bool>()) break;
+    logp = at::log_softmax(step_logits(gpt, tokens.masked_fill(finished, 0), cache), -1);
+    if (t < o.min_tokens) logp = logp.masked_fill(ends, kNegInf);
+    logp = at::where(finished.unsqueeze(1), frozen.unsqueeze(0), logp);
+    at::Tensor cand = scores.unsqueeze(1) + logp;                    // [B*K, V]
+    at::Tensor new_len = lengths + finished.logical_not();           // [B*K]
+    at::Tensor norm = (cand / new_len.unsqueeze(1)).view({B, K * V});
+    at::Tensor idx = std::get<1>(norm.topk(K, -1));                  // [B, K]
+    at::Tensor src = (base + idx.div(V, "floor")).reshape({B * K});
+    tokens = idx.remainder(V).reshape({B * K});
+    scores = cand.view({B, K * V}).gather(1, idx).reshape({B * K});
+    lengths = new_len.index_select(0, src);
+    at::Tensor was_finished = finished.index_select(0, src);
+    seqs = seqs.index_select(0, src);
+    seqs.select(1, t).copy_(tokens.masked_fill(was_finished, -1));
+    finished = was_finished.logical_or(ends.index_select(0, tokens));
+    cache.reorder(src);
+  }
+  at::Tensor norm = (scores / lengths).view({B, K});
+  at::Tensor best = (at::arange(B, long_opts) * K) + norm.argmax(1);
+  return {seqs.index_select(0, best).slice(1, 0, std::min(t, o.max_tokens)), std::get<0>(norm.max(1))};
+}
+
+}  // namespace
+
+DecodeResult decode(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& o) {
+  check(prefix.dim() == 3 && prefix.size(0) > 0 && prefix.size(2) == gpt.config().n_embd, "E_SHAPE",
+        "prefix must have shape [B, P, " + std::to_string(gpt.config().n_embd) + "] with B >= 1");
+  check(o.max_tokens >= 1, "E_VALUE", "maxTokens must be at least 1");
+  check(o.min_tokens >= 0 && o.min_tokens <= o.max_tokens, "E_VALUE", "minTokens must lie in [0, maxTokens]");
+  check(prefix.size(1) + o.max_tokens <= gpt.config().n_positions, "E_VALUE",
+        "prefix length + maxTokens exceeds GPT-2's n_positions (" + std::to_string(gpt.config().n_positions) + ")");
+  for (int64_t id : o.stop_ids) check(id >= 0 && id < gpt.config().vocab_size, "E_VALUE", "stop token id out of range");
+  check(o.eos_id < gpt.config().vocab_size, "E_VALUE", "eos token id out of range");
+  check(o.temperature > 0 && o.top_p > 0 && o.top_p <= 1 && o.top_k >= 0, "E_VALUE", "temperature must be > 0, topP in (0, 1], topK >= 0");
+  at::Tensor p = prefix.to(gpt.device(), at::kFloat);
+  if (o.method == "beam") return beam(gpt, p, o);
+  check(o.method == "greedy" || o.method == "sample", "E_VALUE", "decoding must be 'greedy', 'sample' or 'beam'");
+  return greedy_or_sample(gpt, p, o);
+}
+
+}  // namespace semicap

@@ -1,0 +1,25 @@
+// Batched caption decoding from a prefix of embeddings: greedy, sampling (temperature, top-k, top-p) and
+// length-normalised beam search as in ClipCap's generate_beam. Every image of the batch decodes in one tensor
+// program; the only host sync per step is the "all finished?" check.
+#pragma once
+#include "gpt2.h"
+
+namespace semicap {
+
+struct DecodeOptions {
+  std::string method = "greedy";  // greedy | sample | beam
+  int64_t max_tokens = 30, min_tokens = 0, beams = 5, top_k = 0;
+  double temperature = 1.0, top_p = 1.0;
+  uint64_t seed = 0;
+  std::vector<int64_t> stop_ids;  // tokens that end a caption and are part of it (e.g. ones containing ".")
+  int64_t eos_id = -1;            // ends a caption, not part of it (<|endoftext|>)
+};
+
+struct DecodeResult {
+  at::Tensor ids;     // [B, L] int64, -1 after the end
+  at::Tensor scores;  // [B] float: mean log-probability per generated token
+};
+
+DecodeResult decode(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& opts);
+
+}  // namespace semicap

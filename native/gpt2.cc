@@ -1,0 +1,94 @@
+#include "gpt2.h"
+
+#include "errors.h"
+
+namespace semicap {
+
+void KvCache::reorder(const at::Tensor& rows) {
+  for (auto& t : k) t = t.index_select(0, rows);
+  for (auto& t : v) t = t.index_select(0, rows);
+}
+
+Gpt2Model::Gpt2Model(const Gpt2Config& cfg, ParamStore* store, const std::string& prefix) : cfg_(cfg) {
+  check(cfg.n_embd > 0 && cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, "E_CONFIG", "GPT-2 config: n_embd must be a positive multiple of n_head");
+  check(cfg.n_layer >= 0 && cfg.n_positions > 0 && cfg.vocab_size > 0, "E_CONFIG", "GPT-2 config: n_layer, n_positions and vocab_size must be positive");
+  if (!store) {
+    own_ = std::make_unique<ParamStore>();
+    store = own_.get();
+  }
+  store_ = store;
+  const int64_t C = cfg.n_embd, inner = cfg.n_inner > 0 ? cfg.n_inner : 4 * cfg.n_embd;
+  const std::string& p = prefix;
+  wte_ = store->normal(p + "wte.weight", {cfg.vocab_size, C});
+  wpe_ = store->normal(p + "wpe.weight", {cfg.n_positions, C}, 0.01);
+  auto ln = [&](const std::string& n) { return LayerNorm{store->ones(n + ".weight", {C}), store->zeros(n + ".bias", {C}), cfg.eps}; };
+  auto conv = [&](const std::string& n, int64_t in, int64_t out) {
+    return Conv1D{store->normal(n + ".weight", {in, out}), store->zeros(n + ".bias", {out})};
+  };
+  for (int64_t i = 0; i < cfg.n_layer; ++i) {
+    std::string b = p + "h." + std::to_string(i) + ".";
+    Gpt2Block blk;
+    blk.ln1 = ln(b + "ln_1");
+    blk.c_attn = conv(b + "attn.c_attn", C, 3 * C);
+    blk.c_proj = conv(b + "attn.c_proj", C, C);
+    blk.ln2 = ln(b + "ln_2");
+    blk.c_fc = conv(b + "mlp.c_fc", C, inner);
+    blk.mlp_proj = conv(b + "mlp.c_proj", inner, C);
+    blk.heads = cfg.n_head;
+    blk.act = cfg.act;
+    blocks_.push_back(blk);
+  }
+  ln_f_ = ln(p + "ln_f");
+}
+
+std::string Gpt2Model::checkpoint_key(const std::string& key) {
+  std::string k = key.rfind("transformer.", 0) == 0 ? key.substr(12) : key;
+  if (k == "lm_head.weight") return "";  // tied to wte
+  auto ends = [&](const char* s) { size_t n = strlen(s); return k.size() >= n && k.compare(k.size() - n, n, s) == 0; };
+  if (ends(".attn.bias") || ends(".attn.masked_bias") || ends("position_ids")) return "";  // buffers, not weights
+  return k;
+}
+
+at::Tensor Gpt2Model::embed_tokens(const at::Tensor& ids_in) const {
+  check(ids_in.dim() == 2, "E_SHAPE", "token ids must have shape [B, T]");
+  check(ids_in.scalar_type() == at::kLong || ids_in.scalar_type() == at::kInt, "E_DTYPE", "token ids must be int64 (or int32)");
+  at::Tensor ids = ids_in.to(device(), at::kLong);
+  if (ids.numel() > 0) {
+    auto mm = at::aminmax(ids);
+    int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
+    check(lo >= 0 && hi < cfg_.vocab_size, "E_VALUE",
+          "token ids must lie in [0, " + std::to_string(cfg_.vocab_size) + "); got values in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return at::embedding(wte_, ids);
+}
+
+at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
+  check(embeds.dim() == 3 && embeds.size(2) == cfg_.n_embd, "E_SHAPE", "GPT-2 input embeddings must have shape [B, T, " + std::to_string(cfg_.n_embd) + "]");
+  const int64_t past = cache ? cache->length() : 0, T = embeds.size(1);
+  check(past + T <= cfg_.n_positions, "E_SHAPE",
+        "sequence of " + std::to_string(past + T) + " positions exceeds GPT-2's n_positions " + std::to_string(cfg_.n_positions));
+  at::Tensor x = embeds + wpe_.slice(0, past, past + T).unsqueeze(0);
+  if (cache && cache->k.empty()) {
+    cache->k.resize(blocks_.size());
+    cache->v.resize(blocks_.size());
+  }
+  const int64_t C = cfg_.n_embd;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const Gpt2Block& b = blocks_[i];
+    auto qkv = b.c_attn(b.ln1(x)).split(C, -1);
+    at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);
+    if (cache) {
+      if (cache->k[i].defined()) {
+        k = at::cat({cache->k[i], k}, 2);
+        v = at::cat({cache->v[i], v}, 2);
+      }
+      cache->k[i] = k;
+      cache->v[i] = v;
+    }
+    x = x + b.c_proj(merge_heads(attention(q, k, v, true)));
+    x = x + b.mlp_proj(activate(b.c_fc(b.ln2(x)), b.act));
+  }
+  return ln_f_(x);
+}
+
+}  // namespace semicap

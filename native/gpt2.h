@@ -1,0 +1,53 @@
+// GPT-2 (Hugging Face GPT2LMHeadModel semantics) with a KV cache and an optional prefix of embeddings.
+#pragma once
+#include "nn.h"
+
+namespace semicap {
+
+struct Gpt2Config {
+  int64_t n_embd = 768, n_head = 12, n_layer = 12, n_positions = 1024, vocab_size = 50257, n_inner = 0;
+  double eps = 1e-5;
+  Activation act = Activation::GeluTanh;
+  int64_t eos_token_id = 50256;
+};
+
+struct Gpt2Block {
+  LayerNorm ln1, ln2;
+  Conv1D c_attn, c_proj, c_fc, mlp_proj;
+  int64_t heads;
+  Activation act;
+};
+
+// Keys and values of every layer for the positions seen so far: [B, H, T, D] each.
+struct KvCache {
+  std::vector<at::Tensor> k, v;
+  int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+  void reorder(const at::Tensor& rows);  // keeps rows (beam search / dropping finished sequences)
+};
+
+class Gpt2Model {
+ public:
+  // `prefix` names the checkpoint scope: "" for a plain GPT-2 folder, "gpt." inside a Captioner checkpoint.
+  explicit Gpt2Model(const Gpt2Config& cfg, ParamStore* store = nullptr, const std::string& prefix = "");
+  const Gpt2Config& config() const { return cfg_; }
+  ParamStore& params() { return *store_; }
+  at::Device device() const { return wte_.device(); }
+
+  at::Tensor embed_tokens(const at::Tensor& ids) const;  // validates ids; [B,T] -> [B,T,C]
+  // Runs the transformer over `embeds` [B,T,C] at positions cache.length().., appends to `cache` when given.
+  // Returns final hidden states after ln_f.
+  at::Tensor forward(const at::Tensor& embeds, KvCache* cache) const;
+  at::Tensor logits(const at::Tensor& hidden) const { return at::matmul(hidden, wte_.t()); }
+  const at::Tensor& wte() const { return wte_; }
+  static std::string checkpoint_key(const std::string& file_key);  // drops "transformer.", ignores buffers
+
+ private:
+  Gpt2Config cfg_;
+  std::unique_ptr<ParamStore> own_;
+  ParamStore* store_;
+  at::Tensor wte_, wpe_;
+  std::vector<Gpt2Block> blocks_;
+  LayerNorm ln_f_;
+};
+
+}  // namespace semicap

@@ -1,0 +1,498 @@
+#include "models_binding.h"
+
+#include <ATen/Context.h>
+#include <c10/core/InferenceMode.h>
+
+#include "addon_state.h"
+#include "errors.h"
+#include "safetensors.h"
+
+namespace semicap {
+
+at::Device parse_device(const std::string& s) {
+  if (s == "cpu") return at::Device(at::kCPU);
+  if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
+    check(at::hasCUDA(), "E_DEVICE", "device '" + s + "' requested but this libtorch has no CUDA (or no GPU is visible)");
+    int idx = 0;
+    if (s.size() > 5) {
+      try { idx = std::stoi(s.substr(5)); } catch (...) { fail("E_DEVICE", "bad device '" + s + "'"); }
+    }
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(idx));
+  }
+  fail("E_DEVICE", "device must be 'cpu', 'cuda' or 'cuda:N', got '" + s + "'");
+}
+
+static Napi::Object obj_arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsObject()) fail("E_CONFIG", std::string(what) + " must be an object");
+  return info[i].As<Napi::Object>();
+}
+static std::string str_arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (info.Length() <= i || !info[i].IsString()) fail("E_CONFIG", std::string(what) + " must be a string");
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+static ClipTowerConfig tower_from_js(const Napi::Object& o) {
+  ClipTowerConfig c;
+  c.hidden = get_int(o, "hidden", 0);
+  c.intermediate = get_int(o, "intermediate", 0);
+  c.heads = get_int(o, "heads", 0);
+  c.layers = get_int(o, "layers", 0);
+  c.act = activation_from_name(get_string(o, "act", "quick_gelu"));
+  c.eps = get_number(o, "eps", 1e-5);
+  return c;
+}
+
+ClipConfig clip_config_from_js(const Napi::Object& o) {
+  ClipConfig c;
+  Napi::Value v = o.Get("vision"), t = o.Get("text");
+  if (!v.IsObject() || !t.IsObject()) fail("E_CONFIG", "CLIP config needs vision and text sections");
+  c.vision = tower_from_js(v.As<Napi::Object>());
+  c.text = tower_from_js(t.As<Napi::Object>());
+  c.image_size = get_int(o, "imageSize", 224);
+  c.patch_size = get_int(o, "patchSize", 32);
+  c.num_channels = get_int(o, "numChannels", 3);
+  c.vocab_size = get_int(o, "vocabSize", 49408);
+  c.max_positions = get_int(o, "maxPositions", 77);
+  c.eos_token_id = get_int(o, "eosTokenId", 2);
+  c.projection_dim = get_int(o, "projectionDim", 512);
+  return c;
+}
+
+Gpt2Config gpt2_config_from_js(const Napi::Object& o) {
+  Gpt2Config c;
+  c.n_embd = get_int(o, "nEmbd", 768);
+  c.n_head = get_int(o, "nHead", 12);
+  c.n_layer = get_int(o, "nLayer", 12);
+  c.n_positions = get_int(o, "nPositions", 1024);
+  c.vocab_size = get_int(o, "vocabSize", 50257);
+  c.n_inner = get_int(o, "nInner", 0);
+  c.eps = get_number(o, "eps", 1e-5);
+  c.act = activation_from_name(get_string(o, "act", "gelu_new"));
+  c.eos_token_id = get_int(o, "eosTokenId", 50256);
+  return c;
+}
+
+MapperConfig mapper_config_from_js(const Napi::Object& o) {
+  MapperConfig c;
+  c.type = get_string(o, "type", "mlp");
+  c.clip_dim = get_int(o, "clipDim", 512);
+  c.n_embd = get_int(o, "nEmbd", 768);
+  c.prefix_length = get_int(o, "prefixLength", 10);
+  c.clip_length = get_int(o, "clipLength", 10);
+  c.layers = get_int(o, "layers", 8);
+  c.heads = get_int(o, "heads", 8);
+  c.mlp_ratio = get_number(o, "mlpRatio", 2.0);
+  return c;
+}
+
+DecodeOptions decode_options_from_js(const Napi::Object& o) {
+  DecodeOptions d;
+  d.method = get_string(o, "method", "greedy");
+  d.max_tokens = get_int(o, "maxTokens", 30);
+  d.min_tokens = get_int(o, "minTokens", 0);
+  d.beams = get_int(o, "beams", 5);
+  d.top_k = get_int(o, "topK", 0);
+  d.temperature = get_number(o, "temperature", 1.0);
+  d.top_p = get_number(o, "topP", 1.0);
+  d.seed = static_cast<uint64_t>(get_int(o, "seed", 0));
+  d.eos_id = get_int(o, "eosId", -1);
+  Napi::Value s = o.Get("stopIds");
+  if (s.IsArray()) {
+    Napi::Array a = s.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      Napi::Value x = a.Get(i);
+      if (!x.IsNumber()) fail("E_CONFIG", "stopIds must be numbers");
+      d.stop_ids.push_back(x.As<Napi::Number>().Int64Value());
+    }
+  } else if (!s.IsUndefined() && !s.IsNull()) {
+    fail("E_CONFIG", "stopIds must be an array");
+  }
+  return d;
+}
+
+template <class M>
+static std::shared_ptr<Locked<M>> live(const std::shared_ptr<Locked<M>>& h) {
+  if (!h || !h->model) fail("E_DISPOSED", "model was disposed");
+  return h;
+}
+
+// ---------------------------------------------------------------- AddonClip
+
+Napi::Function AddonClip::Init(Napi::Env env) {
+  return DefineClass(env, "AddonClip",
+                     {InstanceMethod("load", &AddonClip::Load), InstanceMethod("vision", &AddonClip::Vision),
+                      InstanceMethod("text", &AddonClip::Text), InstanceMethod("logitScale", &AddonClip::LogitScale),
+                      InstanceMethod("dispose", &AddonClip::Dispose)});
+}
+
+AddonClip::AddonClip(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonClip>(info) {
+  guarded(info.Env(), [&] {
+    clip_ = std::make_shared<Locked<ClipModel>>();
+    clip_->model = std::make_unique<ClipModel>(clip_config_from_js(obj_arg(info, 0, "config")));
+    return info.Env().Undefined();
+  });
+}
+
+std::shared_ptr<Locked<ClipModel>> AddonClip::handle() const { return live(clip_); }
+
+// load(path | null, device): fills the weights from a safetensors file (or keeps the random init) and moves them.
+Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    std::string path = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    at::Device device = parse_device(str_arg(info, 1, "device"));
+    return run_async(info.Env(), [h, path, device]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      if (!path.empty()) {
+        auto file = SafetensorsFile::open(path);
+        h->model->params().load(*file, [](const std::string& k) {
+          auto ends = [&](const char* s) { size_t n = strlen(s); return k.size() >= n && k.compare(k.size() - n, n, s) == 0; };
+          return ends("position_ids") ? std::string() : k;
+        });
+      }
+      h->model->params().to(device);
+      return [](Napi::Env env) { return env.Undefined(); };
+    });
+  });
+}
+
+Napi::Value AddonClip::Vision(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    KeepAlive keep;
+    at::Tensor pixels = tensor_from_js(info[0], "pixels", keep);
+    return run_async(info.Env(), [h, pixels]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      c10::InferenceMode guard;
+      ClipVisionOutput o = h->model->vision(pixels);
+      return [o](Napi::Env env) {
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("lastHidden", tensor_to_js(env, o.last_hidden));
+        r.Set("pooled", tensor_to_js(env, o.pooled));
+        r.Set("features", tensor_to_js(env, o.features));
+        return r;
+      };
+    }, std::move(keep));
+  });
+}
+
+Napi::Value AddonClip::Text(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    KeepAlive keep;
+    at::Tensor ids = tensor_from_js(info[0], "ids", keep);
+    return run_async(info.Env(), [h, ids]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      c10::InferenceMode guard;
+      ClipTextOutput o = h->model->text(ids);
+      return [o](Napi::Env env) {
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("lastHidden", tensor_to_js(env, o.last_hidden));
+        r.Set("pooled", tensor_to_js(env, o.pooled));
+        r.Set("features", tensor_to_js(env, o.features));
+        return r;
+      };
+    }, std::move(keep));
+  });
+}
+
+Napi::Value AddonClip::LogitScale(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    std::lock_guard<std::mutex> lock(h->mu);
+    return Napi::Number::New(info.Env(), h->model->logit_scale().item<double>());
+  });
+}
+
+Napi::Value AddonClip::Dispose(const Napi::CallbackInfo& info) {
+  if (clip_) {
+    std::lock_guard<std::mutex> lock(clip_->mu);  // waits for a running job; queued ones then fail with E_DISPOSED
+    clip_->model.reset();
+  }
+  return info.Env().Undefined();
+}
+
+// ---------------------------------------------------------------- AddonGpt2
+
+Napi::Function AddonGpt2::Init(Napi::Env env) {
+  return DefineClass(env, "AddonGpt2",
+                     {InstanceMethod("load", &AddonGpt2::Load), InstanceMethod("logits", &AddonGpt2::Logits),
+                      InstanceMethod("generate", &AddonGpt2::Generate), InstanceMethod("dispose", &AddonGpt2::Dispose)});
+}
+
+AddonGpt2::AddonGpt2(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonGpt2>(info) {
+  guarded(info.Env(), [&] {
+    gpt_ = std::make_shared<Locked<Gpt2Model>>();
+    gpt_->model = std::make_unique<Gpt2Model>(gpt2_config_from_js(obj_arg(info, 0, "config")));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value AddonGpt2::Load(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = live(gpt_);
+    std::string path = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    at::Device device = parse_device(str_arg(info, 1, "device"));
+    return run_async(info.Env(), [h, path, device]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      if (!path.empty()) h->model->params().load(*SafetensorsFile::open(path), Gpt2Model::checkpoint_key);
+      h->model->params().to(device);
+      return [](Napi::Env env) { return env.Undefined(); };
+    });
+  });
+}
+
+// Embeds ids and places an optional prefix [B,P,C] before them; returns logits [B,P+T,V].
+static at::Tensor logits_with_prefix(const Gpt2Model& g, const at::Tensor& ids, const at::Tensor& prefix) {
+  at::Tensor x = g.embed_tokens(ids);
+  if (prefix.defined()) {
+    check(prefix.dim() == 3 && prefix.size(0) == ids.size(0) && prefix.size(2) == g.config().n_embd, "E_SHAPE",
+          "prefix must have shape [B, P, " + std::to_string(g.config().n_embd) + "] with the same B as ids");
+    check(prefix.is_floating_point(), "E_DTYPE", "prefix must be float32");
+    at::Tensor p = prefix.to(g.device(), at::kFloat);
+    check(at::isfinite(p).all().item<bool>(), "E_VALUE", "prefix contains NaN or infinite values");
+    x = at::cat({p, x}, 1);
+  }
+  check(x.size(1) > 0, "E_SHAPE", "nothing to run: no ids and no prefix");
+  return g.logits(g.forward(x, nullptr));
+}
+
+Napi::Value AddonGpt2::Logits(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = live(gpt_);
+    KeepAlive keep;
+    at::Tensor ids = tensor_from_js(info[0], "ids", keep);
+    at::Tensor prefix = info.Length() > 1 && info[1].IsObject() ? tensor_from_js(info[1], "prefix", keep) : at::Tensor();
+    return run_async(info.Env(), [h, ids, prefix]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      c10::InferenceMode guard;
+      at::Tensor out = logits_with_prefix(*h->model, ids, prefix);
+      return [out](Napi::Env env) { return tensor_to_js(env, out); };
+    }, std::move(keep));
+  });
+}
+
+static Finish decode_result_to_js(const DecodeResult& r) {
+  return [r](Napi::Env env) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("ids", tensor_to_js(env, r.ids.cpu()));
+    o.Set("scores", tensor_to_js(env, r.scores.cpu()));
+    return o;
+  };
+}
+
+Napi::Value AddonGpt2::Generate(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = live(gpt_);
+    KeepAlive keep;
+    at::Tensor prefix = tensor_from_js(info[0], "prefix", keep);
+    DecodeOptions opts = decode_options_from_js(obj_arg(info, 1, "options"));
+    return run_async(info.Env(), [h, prefix, opts]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      c10::InferenceMode guard;
+      return decode_result_to_js(decode(*h->model, prefix, opts));
+    }, std::move(keep));
+  });
+}
+
+Napi::Value AddonGpt2::Dispose(const Napi::CallbackInfo& info) {
+  if (gpt_) {
+    std::lock_guard<std::mutex> lock(gpt_->mu);
+    gpt_->model.reset();
+  }
+  return info.Env().Undefined();
+}
+
+// ---------------------------------------------------------------- AddonCaptioner
+
+at::Tensor CaptionerModel::prefix_from_features(const at::Tensor& features) const {
+  at::Tensor f = features.to(gpt->device(), at::kFloat);
+  if (normalize_prefix) f = f / f.norm(2, -1, true).clamp_min(1e-12);
+  return (*mapper)(f);
+}
+
+Napi::Function AddonCaptioner::Init(Napi::Env env) {
+  return DefineClass(env, "AddonCaptioner",
+                     {InstanceMethod("loadGpt2", &AddonCaptioner::LoadGpt2), InstanceMethod("load", &AddonCaptioner::Load),
+                      InstanceMethod("save", &AddonCaptioner::Save), InstanceMethod("caption", &AddonCaptioner::Caption),
+                      InstanceMethod("captionFeatures", &AddonCaptioner::CaptionFeatures),
+                      InstanceMethod("logits", &AddonCaptioner::Logits), InstanceMethod("numParams", &AddonCaptioner::NumParams),
+                      InstanceMethod("dispose", &AddonCaptioner::Dispose)});
+}
+
+// new AddonCaptioner(clip: AddonClip, { gpt2, mapper, normalizePrefix })
+AddonCaptioner::AddonCaptioner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonCaptioner>(info) {
+  guarded(info.Env(), [&] {
+    if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(addon_state(info.Env()).clip_ctor.Value()))
+      fail("E_CONFIG", "first argument must be a CLIP model");
+    Napi::Object cfg = obj_arg(info, 1, "config");
+    Napi::Value g = cfg.Get("gpt2"), m = cfg.Get("mapper");
+    if (!g.IsObject() || !m.IsObject()) fail("E_CONFIG", "captioner config needs gpt2 and mapper sections");
+    cap_ = std::make_shared<Locked<CaptionerModel>>();
+    auto model = std::make_unique<CaptionerModel>();
+    model->clip = AddonClip::Unwrap(info[0].As<Napi::Object>())->handle();
+    model->normalize_prefix = get_bool(cfg, "normalizePrefix", false);
+    Gpt2Config gc = gpt2_config_from_js(g.As<Napi::Object>());
+    MapperConfig mc = mapper_config_from_js(m.As<Napi::Object>());
+    check(mc.n_embd == gc.n_embd, "E_CONFIG", "mapper nEmbd must equal GPT-2's n_embd");
+    check(mc.clip_dim == model->clip->model->config().projection_dim, "E_CONFIG", "mapper clipDim must equal CLIP's projection_dim");
+    model->mapper = std::make_unique<Mapper>(mc, &model->params);
+    model->gpt = std::make_unique<Gpt2Model>(gc, &model->params, "gpt.");
+    cap_->model = std::move(model);
+    return info.Env().Undefined();
+  });
+}
+
+std::shared_ptr<Locked<CaptionerModel>> AddonCaptioner::handle() const { return live(cap_); }
+
+// loadGpt2(path | null, device): GPT-2 weights from a plain Hugging Face GPT-2 file; null moves only.
+Napi::Value AddonCaptioner::LoadGpt2(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    std::string path = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    at::Device device = parse_device(str_arg(info, 1, "device"));
+    return run_async(info.Env(), [h, path, device]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      if (!path.empty())
+        h->model->params.load(*SafetensorsFile::open(path), [](const std::string& k) {
+          std::string n = Gpt2Model::checkpoint_key(k);
+          return n.empty() ? n : "gpt." + n;
+        }, "gpt.");
+      h->model->params.to(device);
+      return [](Napi::Env env) { return env.Undefined(); };
+    });
+  });
+}
+
+// load(path, device): a Captioner checkpoint (clip_project.* + gpt.*).
+Napi::Value AddonCaptioner::Load(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    std::string path = str_arg(info, 0, "path");
+    at::Device device = parse_device(str_arg(info, 1, "device"));
+    return run_async(info.Env(), [h, path, device]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      h->model->params.load(*SafetensorsFile::open(path), [](const std::string& k) {
+        if (k.rfind("gpt.", 0) == 0) {
+          std::string n = Gpt2Model::checkpoint_key(k.substr(4));
+          return n.empty() ? n : "gpt." + n;
+        }
+        return k;
+      });
+      h->model->params.to(device);
+      return [](Napi::Env env) { return env.Undefined(); };
+    });
+  });
+}
+
+// save(path, metadata): float32 safetensors of every parameter, written atomically.
+Napi::Value AddonCaptioner::Save(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    std::string path = str_arg(info, 0, "path");
+    std::map<std::string, std::string> meta;
+    if (info.Length() > 1 && info[1].IsObject()) {
+      Napi::Object m = info[1].As<Napi::Object>();
+      Napi::Array keys = m.GetPropertyNames();
+      for (uint32_t i = 0; i < keys.Length(); ++i) {
+        std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+        Napi::Value v = m.Get(k);
+        if (!v.IsString()) fail("E_CONFIG", "metadata values must be strings");
+        meta[k] = v.As<Napi::String>().Utf8Value();
+      }
+    }
+    return run_async(info.Env(), [h, path, meta]() -> Finish {
+      std::vector<at::Tensor> host;
+      std::vector<TensorToWrite> items;
+      {
+        std::lock_guard<std::mutex> lock(h->mu);
+        at::NoGradGuard no_grad;
+        for (const auto& name : h->model->params.names()) {
+          at::Tensor t = h->model->params.get(name).detach().to(at::kCPU, at::kFloat).contiguous();
+          if (t.data_ptr() == h->model->params.get(name).data_ptr()) t = t.clone();  // a snapshot, not the live weights
+          host.push_back(t);
+          std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+          items.push_back({name, DType::F32, shape, t.data_ptr(), t.nbytes()});
+        }
+      }
+      write_safetensors(path, items, meta);  // outside the lock: captioning goes on while the file is written
+      return [](Napi::Env env) { return env.Undefined(); };
+    });
+  });
+}
+
+// caption(pixels [B,3,S,S], decodeOptions) -> { ids, scores, features }
+Napi::Value AddonCaptioner::Caption(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    KeepAlive keep;
+    at::Tensor pixels = tensor_from_js(info[0], "pixels", keep);
+    DecodeOptions opts = decode_options_from_js(obj_arg(info, 1, "options"));
+    return run_async(info.Env(), [h, pixels, opts]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      c10::InferenceMode guard;
+      at::Tensor features;
+      {
+        auto clip = live(h->model->clip);
+        std::lock_guard<std::mutex> clip_lock(clip->mu);
+        features = clip->model->vision(pixels).features;
+      }
+      DecodeResult r = decode(*h->model->gpt, h->model->prefix_from_features(features), opts);
+      Finish base = decode_result_to_js(r);
+      return [base, features](Napi::Env env) {
+        Napi::Object o = base(env).As<Napi::Object>();
+        o.Set("features", tensor_to_js(env, features.cpu()));
+        return o;
+      };
+    }, std::move(keep));
+  });
+}
+
+// captionFeatures(features [B,clip_dim], decodeOptions): decoding from precomputed CLIP features.
+Napi::Value AddonCaptioner::CaptionFeatures(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    KeepAlive keep;
+    at::Tensor features = tensor_from_js(info[0], "features", keep);
+    DecodeOptions opts = decode_options_from_js(obj_arg(info, 1, "options"));
+    return run_async(info.Env(), [h, features, opts]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      c10::InferenceMode guard;
+      check(features.is_floating_point(), "E_DTYPE", "features must be float32");
+      return decode_result_to_js(decode(*h->model->gpt, h->model->prefix_from_features(features), opts));
+    }, std::move(keep));
+  });
+}
+
+// logits(ids [B,T], features [B,clip_dim]) -> [B, K+T, V]: teacher-forced logits after the mapped prefix.
+Napi::Value AddonCaptioner::Logits(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    KeepAlive keep;
+    at::Tensor ids = tensor_from_js(info[0], "ids", keep);
+    at::Tensor features = tensor_from_js(info[1], "features", keep);
+    return run_async(info.Env(), [h, ids, features]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      c10::InferenceMode guard;
+      at::Tensor out = logits_with_prefix(*h->model->gpt, ids, h->model->prefix_from_features(features));
+      return [out](Napi::Env env) { return tensor_to_js(env, out); };
+    }, std::move(keep));
+  });
+}
+
+Napi::Value AddonCaptioner::NumParams(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    return Napi::Number::New(info.Env(), static_cast<double>(h->model->params.numel()));
+  });
+}
+
+Napi::Value AddonCaptioner::Dispose(const Napi::CallbackInfo& info) {
+  if (cap_) {
+    std::lock_guard<std::mutex> lock(cap_->mu);
+    cap_->model.reset();
+  }
+  return info.Env().Undefined();
+}
+
+}  // namespace semicap

@@ -1,0 +1,185 @@
+#include "nn.h"
+
+#include <torch/version.h>
+
+#include <set>
+#include <sstream>
+
+#include "errors.h"
+#include "safetensors.h"
+
+namespace semicap {
+
+Activation activation_from_name(const std::string& n) {
+  if (n == "quick_gelu") return Activation::QuickGelu;
+  if (n == "gelu_new" || n == "gelu_pytorch_tanh" || n == "gelu_fast") return Activation::GeluTanh;
+  if (n == "gelu") return Activation::Gelu;
+  if (n == "relu") return Activation::Relu;
+  if (n == "tanh") return Activation::Tanh;
+  fail("E_CONFIG", "unsupported activation '" + n + "' (supported: quick_gelu, gelu_new, gelu_pytorch_tanh, gelu, relu, tanh)");
+}
+
+at::Tensor activate(const at::Tensor& x, Activation a) {
+  switch (a) {
+    case Activation::QuickGelu: return x * at::sigmoid(x * 1.702);
+    case Activation::GeluTanh: return at::gelu(x, "tanh");
+    case Activation::Gelu: return at::gelu(x);
+    case Activation::Relu: return at::relu(x);
+    case Activation::Tanh: return at::tanh(x);
+  }
+  return x;
+}
+
+at::Tensor ParamStore::add(const std::string& name, std::vector<int64_t> shape, const std::function<void(at::Tensor&)>& init) {
+  check(!tensors_.count(name), "E_NATIVE", "parameter registered twice: " + name);
+  at::Tensor t = at::empty(shape, at::kFloat);
+  init(t);
+  names_.push_back(name);
+  tensors_[name] = t;
+  return t;
+}
+at::Tensor ParamStore::normal(const std::string& name, std::vector<int64_t> shape, double std) {
+  return add(name, std::move(shape), [std](at::Tensor& t) { t.normal_(0, std); });
+}
+at::Tensor ParamStore::zeros(const std::string& name, std::vector<int64_t> shape) {
+  return add(name, std::move(shape), [](at::Tensor& t) { t.zero_(); });
+}
+at::Tensor ParamStore::ones(const std::string& name, std::vector<int64_t> shape) {
+  return add(name, std::move(shape), [](at::Tensor& t) { t.fill_(1); });
+}
+
+at::Tensor& ParamStore::get(const std::string& name) {
+  auto it = tensors_.find(name);
+  check(it != tensors_.end(), "E_NATIVE", "no parameter named " + name);
+  return it->second;
+}
+
+std::vector<at::Tensor> ParamStore::all() const {
+  std::vector<at::Tensor> out;
+  for (auto& n : names_) out.push_back(tensors_.at(n));
+  return out;
+}
+
+int64_t ParamStore::numel() const {
+  int64_t n = 0;
+  for (auto& [k, t] : tensors_) n += t.numel();
+  return n;
+}
+
+static std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  return o.str() + "]";
+}
+
+at::Tensor view_as_tensor(const TensorView& v) {
+  at::ScalarType st;
+  switch (v.dtype) {
+    case DType::F32: st = at::kFloat; break;
+    case DType::F16: st = at::kHalf; break;
+    case DType::BF16: st = at::kBFloat16; break;
+    case DType::F64: st = at::kDouble; break;
+    case DType::I64: st = at::kLong; break;
+    case DType::I32: st = at::kInt; break;
+    case DType::I16: st = at::kShort; break;
+    case DType::I8: st = at::kChar; break;
+    case DType::U8: st = at::kByte; break;
+    case DType::BOOL: st = at::kBool; break;
+    default: fail("E_CHECKPOINT", "unsupported dtype");
+  }
+  if (v.nbytes == 0) return at::empty(v.shape, at::TensorOptions().dtype(st));
+  // The mapping is read-only and outlives this call; from_blob does not copy. Misaligned data (possible in
+  // files written by other tools) is copied into an aligned buffer first.
+  auto opts = at::TensorOptions().dtype(st);
+  if (reinterpret_cast<uintptr_t>(v.data) % dtype_size(v.dtype) != 0) {
+    at::Tensor t = at::empty(v.shape, opts);
+    std::memcpy(t.data_ptr(), v.data, v.nbytes);
+    return t;
+  }
+  return at::from_blob(const_cast<uint8_t*>(v.data), v.shape, opts);
+}
+
+void ParamStore::load(const SafetensorsFile& file, const std::function<std::string(const std::string&)>& rename, const std::string& scope) {
+  std::vector<std::string> unexpected, misshaped;
+  std::set<std::string> filled;
+  at::NoGradGuard no_grad;
+  for (const auto& key : file.parsed().names) {
+    std::string name = rename(key);
+    if (name.empty()) continue;
+    auto it = tensors_.find(name);
+    if (it == tensors_.end() || name.compare(0, scope.size(), scope) != 0) {
+      unexpected.push_back(key);
+      continue;
+    }
+    const TensorView& v = file.parsed().tensors.at(key);
+    if (it->second.sizes() != at::IntArrayRef(v.shape)) {
+      misshaped.push_back(key + " (file " + shape_str(v.shape) + ", model " + shape_str(it->second.sizes()) + ")");
+      continue;
+    }
+    if (v.dtype != DType::F32 && v.dtype != DType::F16 && v.dtype != DType::BF16 && v.dtype != DType::F64) {
+      misshaped.push_back(key + " (dtype " + dtype_name(v.dtype) + ", expected a float type)");
+      continue;
+    }
+    // bf16/f16 checkpoints compute in float32 by default: copy_ converts.
+    it->second.copy_(view_as_tensor(v));
+    filled.insert(name);
+  }
+  std::vector<std::string> missing;
+  for (auto& n : names_)
+    if (n.compare(0, scope.size(), scope) == 0 && !filled.count(n)) missing.push_back(n);
+  if (unexpected.empty() && misshaped.empty() && missing.empty()) return;
+  std::string msg = file.path() + ": checkpoint does not match the model.";
+  auto list = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (size_t i = 0; i < v.size() && i < 20; ++i) s += (i ? ", " : "") + v[i];
+    if (v.size() > 20) s += ", ... (" + std::to_string(v.size()) + " in all)";
+    return s;
+  };
+  if (!missing.empty()) msg += " Missing: " + list(missing) + ".";
+  if (!misshaped.empty()) msg += " Mis-shaped: " + list(misshaped) + ".";
+  if (!unexpected.empty()) msg += " Unexpected: " + list(unexpected) + ".";
+  fail("E_CHECKPOINT", msg);
+}
+
+void ParamStore::to(const at::Device& device) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, t] : tensors_) {
+    if (t.device() == device) continue;
+    bool rg = t.requires_grad();
+    // set_data keeps the TensorImpl (and every copy of the handle models hold) while moving its storage.
+    t.set_data(t.to(device));
+    t.requires_grad_(rg);
+  }
+}
+
+void ParamStore::set_requires_grad(bool on) {
+  for (auto& [name, t] : tensors_) t.requires_grad_(on);
+}
+
+at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
+  auto B = x.size(0), T = x.size(1), C = x.size(2);
+  return x.view({B, T, heads, C / heads}).transpose(1, 2);
+}
+
+at::Tensor merge_heads(const at::Tensor& x) {
+  auto B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
+  return x.transpose(1, 2).reshape({B, T, H * D});
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
+  const int64_t Tq = q.size(2), Tk = k.size(2);
+#if TORCH_VERSION_MAJOR >= 2
+  // The fused kernel (flash / memory-efficient on CUDA, a blocked kernel on CPU) when its causal convention
+  // (top-left aligned) agrees with ours: square, or a single query that may see every key.
+  if (!causal || Tq == Tk || Tq == 1) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal && Tq == Tk && Tq > 1);
+#endif
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(q.size(-1))));
+  if (causal && Tq > 1) {
+    at::Tensor mask = at::ones({Tq, Tk}, q.options().dtype(at::kBool)).triu(Tk - Tq + 1);
+    scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
+  }
+  return at::matmul(at::softmax(scores, -1), v);
+}
+
+}  // namespace semicap

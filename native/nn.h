@@ -1,0 +1,83 @@
+// Small building blocks over ATen (not torch::nn: ATen headers compile several times faster, and the models here
+// need only a handful of layers). Parameters live in a ParamStore under their checkpoint key, so loading a
+// Hugging Face file is one loop over names, as with register_module in pytorch/examples.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace semicap {
+
+class SafetensorsFile;
+
+enum class Activation { QuickGelu, GeluTanh, Gelu, Relu, Tanh };
+Activation activation_from_name(const std::string& name);  // HF hidden_act / activation_function names
+at::Tensor activate(const at::Tensor& x, Activation a);
+
+// Named parameters in registration order. `add` creates a tensor with the given init; `load` fills them from a
+// checkpoint, checking every key and shape.
+class ParamStore {
+ public:
+  at::Tensor add(const std::string& name, std::vector<int64_t> shape, const std::function<void(at::Tensor&)>& init);
+  at::Tensor normal(const std::string& name, std::vector<int64_t> shape, double std = 0.02);
+  at::Tensor zeros(const std::string& name, std::vector<int64_t> shape);
+  at::Tensor ones(const std::string& name, std::vector<int64_t> shape);
+
+  const std::vector<std::string>& names() const { return names_; }
+  at::Tensor& get(const std::string& name);
+  bool has(const std::string& name) const { return tensors_.count(name) > 0; }
+  std::vector<at::Tensor> all() const;
+  int64_t numel() const;
+
+  // Fills parameters from `file`. Keys are mapped through `rename` (return "" to ignore a key, e.g. buffers);
+  // only parameters whose names start with `scope` are expected (pass "" for all). Throws E_CHECKPOINT naming
+  // missing, unexpected and mis-shaped keys.
+  void load(const SafetensorsFile& file, const std::function<std::string(const std::string&)>& rename,
+            const std::string& scope = "");
+
+  void to(const at::Device& device);  // moves every parameter (in place, keeping references valid)
+  void set_requires_grad(bool on);
+
+ private:
+  std::vector<std::string> names_;
+  std::map<std::string, at::Tensor> tensors_;
+};
+
+struct Linear {
+  at::Tensor weight, bias;  // weight [out, in] (PyTorch layout), bias optional
+  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+};
+
+// GPT-2's Conv1D: weight stored [in, out].
+struct Conv1D {
+  at::Tensor weight, bias;
+  at::Tensor operator()(const at::Tensor& x) const { return at::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape(x)); }
+  std::vector<int64_t> out_shape(const at::Tensor& x) const {
+    auto s = x.sizes().vec();
+    s.back() = weight.size(1);
+    return s;
+  }
+};
+
+struct LayerNorm {
+  at::Tensor weight, bias;
+  double eps = 1e-5;
+  at::Tensor operator()(const at::Tensor& x) const { return at::layer_norm(x, {weight.size(0)}, weight, bias, eps); }
+};
+
+// Scaled dot-product attention over [B, H, Tq, D] x [B, H, Tk, D]. `causal` masks keys after each query, aligned
+// so the last query sees every key (what a KV-cached decoding step needs).
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal);
+
+// [B, T, C] -> [B, H, T, C/H] and back.
+at::Tensor split_heads(const at::Tensor& x, int64_t heads);
+at::Tensor merge_heads(const at::Tensor& x);
+
+// Converts a checkpoint view to a float32 (or the view's integer type) CPU tensor without copying when possible.
+at::Tensor view_as_tensor(const struct TensorView& v);
+
+}  // namespace semicap
