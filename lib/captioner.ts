@@ -163,7 +163,7 @@ export class Captioner {
     await mkdir(dir, { recursive: true })
     if (this.clip.dir) await linkFiles(this.clip.dir, join(dir, 'clip'), CLIP_FILES)
     if (this.tokenizerDir) await linkFiles(this.tokenizerDir, dir, TOKENIZER_FILES)
-    await this.#serial.run(() => call(() => this.addon.save(join(dir, 'model.safetensors'), { format: 'pt', semicap: String(FORMAT) })))
+    await call(() => this.#serial.run(() => this.addon.save(join(dir, 'model.safetensors'), { format: 'pt', semicap: String(FORMAT) })))
     const config = {
       semicap: { format: FORMAT, clip: 'clip', mapper: this.mapper, normalizePrefix: this.normalizePrefix },
       gpt2: this.gpt2RawConfig,
@@ -201,7 +201,7 @@ export class Captioner {
     const wire = decodeWire(options, this.tokenizer, this.gpt2Config)
     const pixels = images instanceof Tensor ? images : await this.clip.preprocess(images)
     if (pixels.dtype !== 'float32') throw new SemicapError('E_DTYPE', `pixels must be float32, got ${pixels.dtype}`)
-    const out = await this.#serial.run(() => call(() => this.addon.caption(pixels.toWire(), wire)))
+    const out = await call(() => this.#serial.run(() => this.addon.caption(pixels.toWire(), wire)))
     return this.#texts(Tensor.fromWire(out.ids), Tensor.fromWire(out.scores))
   }
 
@@ -210,7 +210,7 @@ export class Captioner {
     this.#live()
     if (!(features instanceof Tensor)) throw new TypeError('features must be a Tensor')
     const wire = decodeWire(options, this.tokenizer, this.gpt2Config)
-    const out = await this.#serial.run(() => call(() => this.addon.captionFeatures(features.toWire(), wire)))
+    const out = await call(() => this.#serial.run(() => this.addon.captionFeatures(features.toWire(), wire)))
     return this.#texts(Tensor.fromWire(out.ids), Tensor.fromWire(out.scores))
   }
 
@@ -218,7 +218,7 @@ export class Captioner {
   logits(ids: Tensor, features: Tensor): Promise<Tensor> {
     this.#live()
     if (!(ids instanceof Tensor) || !(features instanceof Tensor)) throw new TypeError('ids and features must be Tensors')
-    return this.#serial.run(() => call(() => this.addon.logits(ids.toWire(), features.toWire()))).then(Tensor.fromWire)
+    return call(() => this.#serial.run(() => this.addon.logits(ids.toWire(), features.toWire()))).then(Tensor.fromWire)
   }
 
   /** Trainable parameters (mapper + GPT-2). */

@@ -92,14 +92,14 @@ export class Clip {
   vision(pixels: Tensor): Promise<TowerOutput> {
     const p = this.#check(pixels, 'pixels')
     if (p.dtype !== 'float32') return Promise.reject(new SemicapError('E_DTYPE', `pixels must be float32, got ${p.dtype}`))
-    return this.#serial.run(() => call(() => this.addon.vision(p.toWire()))).then(towerOut)
+    return call(() => this.#serial.run(() => this.addon.vision(p.toWire()))).then(towerOut)
   }
 
   /** Text tower: last hidden state (after final_layer_norm), pooled at the end token, projected features. */
   text(ids: Tensor): Promise<TowerOutput> {
     const t = this.#check(ids, 'ids')
     if (t.dtype !== 'int64' && t.dtype !== 'int32') return Promise.reject(new SemicapError('E_DTYPE', `ids must be int64, got ${t.dtype}`))
-    return this.#serial.run(() => call(() => this.addon.text(t.toWire()))).then(towerOut)
+    return call(() => this.#serial.run(() => this.addon.text(t.toWire()))).then(towerOut)
   }
 
   /** [B,3,H,W] float32 -> [B, projection_dim], like Hugging Face get_image_features. */

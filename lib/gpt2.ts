@@ -51,7 +51,7 @@ export class Gpt2 {
     if (!(ids instanceof Tensor)) throw new TypeError('ids must be a Tensor')
     const prefix = options.prefix
     if (prefix !== undefined && !(prefix instanceof Tensor)) throw new TypeError('prefix must be a Tensor')
-    return this.#serial.run(() => call(() => this.addon.logits(ids.toWire(), prefix?.toWire() ?? null))).then(Tensor.fromWire)
+    return call(() => this.#serial.run(() => this.addon.logits(ids.toWire(), prefix?.toWire() ?? null))).then(Tensor.fromWire)
   }
 
   /** Generates from a prefix of embeddings [B,P,n_embd]; batched over B. */
@@ -59,7 +59,7 @@ export class Gpt2 {
     this.#live()
     if (!(prefix instanceof Tensor)) throw new TypeError('prefix must be a Tensor')
     const wire = decodeWire(options, this.tokenizer, this.config)
-    const out = await this.#serial.run(() => call(() => this.addon.generate(prefix.toWire(), wire)))
+    const out = await call(() => this.#serial.run(() => this.addon.generate(prefix.toWire(), wire)))
     return { ids: Tensor.fromWire(out.ids), scores: Tensor.fromWire(out.scores) }
   }
 
