@@ -9,5 +9,7 @@ export default defineConfig({
     hookTimeout: 120_000,
     // Two cores: running test files one after another is faster than fighting over them.
     fileParallelism: false,
+    // The JSON report is what .ci/run counts from (CI reads a plain "N passed, N failed" line, not vitest's summary).
+    reporters: ['default', ['json', { outputFile: 'test-results.json' }]],
   },
 })

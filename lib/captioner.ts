@@ -13,6 +13,7 @@ import { call, native, type AddonCaptioner, type Gpt2ConfigWire, type MapperConf
 import { Serial } from './serial.js'
 import { Tensor } from './tensor.js'
 import type { Gpt2Tokenizer } from './tokenizers/gpt2.js'
+import { startTraining, type TrainOptions, type TrainingRun } from './training.js'
 
 export interface MapperOptions {
   type?: 'mlp' | 'transformer'
@@ -33,6 +34,8 @@ export interface CaptionerCreateOptions {
   /** L2-normalise CLIP features before the mapper. Default false (ClipCap feeds raw features). */
   normalizePrefix?: boolean
   device?: DeviceOption
+  /** Seed of the mapper's random initialisation (default 0: every new captioner starts the same). */
+  seed?: number
 }
 
 export interface Caption {
@@ -126,7 +129,9 @@ export class Captioner {
     const { wire: g, raw } = await readGpt2Config(options.gpt2)
     const mapper = mapperWire(options.mapper, clip.projectionDim, g.nEmbd)
     const normalizePrefix = options.normalizePrefix ?? false
-    const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix }))
+    const seed = options.seed ?? 0
+    if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError('seed must be a non-negative integer')
+    const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix, seed }))
     await call(() => addon.loadGpt2(join(options.gpt2, 'model.safetensors'), clip.device))
     const tokenizer = await loadGpt2Tokenizer(options.gpt2, g)
     return new Captioner(clip, addon, g, raw, mapper, normalizePrefix, tokenizer, options.gpt2, ownsClip)
@@ -164,11 +169,7 @@ export class Captioner {
     if (this.clip.dir) await linkFiles(this.clip.dir, join(dir, 'clip'), CLIP_FILES)
     if (this.tokenizerDir) await linkFiles(this.tokenizerDir, dir, TOKENIZER_FILES)
     await call(() => this.#serial.run(() => this.addon.save(join(dir, 'model.safetensors'), { format: 'pt', semicap: String(FORMAT) })))
-    const config = {
-      semicap: { format: FORMAT, clip: 'clip', mapper: this.mapper, normalizePrefix: this.normalizePrefix },
-      gpt2: this.gpt2RawConfig,
-    }
-    await writeFileAtomic(join(dir, 'config.json'), JSON.stringify(config, null, 2) + '\n')
+    await writeFileAtomic(join(dir, 'config.json'), JSON.stringify(this.#configJson(), null, 2) + '\n')
   }
 
   #live(): void {
@@ -219,6 +220,34 @@ export class Captioner {
     this.#live()
     if (!(ids instanceof Tensor) || !(features instanceof Tensor)) throw new TypeError('ids and features must be Tensors')
     return call(() => this.#serial.run(() => this.addon.logits(ids.toWire(), features.toWire()))).then(Tensor.fromWire)
+  }
+
+  /**
+   * Trains the mapper (and GPT-2 unless trainLm is false) on its own native thread. Captioning calls made
+   * meanwhile wait until the run ends (they are queued behind it).
+   */
+  train(options: TrainOptions): TrainingRun {
+    this.#live()
+    return startTraining(this, options, (job) => this.#serial.run(job))
+  }
+
+  /** @internal what a training checkpoint folder holds besides the weights: config.json text, files to link. */
+  async checkpointTemplate(): Promise<{ configJson: string; links: [string, string][] }> {
+    const links: [string, string][] = []
+    const add = async (from: string | undefined, prefix: string, names: string[]) => {
+      if (!from) return
+      for (const n of names) if (await exists(join(from, n))) links.push([resolve(from, n), prefix + n])
+    }
+    await add(this.clip.dir, 'clip/', CLIP_FILES)
+    await add(this.tokenizerDir, '', TOKENIZER_FILES)
+    return { configJson: JSON.stringify(this.#configJson(), null, 2) + '\n', links }
+  }
+
+  #configJson(): object {
+    return {
+      semicap: { format: FORMAT, clip: 'clip', mapper: this.mapper, normalizePrefix: this.normalizePrefix },
+      gpt2: this.gpt2RawConfig,
+    }
   }
 
   /** Trainable parameters (mapper + GPT-2). */

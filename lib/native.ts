@@ -75,6 +75,22 @@ export interface AddonCaptioner {
   dispose(): void
 }
 
+export interface AddonTrainer {
+  start(): Promise<unknown>
+  abort(): void
+}
+
+export interface LossesAddon {
+  tokenLogprobs(logits: WireTensor, ids: WireTensor): WireTensor
+  ceLoss(logits: WireTensor, ids: WireTensor): WireTensor
+  scstLoss(logits: WireTensor, ids: WireTensor, reward: WireTensor, baseline: WireTensor): WireTensor
+  klPenalty(policyLogits: WireTensor, referenceLogits: WireTensor, ids: WireTensor): WireTensor
+  repeatedNgrams(ids: WireTensor, n: number): WireTensor
+  clipSReward(text: WireTensor, image: WireTensor, w: number): WireTensor
+  refTextReward(text: WireTensor, textImage: WireTensor, refs: WireTensor, refOwner: WireTensor, useMax: boolean): WireTensor
+  refContrastiveReward(text: WireTensor, textImage: WireTensor, refs: WireTensor, refOwner: WireTensor, batchImages: WireTensor, tau: number): WireTensor
+}
+
 export interface SafetensorsHeader {
   names: string[]
   metadata: Record<string, string>
@@ -93,7 +109,10 @@ export interface NativeInfo {
 export interface Addon {
   AddonClip: new (config: ClipConfigWire) => AddonClip
   AddonGpt2: new (config: Gpt2ConfigWire) => AddonGpt2
-  AddonCaptioner: new (clip: AddonClip, config: { gpt2: Gpt2ConfigWire; mapper: MapperConfigWire; normalizePrefix: boolean }) => AddonCaptioner
+  AddonCaptioner: new (clip: AddonClip, config: { gpt2: Gpt2ConfigWire; mapper: MapperConfigWire; normalizePrefix: boolean; seed?: number }) => AddonCaptioner
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  AddonTrainer: new (captioner: AddonCaptioner, config: object, data: Record<string, WireTensor>, onProgress: (p: any) => void, onScore: (ids: WireTensor, images: WireTensor) => object) => AddonTrainer
+  losses: LossesAddon
   setNumThreads(n: number): void
   info(): NativeInfo
   readSafetensorsHeader(path: string): Promise<SafetensorsHeader>

@@ -11,8 +11,10 @@
 #include "models_binding.h"
 #include "safetensors.h"
 #include "nn.h"
+#include "training_binding.h"
 
 namespace semicap {
+Napi::Object losses_exports(Napi::Env env);
 namespace {
 
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
@@ -152,6 +154,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("AddonClip", clip);
   exports.Set("AddonGpt2", AddonGpt2::Init(env));
   exports.Set("AddonCaptioner", AddonCaptioner::Init(env));
+  exports.Set("AddonTrainer", AddonTrainer::Init(env));
+  exports.Set("losses", losses_exports(env));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("readSafetensorsHeader", Napi::Function::New(env, ReadSafetensorsHeader));

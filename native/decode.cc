@@ -127,7 +127,9 @@ DecodeResult decode(const Gpt2Model& gpt, const at::Tensor& prefix, const Decode
   for (int64_t id : o.stop_ids) check(id >= 0 && id < gpt.config().vocab_size, "E_VALUE", "stop token id out of range");
   check(o.eos_id < gpt.config().vocab_size, "E_VALUE", "eos token id out of range");
   check(o.temperature > 0 && o.top_p > 0 && o.top_p <= 1 && o.top_k >= 0, "E_VALUE", "temperature must be > 0, topP in (0, 1], topK >= 0");
+  check(prefix.is_floating_point(), "E_DTYPE", "prefix must be float32");
   at::Tensor p = prefix.to(gpt.device(), at::kFloat);
+  check(at::isfinite(p).all().item<bool>(), "E_VALUE", "prefix (or the features it was mapped from) contains NaN or infinite values");
   if (o.method == "beam") return beam(gpt, p, o);
   check(o.method == "greedy" || o.method == "sample", "E_VALUE", "decoding must be 'greedy', 'sample' or 'beam'");
   return greedy_or_sample(gpt, p, o);

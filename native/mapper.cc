@@ -12,8 +12,8 @@ Mapper::Mapper(const MapperConfig& cfg, ParamStore* s) : cfg_(cfg) {
   auto linear = [&](const std::string& n, int64_t out, int64_t in, bool bias = true) {
     double bound = 1.0 / std::sqrt(static_cast<double>(in));
     Linear l;
-    l.weight = s->add(n + ".weight", {out, in}, [bound](at::Tensor& t) { t.uniform_(-bound, bound); });
-    if (bias) l.bias = s->add(n + ".bias", {out}, [bound](at::Tensor& t) { t.uniform_(-bound, bound); });
+    l.weight = s->add(n + ".weight", {out, in}, [s, bound](at::Tensor& t) { t.uniform_(-bound, bound, s->generator()); });
+    if (bias) l.bias = s->add(n + ".bias", {out}, [s, bound](at::Tensor& t) { t.uniform_(-bound, bound, s->generator()); });
     return l;
   };
   if (cfg.type == "mlp") {
@@ -23,7 +23,7 @@ Mapper::Mapper(const MapperConfig& cfg, ParamStore* s) : cfg_(cfg) {
     check(cfg.clip_length > 0 && cfg.layers > 0 && cfg.heads > 0 && C % cfg.heads == 0, "E_CONFIG",
           "transformer mapper: clip_length, layers and heads must be positive and n_embd a multiple of heads");
     linear_ = linear("clip_project.linear", cfg.clip_length * C, cfg.clip_dim);
-    prefix_const_ = s->add("clip_project.prefix_const", {K, C}, [](at::Tensor& t) { t.normal_(); });
+    prefix_const_ = s->add("clip_project.prefix_const", {K, C}, [s](at::Tensor& t) { t.normal_(0, 1, s->generator()); });
     const int64_t hidden = static_cast<int64_t>(C * cfg.mlp_ratio);
     for (int64_t i = 0; i < cfg.layers; ++i) {
       std::string p = "clip_project.transformer.layers." + std::to_string(i) + ".";

@@ -305,12 +305,6 @@ Napi::Value AddonGpt2::Dispose(const Napi::CallbackInfo& info) {
 
 // ---------------------------------------------------------------- AddonCaptioner
 
-at::Tensor CaptionerModel::prefix_from_features(const at::Tensor& features) const {
-  at::Tensor f = features.to(gpt->device(), at::kFloat);
-  if (normalize_prefix) f = f / f.norm(2, -1, true).clamp_min(1e-12);
-  return (*mapper)(f);
-}
-
 Napi::Function AddonCaptioner::Init(Napi::Env env) {
   return DefineClass(env, "AddonCaptioner",
                      {InstanceMethod("loadGpt2", &AddonCaptioner::LoadGpt2), InstanceMethod("load", &AddonCaptioner::Load),
@@ -329,15 +323,12 @@ AddonCaptioner::AddonCaptioner(const Napi::CallbackInfo& info) : Napi::ObjectWra
     Napi::Value g = cfg.Get("gpt2"), m = cfg.Get("mapper");
     if (!g.IsObject() || !m.IsObject()) fail("E_CONFIG", "captioner config needs gpt2 and mapper sections");
     cap_ = std::make_shared<Locked<CaptionerModel>>();
-    auto model = std::make_unique<CaptionerModel>();
-    model->clip = AddonClip::Unwrap(info[0].As<Napi::Object>())->handle();
-    model->normalize_prefix = get_bool(cfg, "normalizePrefix", false);
-    Gpt2Config gc = gpt2_config_from_js(g.As<Napi::Object>());
+    auto clip = AddonClip::Unwrap(info[0].As<Napi::Object>())->handle();
     MapperConfig mc = mapper_config_from_js(m.As<Napi::Object>());
-    check(mc.n_embd == gc.n_embd, "E_CONFIG", "mapper nEmbd must equal GPT-2's n_embd");
-    check(mc.clip_dim == model->clip->model->config().projection_dim, "E_CONFIG", "mapper clipDim must equal CLIP's projection_dim");
-    model->mapper = std::make_unique<Mapper>(mc, &model->params);
-    model->gpt = std::make_unique<Gpt2Model>(gc, &model->params, "gpt.");
+    check(mc.clip_dim == clip->model->config().projection_dim, "E_CONFIG", "mapper clipDim must equal CLIP's projection_dim");
+    auto model = std::make_unique<CaptionerModel>(mc, gpt2_config_from_js(g.As<Napi::Object>()), get_bool(cfg, "normalizePrefix", false),
+                                                    static_cast<uint64_t>(get_int(cfg, "seed", 0)));
+    model->clip = clip;
     cap_->model = std::move(model);
     return info.Env().Undefined();
   });
@@ -372,13 +363,7 @@ Napi::Value AddonCaptioner::Load(const Napi::CallbackInfo& info) {
     at::Device device = parse_device(str_arg(info, 1, "device"));
     return run_async(info.Env(), [h, path, device]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
-      h->model->params.load(*SafetensorsFile::open(path), [](const std::string& k) {
-        if (k.rfind("gpt.", 0) == 0) {
-          std::string n = Gpt2Model::checkpoint_key(k.substr(4));
-          return n.empty() ? n : "gpt." + n;
-        }
-        return k;
-      });
+      h->model->params.load(*SafetensorsFile::open(path), CaptionerModel::checkpoint_key);
       h->model->params.to(device);
       return [](Napi::Env env) { return env.Undefined(); };
     });

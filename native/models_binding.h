@@ -6,10 +6,8 @@
 #include <memory>
 #include <mutex>
 
-#include "clip.h"
+#include "captioner_model.h"
 #include "decode.h"
-#include "gpt2.h"
-#include "mapper.h"
 
 namespace semicap {
 
@@ -18,13 +16,6 @@ ClipConfig clip_config_from_js(const Napi::Object& o);
 Gpt2Config gpt2_config_from_js(const Napi::Object& o);
 MapperConfig mapper_config_from_js(const Napi::Object& o);
 DecodeOptions decode_options_from_js(const Napi::Object& o);
-
-// A model plus the lock that serialises work on it (grad mode and the KV cache are per call, weights are shared).
-template <class M>
-struct Locked {
-  std::unique_ptr<M> model;
-  std::mutex mu;
-};
 
 class AddonClip : public Napi::ObjectWrap<AddonClip> {
  public:
@@ -52,17 +43,6 @@ class AddonGpt2 : public Napi::ObjectWrap<AddonGpt2> {
   Napi::Value Generate(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   std::shared_ptr<Locked<Gpt2Model>> gpt_;
-};
-
-// Mapper + GPT-2 in one parameter store (keys "clip_project.*" and "gpt.*", ClipCap's names), with the CLIP it
-// captions from.
-struct CaptionerModel {
-  ParamStore params;
-  std::unique_ptr<Mapper> mapper;
-  std::unique_ptr<Gpt2Model> gpt;
-  std::shared_ptr<Locked<ClipModel>> clip;
-  bool normalize_prefix = false;
-  at::Tensor prefix_from_features(const at::Tensor& features) const;
 };
 
 class AddonCaptioner : public Napi::ObjectWrap<AddonCaptioner> {

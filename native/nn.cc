@@ -1,5 +1,6 @@
 #include "nn.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/version.h>
 
 #include <set>
@@ -30,6 +31,10 @@ at::Tensor activate(const at::Tensor& x, Activation a) {
   return x;
 }
 
+ParamStore::ParamStore() : gen_(at::detail::createCPUGenerator(0)) {}
+
+void ParamStore::seed(uint64_t s) { gen_ = at::detail::createCPUGenerator(s); }
+
 at::Tensor ParamStore::add(const std::string& name, std::vector<int64_t> shape, const std::function<void(at::Tensor&)>& init) {
   check(!tensors_.count(name), "E_NATIVE", "parameter registered twice: " + name);
   at::Tensor t = at::empty(shape, at::kFloat);
@@ -39,7 +44,7 @@ at::Tensor ParamStore::add(const std::string& name, std::vector<int64_t> shape, 
   return t;
 }
 at::Tensor ParamStore::normal(const std::string& name, std::vector<int64_t> shape, double std) {
-  return add(name, std::move(shape), [std](at::Tensor& t) { t.normal_(0, std); });
+  return add(name, std::move(shape), [this, std](at::Tensor& t) { t.normal_(0, std, gen_); });
 }
 at::Tensor ParamStore::zeros(const std::string& name, std::vector<int64_t> shape) {
   return add(name, std::move(shape), [](at::Tensor& t) { t.zero_(); });

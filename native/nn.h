@@ -22,6 +22,7 @@ at::Tensor activate(const at::Tensor& x, Activation a);
 // checkpoint, checking every key and shape.
 class ParamStore {
  public:
+  ParamStore();
   at::Tensor add(const std::string& name, std::vector<int64_t> shape, const std::function<void(at::Tensor&)>& init);
   at::Tensor normal(const std::string& name, std::vector<int64_t> shape, double std = 0.02);
   at::Tensor zeros(const std::string& name, std::vector<int64_t> shape);
@@ -40,11 +41,15 @@ class ParamStore {
             const std::string& scope = "");
 
   void to(const at::Device& device);  // moves every parameter (in place, keeping references valid)
+  // Random init draws from this generator, so a new model is a pure function of its config and seed.
+  at::Generator& generator() { return gen_; }
+  void seed(uint64_t s);
   void set_requires_grad(bool on);
 
  private:
   std::vector<std::string> names_;
   std::map<std::string, at::Tensor> tensors_;
+  at::Generator gen_;
 };
 
 struct Linear {

@@ -146,6 +146,18 @@ class HeaderParser {
     if (c == '"') { string(); return; }
     if (c == '{') { ++p_; if (eat('}')) return; do { string(); expect(':'); skip_value(depth + 1); } while (eat(',')); expect('}'); return; }
     if (c == '[') { ++p_; if (eat(']')) return; do { skip_value(depth + 1); } while (eat(',')); expect(']'); return; }
+    // Other JSON scalars may appear in fields this reader ignores: accept them as the reference parser does.
+    for (const char* lit : {"true", "false", "null"}) {
+      size_t n = strlen(lit);
+      if (static_cast<size_t>(end_ - p_) >= n && std::memcmp(p_, lit, n) == 0) { p_ += n; return; }
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+      if (*p_ == '-') ++p_;
+      const char* start = p_;
+      while (p_ < end_ && ((*p_ >= '0' && *p_ <= '9') || *p_ == '.' || *p_ == 'e' || *p_ == 'E' || *p_ == '+' || *p_ == '-')) ++p_;
+      if (p_ == start) bad("bad number");
+      return;
+    }
     bad("unsupported value");
   }
 

@@ -104,10 +104,7 @@ describe('pixels', () => {
     await expectStillWorks()
   })
 
-  // Known native bug (reported): decode() does not check its prefix the way logits() does, so NaN features or a NaN
-  // prefix decode to token 0 repeated with a NaN score instead of failing. Remove `.fails` once native/decode.cc
-  // rejects non-finite prefixes with E_VALUE.
-  it.fails('NaN features (captionFeatures) or a NaN prefix (generate): E_VALUE', async () => {
+  it('NaN features (captionFeatures) or a NaN prefix (generate): E_VALUE', async () => {
     await expectFailure(() => cap.captionFeatures(tensor(new Float32Array(32).fill(Number.NaN), [1, 32])), 'E_VALUE')
     await expectFailure(() => gpt2.generate(tensor(new Float32Array(64).fill(Number.NaN), [1, 1, 64])), 'E_VALUE')
   })

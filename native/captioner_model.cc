@@ -1,0 +1,39 @@
+#include "captioner_model.h"
+
+#include "errors.h"
+
+namespace semicap {
+
+CaptionerModel::CaptionerModel(const MapperConfig& mc, const Gpt2Config& gc, bool normalize, uint64_t seed) : normalize_prefix(normalize) {
+  check(mc.n_embd == gc.n_embd, "E_CONFIG", "mapper nEmbd must equal GPT-2's n_embd");
+  params.seed(seed);
+  mapper = std::make_unique<Mapper>(mc, &params);
+  gpt = std::make_unique<Gpt2Model>(gc, &params, "gpt.");
+}
+
+at::Tensor CaptionerModel::prefix_from_features(const at::Tensor& features) const {
+  at::Tensor f = features.to(gpt->device(), at::kFloat);
+  if (normalize_prefix) f = f / f.norm(2, -1, true).clamp_min(1e-12);
+  return (*mapper)(f);
+}
+
+at::Tensor CaptionerModel::sequence_logits(const at::Tensor& features, const at::Tensor& ids_in) const {
+  check(ids_in.dim() == 2 && ids_in.size(1) >= 1, "E_SHAPE", "caption ids must have shape [N, L] with L >= 1");
+  at::Tensor ids = ids_in.to(gpt->device(), at::kLong);
+  at::Tensor prefix = prefix_from_features(features);
+  const int64_t P = prefix.size(1), L = ids.size(1);
+  at::Tensor x = prefix;
+  if (L > 1) x = at::cat({prefix, gpt->embed_tokens(ids.slice(1, 0, L - 1).clamp_min(0))}, 1);
+  at::Tensor hidden = gpt->forward(x, nullptr);
+  return gpt->logits(hidden.slice(1, P - 1, P - 1 + L));
+}
+
+std::string CaptionerModel::checkpoint_key(const std::string& k) {
+  if (k.rfind("gpt.", 0) == 0) {
+    std::string n = Gpt2Model::checkpoint_key(k.substr(4));
+    return n.empty() ? n : "gpt." + n;
+  }
+  return k;
+}
+
+}  // namespace semicap

@@ -1,0 +1,86 @@
+#include "optim.h"
+
+#include <cmath>
+
+#include "errors.h"
+
+namespace semicap {
+
+AdamW::AdamW(std::vector<at::Tensor> params, std::vector<std::string> names, AdamWConfig cfg)
+    : params_(std::move(params)), names_(std::move(names)), cfg_(cfg) {
+  for (auto& p : params_) {
+    m_.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
+    v_.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& p : params_)
+    if (p.grad().defined()) p.mutable_grad() = at::Tensor();
+}
+
+void AdamW::step(double lr) {
+  at::NoGradGuard no_grad;
+  ++step_;
+  const double bc1 = 1 - std::pow(cfg_.beta1, static_cast<double>(step_));
+  const double bc2 = 1 - std::pow(cfg_.beta2, static_cast<double>(step_));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    at::Tensor& p = params_[i];
+    const at::Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    p.mul_(1 - lr * cfg_.weight_decay);
+    m_[i].mul_(cfg_.beta1).add_(g, 1 - cfg_.beta1);
+    v_[i].mul_(cfg_.beta2).addcmul_(g, g, 1 - cfg_.beta2);
+    at::Tensor denom = (v_[i].sqrt() / std::sqrt(bc2)).add_(cfg_.eps);
+    p.addcdiv_(m_[i], denom, -lr / bc1);
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> AdamW::state() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    out.emplace_back(names_[i] + ".exp_avg", m_[i]);
+    out.emplace_back(names_[i] + ".exp_avg_sq", v_[i]);
+  }
+  return out;
+}
+
+void AdamW::load_state(const std::vector<std::pair<std::string, at::Tensor>>& named, int64_t step) {
+  at::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> by_name(named.begin(), named.end());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    for (auto [suffix, dst] : {std::make_pair(".exp_avg", &m_[i]), std::make_pair(".exp_avg_sq", &v_[i])}) {
+      auto it = by_name.find(names_[i] + suffix);
+      check(it != by_name.end(), "E_CHECKPOINT", "optimizer state lacks " + names_[i] + suffix);
+      check(it->second.sizes() == dst->sizes(), "E_CHECKPOINT", "optimizer state " + names_[i] + suffix + " is mis-shaped");
+      dst->copy_(it->second);
+    }
+  }
+  step_ = step;
+}
+
+double schedule_lr(double base, int64_t step, int64_t warmup, int64_t total, const std::string& kind) {
+  if (warmup > 0 && step < warmup) return base * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  if (kind == "constant" || total <= warmup) return base;
+  double progress = static_cast<double>(step - warmup) / static_cast<double>(std::max<int64_t>(1, total - warmup));
+  progress = std::min(1.0, std::max(0.0, progress));
+  if (kind == "cosine") return base * 0.5 * (1 + std::cos(M_PI * progress));
+  return base * (1 - progress);
+}
+
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> norms;
+  for (const auto& p : params)
+    if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kFloat).reshape({1}));
+  if (norms.empty()) return 0;
+  double total = at::cat(norms).norm(2).item<double>();
+  if (max_norm > 0 && total > max_norm) {
+    double scale = max_norm / (total + 1e-6);
+    for (const auto& p : params)
+      if (p.grad().defined()) p.grad().mul_(scale);
+  }
+  return total;
+}
+
+}  // namespace semicap

@@ -1,0 +1,38 @@
+// AdamW (decoupled weight decay, as torch.optim.AdamW), learning-rate schedule, gradient clipping.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+#include <vector>
+
+namespace semicap {
+
+struct AdamWConfig {
+  double lr = 1e-4, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0.01;
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<at::Tensor> params, std::vector<std::string> names, AdamWConfig cfg);
+  void step(double lr);
+  void zero_grad();
+  int64_t steps() const { return step_; }
+  // Moments as named tensors ("<param>.exp_avg", "<param>.exp_avg_sq") plus the step count, for checkpoints.
+  std::vector<std::pair<std::string, at::Tensor>> state() const;
+  void load_state(const std::vector<std::pair<std::string, at::Tensor>>& named, int64_t step);
+  const std::vector<at::Tensor>& params() const { return params_; }
+
+ private:
+  std::vector<at::Tensor> params_, m_, v_;
+  std::vector<std::string> names_;
+  AdamWConfig cfg_;
+  int64_t step_ = 0;
+};
+
+// Linear warm-up to the base rate over `warmup` steps, then "linear" decay to 0 at `total`, "cosine", or "constant".
+double schedule_lr(double base, int64_t step, int64_t warmup, int64_t total, const std::string& kind);
+
+// Scales gradients so their global L2 norm is at most max_norm (<= 0: no clipping). Returns the norm before.
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+
+}  // namespace semicap

@@ -1,0 +1,250 @@
+#include "training_binding.h"
+
+#include <future>
+
+#include "addon_state.h"
+#include "errors.h"
+#include "models_binding.h"
+
+namespace semicap {
+
+struct AddonTrainer::Event {
+  enum Kind { kProgress, kScore, kDone } kind;
+  Progress progress;
+  at::Tensor ids, images;
+  std::promise<std::pair<at::Tensor, at::Tensor>> answer;
+  TrainSummary summary;
+  bool failed = false;
+  std::string code, message;
+};
+
+Napi::Function AddonTrainer::Init(Napi::Env env) {
+  return DefineClass(env, "AddonTrainer", {InstanceMethod("start", &AddonTrainer::Start), InstanceMethod("abort", &AddonTrainer::Abort)});
+}
+
+static at::Tensor opt_tensor(const Napi::Object& data, const char* key, KeepAlive& keep) {
+  Napi::Value v = data.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return at::Tensor();
+  // Copied: the run outlives this call and JS may reuse its buffers.
+  return tensor_from_js(v, key, keep).clone();
+}
+
+static TrainConfig train_config_from_js(const Napi::Object& o) {
+  TrainConfig c;
+  c.stage = get_string(o, "stage", c.stage);
+  c.objective = get_string(o, "objective", c.objective);
+  c.steps = get_int(o, "steps", c.steps);
+  c.batch_size = get_int(o, "batchSize", c.batch_size);
+  c.grad_accum = get_int(o, "gradAccumulation", c.grad_accum);
+  c.samples = get_int(o, "samples", c.samples);
+  c.max_tokens = get_int(o, "maxTokens", c.max_tokens);
+  c.ce_steps = get_int(o, "ceSteps", c.ce_steps);
+  c.lr = get_number(o, "lr", c.lr);
+  c.weight_decay = get_number(o, "weightDecay", c.weight_decay);
+  c.beta1 = get_number(o, "beta1", c.beta1);
+  c.beta2 = get_number(o, "beta2", c.beta2);
+  c.adam_eps = get_number(o, "adamEps", c.adam_eps);
+  c.grad_clip = get_number(o, "gradClip", c.grad_clip);
+  c.warmup = get_int(o, "warmupSteps", c.warmup);
+  c.schedule = get_string(o, "schedule", c.schedule);
+  c.temperature = get_number(o, "temperature", c.temperature);
+  c.reward = get_string(o, "reward", c.reward);
+  c.ref_max = get_bool(o, "refMax", c.ref_max);
+  c.clip_w = get_number(o, "clipW", c.clip_w);
+  c.reward_scale = get_number(o, "rewardScale", c.reward_scale);
+  c.contrastive_tau = get_number(o, "contrastiveTau", c.contrastive_tau);
+  c.kl_coef = get_number(o, "klCoef", c.kl_coef);
+  c.rep_coef = get_number(o, "repetitionPenalty", c.rep_coef);
+  c.rep_ngram = get_int(o, "repetitionNgram", c.rep_ngram);
+  c.ce_weight = get_number(o, "ceWeight", c.ce_weight);
+  c.ce_mix_weight = get_number(o, "ceMixWeight", c.ce_mix_weight);
+  c.seed = static_cast<uint64_t>(get_int(o, "seed", 0));
+  c.train_lm = get_bool(o, "trainLm", c.train_lm);
+  c.autocast_bf16 = get_bool(o, "bf16", c.autocast_bf16);
+  c.eos_id = get_int(o, "eosId", c.eos_id);
+  Napi::Value s = o.Get("stopIds");
+  if (s.IsArray()) {
+    Napi::Array a = s.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) c.stop_ids.push_back(a.Get(i).As<Napi::Number>().Int64Value());
+  }
+  c.ckpt_dir = get_string(o, "checkpointDir", "");
+  c.ckpt_every = get_int(o, "checkpointEvery", 0);
+  c.ckpt_keep = get_int(o, "checkpointKeep", c.ckpt_keep);
+  c.ckpt_config_json = get_string(o, "checkpointConfigJson", "{}");
+  c.ckpt_state_json = get_string(o, "checkpointStateJson", "{}");
+  Napi::Value links = o.Get("checkpointLinks");
+  if (links.IsArray()) {
+    Napi::Array a = links.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      Napi::Array pair = a.Get(i).As<Napi::Array>();
+      c.ckpt_links.emplace_back(pair.Get(0u).As<Napi::String>().Utf8Value(), pair.Get(1u).As<Napi::String>().Utf8Value());
+    }
+  }
+  c.resume_dir = get_string(o, "resumeDir", "");
+  c.start_step = get_int(o, "startStep", 0);
+  static const char* stages[] = {"supervised", "clip-reward"};
+  static const char* rewards[] = {"refText", "refContrastive", "clipS", "custom"};
+  auto one_of = [](const std::string& v, auto& list) { for (auto* x : list) if (v == x) return true; return false; };
+  check(one_of(c.stage, stages), "E_CONFIG", "stage must be 'supervised' or 'clip-reward'");
+  check(one_of(c.reward, rewards), "E_CONFIG", "reward must be refText, refContrastive, clipS or custom");
+  check(c.objective == "ce" || c.objective == "scst", "E_CONFIG", "objective must be 'ce' or 'scst'");
+  return c;
+}
+
+// new AddonTrainer(captioner, config, data, onProgress, onScore)
+AddonTrainer::AddonTrainer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonTrainer>(info) {
+  guarded(info.Env(), [&] {
+    if (info.Length() < 5 || !info[0].IsObject() || !info[1].IsObject() || !info[2].IsObject() || !info[3].IsFunction() || !info[4].IsFunction())
+      fail("E_CONFIG", "AddonTrainer(captioner, config, data, onProgress, onScore)");
+    cap_ = AddonCaptioner::Unwrap(info[0].As<Napi::Object>())->handle();
+    cfg_ = train_config_from_js(info[1].As<Napi::Object>());
+    Napi::Object d = info[2].As<Napi::Object>();
+    KeepAlive keep;
+    data_.features = opt_tensor(d, "features", keep);
+    data_.cap_ids = opt_tensor(d, "captionIds", keep);
+    data_.cap_image = opt_tensor(d, "captionImages", keep);
+    data_.ref_features = opt_tensor(d, "referenceFeatures", keep);
+    data_.ref_image = opt_tensor(d, "referenceImages", keep);
+    data_.sup_images = opt_tensor(d, "labeledImages", keep);
+    data_.unl_images = opt_tensor(d, "unlabeledImages", keep);
+    validate_train_data(cfg_, data_, cap_->model->mapper->config().clip_dim);
+    on_progress_ = Napi::Persistent(info[3].As<Napi::Function>());
+    on_score_ = Napi::Persistent(info[4].As<Napi::Function>());
+    return info.Env().Undefined();
+  });
+}
+
+AddonTrainer::~AddonTrainer() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+Napi::Value AddonTrainer::Abort(const Napi::CallbackInfo& info) {
+  stop_ = true;
+  return info.Env().Undefined();
+}
+
+static Napi::Object progress_to_js(Napi::Env env, const Progress& p) {
+  Napi::Object o = Napi::Object::New(env);
+  auto num = [&](const char* k, double v) { o.Set(k, std::isnan(v) ? env.Undefined() : Napi::Number::New(env, v)); };
+  o.Set("stage", p.stage);
+  num("step", static_cast<double>(p.step));
+  num("totalSteps", static_cast<double>(p.total));
+  num("loss", p.loss);
+  num("ce", p.ce);
+  num("reward", p.reward);
+  num("baselineReward", p.baseline);
+  num("kl", p.kl);
+  num("lr", p.lr);
+  num("gradNorm", p.grad_norm);
+  num("examplesPerSec", p.examples_per_sec);
+  num("seconds", p.seconds);
+  if (!p.checkpoint.empty()) o.Set("checkpoint", p.checkpoint);
+  return o;
+}
+
+void AddonTrainer::CallJs(Napi::Env env, Napi::Function, AddonTrainer* self, Event* ev) {
+  std::unique_ptr<Event> owned(ev);
+  if (env == nullptr) {  // torn down (process exit): unblock a waiting training thread
+    if (ev->kind == Event::kScore) ev->answer.set_exception(std::make_exception_ptr(Error("E_ABORTED", "the JS environment is shutting down")));
+    return;
+  }
+  Napi::HandleScope scope(env);
+  switch (ev->kind) {
+    case Event::kProgress:
+      try {
+        self->on_progress_.Call({progress_to_js(env, ev->progress)});
+      } catch (const Napi::Error&) {
+        // a throwing listener must not kill training; the JS side reports listener errors itself
+      }
+      return;
+    case Event::kScore:
+      try {
+        Napi::Value r = self->on_score_.Call({tensor_to_js(env, ev->ids), tensor_to_js(env, ev->images)});
+        if (!r.IsObject()) fail("E_VALUE", "the reward callback must return an object");
+        Napi::Object o = r.As<Napi::Object>();
+        KeepAlive keep;
+        at::Tensor clip_ids, rewards;
+        if (o.Get("clipIds").IsObject()) clip_ids = tensor_from_js(o.Get("clipIds"), "clipIds", keep).clone();
+        if (o.Get("rewards").IsObject()) rewards = tensor_from_js(o.Get("rewards"), "rewards", keep).clone();
+        ev->answer.set_value({clip_ids, rewards});
+      } catch (const Napi::Error& e) {
+        ev->answer.set_exception(std::make_exception_ptr(Error("E_VALUE", "reward callback failed: " + e.Message())));
+      } catch (...) {
+        ev->answer.set_exception(std::current_exception());
+      }
+      return;
+    case Event::kDone: {
+      if (ev->failed) self->deferred_->Reject(make_error(env, ev->code, ev->message).Value());
+      else {
+        Napi::Object s = Napi::Object::New(env);
+        s.Set("steps", static_cast<double>(ev->summary.steps));
+        s.Set("lastLoss", std::isnan(ev->summary.last_loss) ? env.Undefined() : Napi::Number::New(env, ev->summary.last_loss));
+        s.Set("meanReward", std::isnan(ev->summary.mean_reward) ? env.Undefined() : Napi::Number::New(env, ev->summary.mean_reward));
+        s.Set("seconds", ev->summary.seconds);
+        if (!ev->summary.checkpoint.empty()) s.Set("checkpoint", ev->summary.checkpoint);
+        self->deferred_->Resolve(s);
+      }
+      self->Unref();
+      return;
+    }
+  }
+}
+
+Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (started_) fail("E_BUSY", "this trainer was already started");
+    started_ = true;
+    Napi::Env env = info.Env();
+    deferred_ = std::make_unique<Napi::Promise::Deferred>(env);
+    tsfn_ = Napi::TypedThreadSafeFunction<AddonTrainer, Event, CallJs>::New(
+        env, "semicap-train", 0, 1, this, [](Napi::Env, void*, AddonTrainer* self) {
+          if (self->thread_.joinable()) self->thread_.join();
+        });
+    Ref();  // alive until the run ends
+    thread_ = std::thread([this] {
+      auto* done = new Event{Event::kDone};
+      try {
+        auto cap = cap_;
+        if (!cap->model) fail("E_DISPOSED", "Captioner was disposed");
+        std::lock_guard<std::mutex> lock(cap->mu);
+        TrainCallbacks cb;
+        cb.should_stop = [this] { return stop_.load(); };
+        cb.progress = [this](const Progress& p) {
+          auto* ev = new Event{Event::kProgress};
+          ev->progress = p;
+          if (tsfn_.NonBlockingCall(ev) != napi_ok) delete ev;
+        };
+        cb.score = [this](const at::Tensor& ids, const at::Tensor& images) {
+          auto* ev = new Event{Event::kScore};
+          ev->ids = ids.contiguous();
+          ev->images = images.contiguous();
+          auto answer = ev->answer.get_future();
+          if (tsfn_.BlockingCall(ev) != napi_ok) {
+            delete ev;
+            fail("E_ABORTED", "the JS environment is shutting down");
+          }
+          return answer.get();
+        };
+        done->summary = train(*cap->model, cfg_, data_, cb);
+      } catch (const Error& e) {
+        done->failed = true;
+        done->code = e.code;
+        done->message = e.what();
+      } catch (const c10::Error& e) {
+        done->failed = true;
+        done->code = "E_NATIVE";
+        done->message = std::string("libtorch: ") + e.what_without_backtrace();
+      } catch (const std::exception& e) {
+        done->failed = true;
+        done->code = "E_NATIVE";
+        done->message = e.what();
+      }
+      if (tsfn_.BlockingCall(done) != napi_ok) delete done;
+      tsfn_.Release();
+    });
+    return deferred_->Promise();
+  });
+}
+
+}  // namespace semicap

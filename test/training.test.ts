@@ -1,0 +1,290 @@
+// Both training stages on tiny models: the losses learn what they should, resume repeats a run exactly, abort
+// stops within a step, checkpoints survive a failed save.
+import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import sharp from 'sharp'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { Captioner, Tensor } from '../lib/index.js'
+import type { Example } from '../lib/data/index.js'
+import { AbortError } from '../lib/errors.js'
+import type { TrainProgress } from '../lib/training.js'
+import { makeTinyModels, type TinyModels } from './helpers/models.js'
+import { tempDir } from './helpers/paths.js'
+
+let models: TinyModels
+let work: string
+let examples: Example[]
+const COLOURS: [string, [number, number, number]][] = [
+  ['red', [230, 20, 20]],
+  ['green', [20, 200, 40]],
+  ['blue', [20, 40, 230]],
+  ['yellow', [240, 230, 30]],
+]
+
+beforeAll(async () => {
+  const tiny = await makeTinyModels()
+  work = tempDir('semicap-train-')
+  // The tiny CLIP reads text with the GPT-2 tokenizer (its vocabulary has the same 1000 ids), as the demo's does.
+  const clipDir = join(work, 'clip')
+  cpSync(tiny.clipDir, clipDir, { recursive: true })
+  for (const f of ['vocab.json', 'merges.txt']) cpSync(join(tiny.gpt2Dir, f), join(clipDir, f))
+  const cfg = JSON.parse(readFileSync(join(clipDir, 'config.json'), 'utf8'))
+  writeFileSync(join(clipDir, 'config.json'), JSON.stringify({ ...cfg, semicap: { tokenizer: 'gpt2' } }))
+  models = { clipDir, gpt2Dir: tiny.gpt2Dir }
+  examples = []
+  for (const [i, [name, rgb]] of COLOURS.entries()) {
+    const file = join(work, `${name}.png`)
+    // A coloured square on a grey background, different per image.
+    const raw = Buffer.alloc(40 * 40 * 3, 128)
+    for (let y = 5 + i * 3; y < 25 + i * 3; y++) for (let x = 8; x < 30; x++) raw.set(rgb, (y * 40 + x) * 3)
+    await sharp(raw, { raw: { width: 40, height: 40, channels: 3 } }).png().toFile(file)
+    examples.push({ id: name, image: file, captions: [`a ${name} square.`] })
+  }
+})
+
+const created: Captioner[] = []
+afterAll(() => created.forEach((c) => c.dispose()))
+
+async function fresh(): Promise<Captioner> {
+  const c = await Captioner.create({ clip: models.clipDir, gpt2: models.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
+  created.push(c)
+  return c
+}
+
+function collect(run: ReturnType<Captioner['train']>): TrainProgress[] {
+  const out: TrainProgress[] = []
+  run.on('progress', (p: TrainProgress) => out.push(p))
+  return out
+}
+
+describe('stage 1: cross-entropy', () => {
+  it('loss falls until the model reproduces its captions', async () => {
+    const cap = await fresh()
+    const run = cap.train({ stage: 'supervised', labeled: examples, steps: 120, batchSize: 4, lr: 3e-3, schedule: 'constant', featureCache: join(work, 'cache'), seed: 1 })
+    const progress = collect(run)
+    const prep: unknown[] = []
+    run.on('prepare', (e) => prep.push(e))
+    const summary = await run
+    expect(summary.steps).toBe(120)
+    expect(progress).toHaveLength(120)
+    const first = progress[0].loss
+    const last = progress.at(-1)!.loss
+    expect(last).toBeLessThan(first * 0.1)
+    expect(progress.every((p) => p.stage === 'supervised' && Number.isFinite(p.lr) && p.examplesPerSec > 0)).toBe(true)
+    const captions = await cap.caption(examples.map((e) => e.image), { maxTokens: 12 })
+    expect(captions.map((c) => c.text)).toEqual(examples.map((e) => e.captions[0]))
+    // The first run filled the feature cache.
+    expect(prep).toContainEqual(expect.objectContaining({ phase: 'features-done', misses: 4 }))
+  })
+
+  it('a second run reads every image feature from the cache', async () => {
+    const cap = await fresh()
+    const run = cap.train({ stage: 'supervised', labeled: examples, steps: 1, featureCache: join(work, 'cache') })
+    const prep: { phase: string; hits?: number; misses?: number }[] = []
+    run.on('prepare', (e) => prep.push(e))
+    await run
+    expect(prep.find((e) => e.phase === 'features-done')).toMatchObject({ hits: 4, misses: 0 })
+  })
+
+  it('the same seed gives the same losses', async () => {
+    const losses = async () => {
+      const cap = await fresh()
+      const run = cap.train({ stage: 'supervised', labeled: examples, steps: 5, batchSize: 2, lr: 1e-3, featureCache: join(work, 'cache'), seed: 7 })
+      const p = collect(run)
+      await run
+      return p.map((x) => x.loss)
+    }
+    const a = await losses()
+    expect(await losses()).toEqual(a)
+  })
+})
+
+describe('SCST', () => {
+  it('a reward that favours one word raises its frequency', async () => {
+    const cap = await fresh()
+    const count = async () => {
+      const caps = await cap.caption(examples.map((e) => e.image), { decoding: 'sample', seed: 3, maxTokens: 10, temperature: 1 })
+      const more = await cap.caption(examples.map((e) => e.image), { decoding: 'sample', seed: 4, maxTokens: 10, temperature: 1 })
+      return [...caps, ...more].reduce((n, c) => n + (c.text.match(/red/g)?.length ?? 0), 0)
+    }
+    const before = await count()
+    const run = cap.train({
+      stage: 'clip-reward',
+      unlabeled: examples.map((e) => ({ ...e, captions: [] })),
+      steps: 40,
+      batchSize: 4,
+      samples: 4,
+      lr: 5e-3,
+      maxTokens: 10,
+      schedule: 'constant',
+      reward: { type: 'custom', fn: (texts) => texts.map((t) => (t.match(/red/g)?.length ?? 0)) },
+      featureCache: join(work, 'cache'),
+    })
+    const progress = collect(run)
+    await run
+    const after = await count()
+    expect(after).toBeGreaterThan(before + 4)
+    expect(progress.at(-1)!.reward!).toBeGreaterThan(progress[0].reward!)
+  })
+
+  it('CLIP-S reward stage runs with a KL penalty that starts at zero', async () => {
+    const cap = await fresh()
+    const run = cap.train({
+      stage: 'clip-reward',
+      unlabeled: examples,
+      steps: 3,
+      batchSize: 2,
+      samples: 3,
+      klCoef: 0.1,
+      repetitionPenalty: 0.1,
+      lr: 1e-3,
+      featureCache: join(work, 'cache'),
+    })
+    const progress = collect(run)
+    await run
+    expect(progress[0].kl).toBe(0)
+    expect(progress[2].kl!).toBeGreaterThan(0)
+    // CLIP-S rewards lie in [0, 2.5] before the repetition penalty.
+    for (const p of progress) expect(p.reward!).toBeLessThanOrEqual(2.5)
+  })
+
+  it('stage-1 SCST with reference rewards (text-text and contrastive)', async () => {
+    for (const type of ['refText', 'refContrastive'] as const) {
+      const cap = await fresh()
+      const run = cap.train({ stage: 'supervised', objective: 'scst', labeled: examples, steps: 2, batchSize: 2, samples: 2, ceWeight: 0.5, reward: { type }, featureCache: join(work, 'cache') })
+      const progress = collect(run)
+      await run
+      expect(progress).toHaveLength(2)
+      for (const p of progress) {
+        expect(Number.isFinite(p.reward)).toBe(true)
+        expect(Number.isFinite(p.ce)).toBe(true)
+        if (type === 'refText') expect(Math.abs(p.reward!)).toBeLessThanOrEqual(1)
+        else expect(p.reward!).toBeLessThanOrEqual(0)
+      }
+    }
+  })
+})
+
+describe('checkpoints, resume, abort', () => {
+  it('a resumed run repeats the uninterrupted run exactly', async () => {
+    const opts = { stage: 'supervised' as const, labeled: examples, steps: 6, batchSize: 3, lr: 2e-3, warmupSteps: 2, featureCache: join(work, 'cache'), seed: 5 }
+    const full = await fresh()
+    const runA = full.train({ ...opts, checkpointDir: join(work, 'ckA'), checkpointEvery: 3 })
+    const a = collect(runA)
+    await runA
+    // Interrupted at step 3 (abort after the step-3 checkpoint), then resumed by a new process-like fresh model.
+    const part = await fresh()
+    const runB = part.train({ ...opts, checkpointDir: join(work, 'ckB'), checkpointEvery: 3 })
+    const b = collect(runB)
+    runB.on('checkpoint', () => runB.abort())
+    await expect(runB).rejects.toBeInstanceOf(AbortError)
+    expect(b).toHaveLength(3)
+    expect(readFileSync(join(work, 'ckB', 'latest'), 'utf8').trim()).toBe('step-00000003')
+    const resumed = await fresh()
+    const runC = resumed.train({ ...opts, checkpointDir: join(work, 'ckB'), checkpointEvery: 3, resume: true })
+    const c = collect(runC)
+    await runC
+    expect(c.map((p) => p.step)).toEqual([4, 5, 6])
+    expect([...b, ...c].map((p) => p.loss)).toEqual(a.map((p) => p.loss))
+    // The final checkpoint is a loadable Captioner folder with the same weights.
+    const loaded = await Captioner.load(join(work, 'ckB', 'step-00000006'), { device: 'cpu' })
+    created.push(loaded)
+    const imgs = examples.map((e) => e.image)
+    expect(await loaded.caption(imgs)).toEqual(await resumed.caption(imgs))
+  })
+
+  it('abort stops within one step and leaves a usable model', async () => {
+    const cap = await fresh()
+    const controller = new AbortController()
+    const run = cap.train({ stage: 'supervised', labeled: examples, steps: 1000, batchSize: 2, featureCache: join(work, 'cache'), signal: controller.signal })
+    const progress = collect(run)
+    run.on('progress', (p: TrainProgress) => p.step === 2 && controller.abort())
+    await expect(run).rejects.toMatchObject({ name: 'AbortError', code: 'E_ABORTED' })
+    expect(progress.length).toBeLessThanOrEqual(3)
+    const caps = await cap.caption([examples[0].image], { maxTokens: 5 })
+    expect(caps).toHaveLength(1)
+  })
+
+  it('a failed save leaves the previous checkpoint as latest, and it loads', async () => {
+    const cap = await fresh()
+    const dir = join(work, 'ckFail')
+    process.env.SEMICAP_TEST_FAIL_CHECKPOINT = '4'
+    try {
+      const run = cap.train({ stage: 'supervised', labeled: examples, steps: 4, batchSize: 2, featureCache: join(work, 'cache'), checkpointDir: dir, checkpointEvery: 2 })
+      await expect(run).rejects.toMatchObject({ code: 'E_IO' })
+    } finally {
+      delete process.env.SEMICAP_TEST_FAIL_CHECKPOINT
+    }
+    expect(readFileSync(join(dir, 'latest'), 'utf8').trim()).toBe('step-00000002')
+    expect(existsSync(join(dir, 'step-00000004'))).toBe(false)
+    const loaded = await Captioner.load(join(dir, 'step-00000002'), { device: 'cpu' })
+    created.push(loaded)
+    expect(await loaded.caption([examples[1].image], { maxTokens: 4 })).toHaveLength(1)
+  })
+
+  it('rejects bad options with clear errors', async () => {
+    const cap = await fresh()
+    expect(() => cap.train({ stage: 'nope' as 'supervised', steps: 1 })).toThrow(RangeError)
+    expect(() => cap.train({ stage: 'supervised' })).toThrow(/steps or epochs/)
+    await expect(cap.train({ stage: 'supervised', steps: 1, labeled: [] })).rejects.toMatchObject({ code: 'E_DATA' })
+    await expect(cap.train({ stage: 'clip-reward', steps: 1, unlabeled: [] })).rejects.toMatchObject({ code: 'E_DATA' })
+    expect(() => cap.train({ stage: 'supervised', steps: 1, batchSize: 0, labeled: examples })).toThrow(RangeError)
+  })
+})
+
+describe('loss math (native functions against hand computations)', () => {
+  it('SCST loss = -sum (r - b) * sum_t logp / tokens', async () => {
+    const { native } = await import('../lib/native.js')
+    const L = native().losses
+    // Two samples over a 3-token vocabulary; logits chosen so log-softmax is easy: [0, 0, 0] -> log(1/3).
+    const logits = new Tensor('float32', [2, 2, 3], new Float32Array(12))
+    const ids = new Tensor('int64', [2, 2], BigInt64Array.from([0n, 1n, 2n, -1n]))
+    const reward = new Tensor('float32', [2], Float32Array.from([1.0, 0.5]))
+    const baseline = new Tensor('float32', [2], Float32Array.from([0.25, 0.75]))
+    const lp = Math.log(1 / 3)
+    // sample 0: adv 0.75, two tokens; sample 1: adv -0.25, one token; 3 real tokens.
+    const want = -(0.75 * 2 * lp + -0.25 * 1 * lp) / 3
+    const got = Tensor.fromWire(L.scstLoss(logits.toWire(), ids.toWire(), reward.toWire(), baseline.toWire())).toArray()[0]
+    expect(got).toBeCloseTo(want, 6)
+    const ce = Tensor.fromWire(L.ceLoss(logits.toWire(), ids.toWire())).toArray()[0]
+    expect(ce).toBeCloseTo(-lp, 6)
+  })
+
+  it('KL is zero for identical distributions and matches sum p log(p/q) otherwise', async () => {
+    const { native } = await import('../lib/native.js')
+    const L = native().losses
+    const p = new Tensor('float32', [1, 1, 2], Float32Array.from([0, Math.log(3)]))  // softmax -> [1/4, 3/4]
+    const q = new Tensor('float32', [1, 1, 2], Float32Array.from([0, 0]))             // [1/2, 1/2]
+    const ids = new Tensor('int64', [1, 1], BigInt64Array.from([0n]))
+    expect(Tensor.fromWire(L.klPenalty(p.toWire(), p.toWire(), ids.toWire())).toArray()[0]).toBeCloseTo(0, 7)
+    const want = 0.25 * Math.log(0.25 / 0.5) + 0.75 * Math.log(0.75 / 0.5)
+    expect(Tensor.fromWire(L.klPenalty(p.toWire(), q.toWire(), ids.toWire())).toArray()[0]).toBeCloseTo(want, 6)
+  })
+
+  it('repeated n-grams and rewards', async () => {
+    const { native } = await import('../lib/native.js')
+    const L = native().losses
+    const ids = new Tensor('int64', [2, 6], BigInt64Array.from([1n, 2n, 1n, 2n, 1n, 2n, 5n, 6n, 7n, -1n, -1n, -1n]))
+    // row 0 bigrams: 12 21 12 21 12 -> "12" twice more... occurrences beyond the first: 12 x2, 21 x1 = 3
+    expect(Tensor.fromWire(L.repeatedNgrams(ids.toWire(), 2)).toArray()).toEqual([3, 0])
+    const t = new Tensor('float32', [2, 2], Float32Array.from([1, 0, 0, 1]))
+    const img = new Tensor('float32', [2, 2], Float32Array.from([Math.SQRT1_2, Math.SQRT1_2, -1, 0]))
+    const clipS = Tensor.fromWire(L.clipSReward(t.toWire(), img.toWire(), 2.5)).toArray()
+    expect(clipS[0]).toBeCloseTo(2.5 * Math.SQRT1_2, 6)
+    expect(clipS[1]).toBe(0) // negative cosine clipped
+    const refs = new Tensor('float32', [3, 2], Float32Array.from([1, 0, 0.6, 0.8, 0, 1]))
+    const owner = new Tensor('int64', [3], BigInt64Array.from([0n, 0n, 1n]))
+    const textImage = new Tensor('int64', [2], BigInt64Array.from([0n, 1n]))
+    const mean = Tensor.fromWire(L.refTextReward(t.toWire(), textImage.toWire(), refs.toWire(), owner.toWire(), false)).toArray()
+    expect(mean[0]).toBeCloseTo((1 + 0.6) / 2, 6)
+    expect(mean[1]).toBeCloseTo(1, 6)
+    const max = Tensor.fromWire(L.refTextReward(t.toWire(), textImage.toWire(), refs.toWire(), owner.toWire(), true)).toArray()
+    expect(max[0]).toBeCloseTo(1, 6)
+    // Contrastive: s = [[0.8, 0], [0.4, 1]] (mean cosine per image); reward = log softmax(s / tau) at the own image.
+    const batch = new Tensor('int64', [2], BigInt64Array.from([0n, 1n]))
+    const con = Tensor.fromWire(L.refContrastiveReward(t.toWire(), textImage.toWire(), refs.toWire(), owner.toWire(), batch.toWire(), 0.5)).toArray()
+    const ls = (a: number, b: number) => a - Math.log(Math.exp(a) + Math.exp(b))
+    expect(con[0]).toBeCloseTo(ls(0.8 / 0.5, 0), 5)
+    expect(con[1]).toBeCloseTo(ls(1 / 0.5, 0.4 / 0.5), 5)
+  })
+})
