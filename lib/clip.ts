@@ -1,15 +1,17 @@
 // CLIP from a Hugging Face folder: image and text features with HF semantics, preprocessing and tokenization.
 import { access } from 'node:fs/promises'
 import { join } from 'node:path'
-import { readClipConfig, type ClipFolderConfig } from './config.js'
+import { clipConfigFromJson, readClipConfig, type ClipFolderConfig } from './config.js'
 import { resolveDevice, type DeviceOption } from './device.js'
 import { SemicapError } from './errors.js'
 import { preprocessImages, type ImageInput } from './image.js'
 import { call, callSync, native, type AddonClip, type TowerOutputWire } from './native.js'
+import { pretrainConfig, pretrainRun, saveHfFolder, type PretrainOptions } from './pretraining.js'
 import { Serial } from './serial.js'
 import { Tensor } from './tensor.js'
 import { ClipTokenizer } from './tokenizers/clip.js'
 import { Gpt2Tokenizer } from './tokenizers/gpt2.js'
+import type { TrainingRun } from './training.js'
 
 export interface ModelLoadOptions {
   device?: DeviceOption
@@ -66,6 +68,37 @@ export class Clip {
     if (config.tokenizer === 'gpt2') tokenizer = await Gpt2Tokenizer.load(dir, { packageFallback: false })
     else if ((await exists(join(dir, 'tokenizer.json'))) || (await exists(join(dir, 'vocab.json')))) tokenizer = await ClipTokenizer.load(dir)
     return new Clip(dir, config, device, addon, tokenizer)
+  }
+
+  /**
+   * A new, randomly initialised CLIP from a Hugging Face config object (for pretraining a small one). A tokenizer
+   * may be given: a CLIP BPE, or a GPT-2 tokenizer (then `semicap.tokenizer = 'gpt2'` is recorded in the config).
+   */
+  static async create(rawConfig: Record<string, unknown>, options: ModelLoadOptions & { seed?: number; tokenizer?: ClipTokenizer | Gpt2Tokenizer } = {}): Promise<Clip> {
+    const device = resolveDevice(options.device)
+    const raw = { ...rawConfig } as Record<string, unknown>
+    if (options.tokenizer instanceof Gpt2Tokenizer) raw.semicap = { ...((raw.semicap as object) ?? {}), tokenizer: 'gpt2' }
+    const config = clipConfigFromJson(raw, 'CLIP config')
+    const addon = await call(() => new (native().AddonClip)({ ...config.wire, seed: options.seed ?? 0 }))
+    await call(() => addon.load(null, device))
+    return new Clip(undefined, config, device, addon, options.tokenizer)
+  }
+
+  /** Writes a Hugging Face CLIP folder: config.json, model.safetensors and the tokenizer files. */
+  async save(dir: string): Promise<void> {
+    if (this.#disposed) throw new SemicapError('E_DISPOSED', 'Clip was disposed')
+    await saveHfFolder(dir, this.config.raw, (p) => this.#serial.run(() => call(() => this.addon.save(p, { format: 'pt' }))), this.#tokenizer)
+  }
+
+  /**
+   * Contrastive pretraining (symmetric InfoNCE with the learned logit scale) on image-text pairs: pixels
+   * [N,3,S,S] and one text per image.
+   */
+  train(data: { pixels: Tensor; texts: string[] }, options: PretrainOptions): TrainingRun {
+    if (!data || !(data.pixels instanceof Tensor) || !Array.isArray(data.texts)) throw new TypeError('train: data needs pixels (a Tensor) and texts')
+    if (data.pixels.shape[0] !== data.texts.length) throw new RangeError('train: one text per image')
+    const config = pretrainConfig(options, { batchSize: 64, lr: 5e-4 })
+    return pretrainRun(this.addon, config, async () => ({ pixels: data.pixels, ids: this.tokenize(data.texts) }), options.signal, (job) => this.#serial.run(job))
   }
 
   get imageSize(): number {
@@ -131,7 +164,9 @@ export class Clip {
     // A tiny CLIP may use the GPT-2 tokenizer (config semicap.tokenizer = 'gpt2'): bos + ids + eos, eos padding.
     const bos = this.config.bosTokenId
     const eos = this.config.wire.eosTokenId
-    const rows = texts.map((t) => [bos, ...tok.encode(t).slice(0, maxLength - 2), eos])
+    // The text tower pools at the first end token, so a start token equal to it (GPT-2 style) is left out.
+    const start = bos === eos ? [] : [bos]
+    const rows = texts.map((t) => [...start, ...tok.encode(t).slice(0, maxLength - 1 - start.length), eos])
     const T = options.padding === 'max_length' ? maxLength : Math.max(...rows.map((r) => r.length))
     const ids = new BigInt64Array(rows.length * T).fill(BigInt(eos))
     rows.forEach((r, i) => r.forEach((x, j) => (ids[i * T + j] = BigInt(x))))

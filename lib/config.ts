@@ -83,7 +83,10 @@ export interface ClipFolderConfig {
 
 export async function readClipConfig(dir: string): Promise<ClipFolderConfig> {
   const path = join(dir, 'config.json')
-  const raw = await readJson(path)
+  return clipConfigFromJson(await readJson(path), path)
+}
+
+export function clipConfigFromJson(raw: Json, path: string): ClipFolderConfig {
   const f = new Fields(raw, path)
   const v = f.section('vision_config')
   const t = f.section('text_config')

@@ -1,12 +1,14 @@
 // GPT-2 from a Hugging Face folder: logits (with an optional prefix of embeddings) and batched generation.
 import { join } from 'node:path'
-import { readGpt2Config } from './config.js'
+import { gpt2ConfigFromJson, readGpt2Config } from './config.js'
 import { resolveDevice } from './device.js'
 import type { ModelLoadOptions } from './clip.js'
 import { decodeWire, type DecodeOptions } from './decoding.js'
 import { SemicapError } from './errors.js'
 import { call, native, type AddonGpt2, type Gpt2ConfigWire } from './native.js'
+import { pretrainConfig, pretrainRun, saveHfFolder, textRows, type PretrainOptions } from './pretraining.js'
 import { Serial } from './serial.js'
+import type { TrainingRun } from './training.js'
 import { Tensor } from './tensor.js'
 import { Gpt2Tokenizer } from './tokenizers/gpt2.js'
 
@@ -22,23 +24,50 @@ export class Gpt2 {
   #disposed = false
 
   private constructor(
-    readonly dir: string,
+    readonly dir: string | undefined,
     readonly config: Gpt2ConfigWire,
     readonly device: string,
     /** @internal */ readonly addon: AddonGpt2,
     /** Undefined when the folder has no tokenizer files and the vocabulary is not GPT-2's own. */
     readonly tokenizer: Gpt2Tokenizer | undefined,
+    readonly rawConfig: Record<string, unknown> = {},
   ) {}
+
+  /** A new, randomly initialised GPT-2 from a Hugging Face config object (for pretraining a small one). */
+  static async create(rawConfig: Record<string, unknown>, options: ModelLoadOptions & { seed?: number; tokenizer?: Gpt2Tokenizer } = {}): Promise<Gpt2> {
+    const device = resolveDevice(options.device)
+    const wire = gpt2ConfigFromJson(rawConfig, 'GPT-2 config')
+    const addon = await call(() => new (native().AddonGpt2)({ ...wire, seed: options.seed ?? 0 }))
+    await call(() => addon.load(null, device))
+    return new Gpt2(undefined, wire, device, addon, options.tokenizer, rawConfig)
+  }
+
+  /** Writes a Hugging Face GPT-2 folder: config.json, model.safetensors and the tokenizer files. */
+  async save(dir: string): Promise<void> {
+    this.#live()
+    await saveHfFolder(dir, this.rawConfig, (p) => this.#serial.run(() => call(() => this.addon.save(p, { format: 'pt' }))), this.tokenizer)
+  }
+
+  /** Language-model pretraining on texts (each becomes eos + tokens + eos; next-token cross-entropy). */
+  train(data: { texts: string[]; maxLength?: number }, options: PretrainOptions): TrainingRun {
+    this.#live()
+    const tok = this.tokenizer
+    if (!tok) throw new SemicapError('E_TOKENIZER', 'pretraining needs a tokenizer')
+    if (!data || !Array.isArray(data.texts)) throw new TypeError('train: data needs texts')
+    const config = pretrainConfig(options, { batchSize: 32, lr: 1e-3 })
+    const maxLength = data.maxLength ?? this.config.nPositions
+    return pretrainRun(this.addon, config, async () => ({ ids: textRows(data.texts, (t) => tok.encode(t), tok.eosId, tok.eosId, maxLength, -1) }), options.signal, (job) => this.#serial.run(job))
+  }
 
   /** Loads `config.json` + `model.safetensors` and the tokenizer (folder files, else GPT-2's own vocabulary). */
   static async load(dir: string, options: ModelLoadOptions = {}): Promise<Gpt2> {
     if (typeof dir !== 'string') throw new TypeError('Gpt2.load: dir must be a string')
     const device = resolveDevice(options.device)
-    const { wire } = await readGpt2Config(dir)
+    const { wire, raw } = await readGpt2Config(dir)
     const addon = await call(() => new (native().AddonGpt2)(wire))
     await call(() => addon.load(join(dir, 'model.safetensors'), device))
     const tokenizer = await loadGpt2Tokenizer(dir, wire)
-    return new Gpt2(dir, wire, device, addon, tokenizer)
+    return new Gpt2(dir, wire, device, addon, tokenizer, raw)
   }
 
   #live(): void {

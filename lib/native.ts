@@ -56,12 +56,14 @@ export interface AddonClip {
   vision(pixels: WireTensor): Promise<TowerOutputWire>
   text(ids: WireTensor): Promise<TowerOutputWire>
   logitScale(): number
+  save(path: string, metadata?: Record<string, string>): Promise<void>
   dispose(): void
 }
 export interface AddonGpt2 {
   load(path: string | null, device: string): Promise<void>
   logits(ids: WireTensor, prefix?: WireTensor | null): Promise<WireTensor>
   generate(prefix: WireTensor, opts: DecodeWire): Promise<DecodeOutputWire>
+  save(path: string, metadata?: Record<string, string>): Promise<void>
   dispose(): void
 }
 export interface AddonCaptioner {
@@ -107,11 +109,11 @@ export interface NativeInfo {
 }
 
 export interface Addon {
-  AddonClip: new (config: ClipConfigWire) => AddonClip
-  AddonGpt2: new (config: Gpt2ConfigWire) => AddonGpt2
+  AddonClip: new (config: ClipConfigWire & { seed?: number }) => AddonClip
+  AddonGpt2: new (config: Gpt2ConfigWire & { seed?: number }) => AddonGpt2
   AddonCaptioner: new (clip: AddonClip, config: { gpt2: Gpt2ConfigWire; mapper: MapperConfigWire; normalizePrefix: boolean; seed?: number }) => AddonCaptioner
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  AddonTrainer: new (captioner: AddonCaptioner, config: object, data: Record<string, WireTensor>, onProgress: (p: any) => void, onScore: (ids: WireTensor, images: WireTensor) => object) => AddonTrainer
+  AddonTrainer: new (model: AddonCaptioner | AddonClip | AddonGpt2, config: object, data: Record<string, WireTensor>, onProgress: (p: any) => void, onScore: (ids: WireTensor, images: WireTensor) => object) => AddonTrainer
   losses: LossesAddon
   setNumThreads(n: number): void
   info(): NativeInfo

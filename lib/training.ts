@@ -339,21 +339,32 @@ export function startTraining(captioner: Captioner, options: TrainOptions, enque
       return { clipIds: captioner.clip.tokenize(withPrefix).toWire() }
     }
 
-    return enqueue(async () => {
-      const trainer = await call(() => new (native().AddonTrainer)(captioner.addon, config, data, (p: TrainProgress) => {
-        run.emit('progress', p)
-        if (p.checkpoint) run.emit('checkpoint', { step: p.step, path: p.checkpoint })
-      }, onScore))
-      const onAbort = () => trainer.abort()
-      signal.addEventListener('abort', onAbort, { once: true })
-      try {
-        return (await call(() => trainer.start())) as TrainSummary
-      } catch (err) {
-        if (err instanceof SemicapError && err.code === 'E_ABORTED') throw new AbortError(err.message, { cause: signal.reason })
-        throw err
-      } finally {
-        signal.removeEventListener('abort', onAbort)
-      }
-    })
+    return enqueue(() => runNativeTrainer(captioner.addon, config, data, run, signal, onScore))
   })
+}
+
+/** Starts a native trainer on `target` and settles with its summary; aborts map to AbortError. */
+export async function runNativeTrainer(
+  target: object,
+  config: object,
+  data: Record<string, WireTensor>,
+  run: TrainingRun,
+  signal: AbortSignal,
+  onScore: (ids: WireTensor, owners: WireTensor) => object = () => ({}),
+): Promise<TrainSummary> {
+  if (signal.aborted) throw new AbortError('training was aborted before it started')
+  const trainer = await call(() => new (native().AddonTrainer)(target as never, config, data, (p: TrainProgress) => {
+    run.emit('progress', p)
+    if (p.checkpoint) run.emit('checkpoint', { step: p.step, path: p.checkpoint })
+  }, onScore))
+  const onAbort = () => trainer.abort()
+  signal.addEventListener('abort', onAbort, { once: true })
+  try {
+    return (await call(() => trainer.start())) as TrainSummary
+  } catch (err) {
+    if (err instanceof SemicapError && err.code === 'E_ABORTED') throw new AbortError(err.message, { cause: signal.reason })
+    throw err
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+  }
 }

@@ -152,8 +152,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   state->clip_ctor = Napi::Persistent(clip);
   exports.Set("AddonTensor", tensor);
   exports.Set("AddonClip", clip);
-  exports.Set("AddonGpt2", AddonGpt2::Init(env));
-  exports.Set("AddonCaptioner", AddonCaptioner::Init(env));
+  Napi::Function gpt2 = AddonGpt2::Init(env);
+  state->gpt2_ctor = Napi::Persistent(gpt2);
+  Napi::Function captioner = AddonCaptioner::Init(env);
+  state->captioner_ctor = Napi::Persistent(captioner);
+  exports.Set("AddonGpt2", gpt2);
+  exports.Set("AddonCaptioner", captioner);
   exports.Set("AddonTrainer", AddonTrainer::Init(env));
   exports.Set("losses", losses_exports(env));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));

@@ -13,6 +13,8 @@ namespace semicap {
 struct AddonState {
   Napi::FunctionReference tensor_ctor;
   Napi::FunctionReference clip_ctor;
+  Napi::FunctionReference gpt2_ctor;
+  Napi::FunctionReference captioner_ctor;
 };
 AddonState& addon_state(Napi::Env env);
 

@@ -36,7 +36,8 @@ std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, 
   return layers;
 }
 
-ClipModel::ClipModel(const ClipConfig& cfg) : cfg_(cfg) {
+ClipModel::ClipModel(const ClipConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  params_.seed(seed);
   check(cfg.patch_size > 0 && cfg.image_size > 0 && cfg.image_size % cfg.patch_size == 0, "E_CONFIG",
         "vision_config: image_size must be a positive multiple of patch_size");
   check(cfg.num_channels > 0 && cfg.vocab_size > 0 && cfg.max_positions > 0 && cfg.projection_dim > 0, "E_CONFIG",

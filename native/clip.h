@@ -31,7 +31,7 @@ struct ClipTextOutput { at::Tensor last_hidden, pooled, features; };
 
 class ClipModel {
  public:
-  explicit ClipModel(const ClipConfig& cfg);
+  explicit ClipModel(const ClipConfig& cfg, uint64_t seed = 0);
   const ClipConfig& config() const { return cfg_; }
   ParamStore& params() { return params_; }
 

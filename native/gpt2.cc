@@ -9,11 +9,12 @@ void KvCache::reorder(const at::Tensor& rows) {
   for (auto& t : v) t = t.index_select(0, rows);
 }
 
-Gpt2Model::Gpt2Model(const Gpt2Config& cfg, ParamStore* store, const std::string& prefix) : cfg_(cfg) {
+Gpt2Model::Gpt2Model(const Gpt2Config& cfg, ParamStore* store, const std::string& prefix, uint64_t seed) : cfg_(cfg) {
   check(cfg.n_embd > 0 && cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0, "E_CONFIG", "GPT-2 config: n_embd must be a positive multiple of n_head");
   check(cfg.n_layer >= 0 && cfg.n_positions > 0 && cfg.vocab_size > 0, "E_CONFIG", "GPT-2 config: n_layer, n_positions and vocab_size must be positive");
   if (!store) {
     own_ = std::make_unique<ParamStore>();
+    own_->seed(seed);
     store = own_.get();
   }
   store_ = store;

@@ -28,7 +28,7 @@ struct KvCache {
 class Gpt2Model {
  public:
   // `prefix` names the checkpoint scope: "" for a plain GPT-2 folder, "gpt." inside a Captioner checkpoint.
-  explicit Gpt2Model(const Gpt2Config& cfg, ParamStore* store = nullptr, const std::string& prefix = "");
+  explicit Gpt2Model(const Gpt2Config& cfg, ParamStore* store = nullptr, const std::string& prefix = "", uint64_t seed = 0);
   const Gpt2Config& config() const { return cfg_; }
   ParamStore& params() { return *store_; }
   at::Device device() const { return wte_.device(); }

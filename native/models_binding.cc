@@ -116,19 +116,60 @@ static std::shared_ptr<Locked<M>> live(const std::shared_ptr<Locked<M>>& h) {
   return h;
 }
 
+// save(path, metadata?) for any model: a float32 snapshot taken under the model's lock, written atomically outside it
+// (so work on the model goes on while the file is written).
+static std::map<std::string, std::string> metadata_arg(const Napi::CallbackInfo& info, size_t i) {
+  std::map<std::string, std::string> meta;
+  if (info.Length() > i && info[i].IsObject()) {
+    Napi::Object m = info[i].As<Napi::Object>();
+    Napi::Array keys = m.GetPropertyNames();
+    for (uint32_t k = 0; k < keys.Length(); ++k) {
+      std::string key = keys.Get(k).As<Napi::String>().Utf8Value();
+      Napi::Value v = m.Get(key);
+      if (!v.IsString()) fail("E_CONFIG", "metadata values must be strings");
+      meta[key] = v.As<Napi::String>().Utf8Value();
+    }
+  }
+  return meta;
+}
+
+template <class M>
+static Napi::Value save_params(Napi::Env env, std::shared_ptr<Locked<M>> h, std::function<ParamStore&(M&)> store, std::string path,
+                               std::map<std::string, std::string> meta) {
+  return run_async(env, [h, store, path, meta]() -> Finish {
+    std::vector<at::Tensor> host;
+    std::vector<TensorToWrite> items;
+    {
+      std::lock_guard<std::mutex> lock(h->mu);
+      if (!h->model) fail("E_DISPOSED", "model was disposed");
+      at::NoGradGuard no_grad;
+      ParamStore& ps = store(*h->model);
+      for (const auto& name : ps.names()) {
+        at::Tensor t = ps.get(name).detach().to(at::kCPU, at::kFloat).contiguous().clone();
+        host.push_back(t);
+        items.push_back({name, DType::F32, std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(), t.nbytes()});
+      }
+    }
+    write_safetensors(path, items, meta);
+    return [](Napi::Env env) { return env.Undefined(); };
+  });
+}
+
 // ---------------------------------------------------------------- AddonClip
 
 Napi::Function AddonClip::Init(Napi::Env env) {
   return DefineClass(env, "AddonClip",
                      {InstanceMethod("load", &AddonClip::Load), InstanceMethod("vision", &AddonClip::Vision),
                       InstanceMethod("text", &AddonClip::Text), InstanceMethod("logitScale", &AddonClip::LogitScale),
+                      InstanceMethod("save", &AddonClip::Save),
                       InstanceMethod("dispose", &AddonClip::Dispose)});
 }
 
 AddonClip::AddonClip(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonClip>(info) {
   guarded(info.Env(), [&] {
     clip_ = std::make_shared<Locked<ClipModel>>();
-    clip_->model = std::make_unique<ClipModel>(clip_config_from_js(obj_arg(info, 0, "config")));
+    Napi::Object cfg = obj_arg(info, 0, "config");
+    clip_->model = std::make_unique<ClipModel>(clip_config_from_js(cfg), static_cast<uint64_t>(get_int(cfg, "seed", 0)));
     return info.Env().Undefined();
   });
 }
@@ -204,6 +245,13 @@ Napi::Value AddonClip::LogitScale(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value AddonClip::Save(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return save_params<ClipModel>(info.Env(), handle(), [](ClipModel& m) -> ParamStore& { return m.params(); }, str_arg(info, 0, "path"),
+                                  metadata_arg(info, 1));
+  });
+}
+
 Napi::Value AddonClip::Dispose(const Napi::CallbackInfo& info) {
   if (clip_) {
     std::lock_guard<std::mutex> lock(clip_->mu);  // waits for a running job; queued ones then fail with E_DISPOSED
@@ -217,13 +265,15 @@ Napi::Value AddonClip::Dispose(const Napi::CallbackInfo& info) {
 Napi::Function AddonGpt2::Init(Napi::Env env) {
   return DefineClass(env, "AddonGpt2",
                      {InstanceMethod("load", &AddonGpt2::Load), InstanceMethod("logits", &AddonGpt2::Logits),
-                      InstanceMethod("generate", &AddonGpt2::Generate), InstanceMethod("dispose", &AddonGpt2::Dispose)});
+                      InstanceMethod("generate", &AddonGpt2::Generate), InstanceMethod("save", &AddonGpt2::Save),
+                      InstanceMethod("dispose", &AddonGpt2::Dispose)});
 }
 
 AddonGpt2::AddonGpt2(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonGpt2>(info) {
   guarded(info.Env(), [&] {
     gpt_ = std::make_shared<Locked<Gpt2Model>>();
-    gpt_->model = std::make_unique<Gpt2Model>(gpt2_config_from_js(obj_arg(info, 0, "config")));
+    Napi::Object cfg = obj_arg(info, 0, "config");
+    gpt_->model = std::make_unique<Gpt2Model>(gpt2_config_from_js(cfg), nullptr, "", static_cast<uint64_t>(get_int(cfg, "seed", 0)));
     return info.Env().Undefined();
   });
 }
@@ -292,6 +342,15 @@ Napi::Value AddonGpt2::Generate(const Napi::CallbackInfo& info) {
       c10::InferenceMode guard;
       return decode_result_to_js(decode(*h->model, prefix, opts));
     }, std::move(keep));
+  });
+}
+
+std::shared_ptr<Locked<Gpt2Model>> AddonGpt2::handle() const { return live(gpt_); }
+
+Napi::Value AddonGpt2::Save(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    return save_params<Gpt2Model>(info.Env(), handle(), [](Gpt2Model& m) -> ParamStore& { return m.params(); }, str_arg(info, 0, "path"),
+                                  metadata_arg(info, 1));
   });
 }
 
@@ -373,36 +432,8 @@ Napi::Value AddonCaptioner::Load(const Napi::CallbackInfo& info) {
 // save(path, metadata): float32 safetensors of every parameter, written atomically.
 Napi::Value AddonCaptioner::Save(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    auto h = handle();
-    std::string path = str_arg(info, 0, "path");
-    std::map<std::string, std::string> meta;
-    if (info.Length() > 1 && info[1].IsObject()) {
-      Napi::Object m = info[1].As<Napi::Object>();
-      Napi::Array keys = m.GetPropertyNames();
-      for (uint32_t i = 0; i < keys.Length(); ++i) {
-        std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
-        Napi::Value v = m.Get(k);
-        if (!v.IsString()) fail("E_CONFIG", "metadata values must be strings");
-        meta[k] = v.As<Napi::String>().Utf8Value();
-      }
-    }
-    return run_async(info.Env(), [h, path, meta]() -> Finish {
-      std::vector<at::Tensor> host;
-      std::vector<TensorToWrite> items;
-      {
-        std::lock_guard<std::mutex> lock(h->mu);
-        at::NoGradGuard no_grad;
-        for (const auto& name : h->model->params.names()) {
-          at::Tensor t = h->model->params.get(name).detach().to(at::kCPU, at::kFloat).contiguous();
-          if (t.data_ptr() == h->model->params.get(name).data_ptr()) t = t.clone();  // a snapshot, not the live weights
-          host.push_back(t);
-          std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
-          items.push_back({name, DType::F32, shape, t.data_ptr(), t.nbytes()});
-        }
-      }
-      write_safetensors(path, items, meta);  // outside the lock: captioning goes on while the file is written
-      return [](Napi::Env env) { return env.Undefined(); };
-    });
+    return save_params<CaptionerModel>(info.Env(), handle(), [](CaptionerModel& m) -> ParamStore& { return m.params; },
+                                       str_arg(info, 0, "path"), metadata_arg(info, 1));
   });
 }
 

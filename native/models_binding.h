@@ -28,6 +28,7 @@ class AddonClip : public Napi::ObjectWrap<AddonClip> {
   Napi::Value Vision(const Napi::CallbackInfo& info);
   Napi::Value Text(const Napi::CallbackInfo& info);
   Napi::Value LogitScale(const Napi::CallbackInfo& info);
+  Napi::Value Save(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   std::shared_ptr<Locked<ClipModel>> clip_;
 };
@@ -36,11 +37,13 @@ class AddonGpt2 : public Napi::ObjectWrap<AddonGpt2> {
  public:
   static Napi::Function Init(Napi::Env env);
   explicit AddonGpt2(const Napi::CallbackInfo& info);
+  std::shared_ptr<Locked<Gpt2Model>> handle() const;
 
  private:
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value Logits(const Napi::CallbackInfo& info);
   Napi::Value Generate(const Napi::CallbackInfo& info);
+  Napi::Value Save(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   std::shared_ptr<Locked<Gpt2Model>> gpt_;
 };

@@ -91,23 +91,77 @@ static TrainConfig train_config_from_js(const Napi::Object& o) {
   return c;
 }
 
-// new AddonTrainer(captioner, config, data, onProgress, onScore)
+static PretrainConfig pretrain_config_from_js(const Napi::Object& o) {
+  PretrainConfig c;
+  c.steps = get_int(o, "steps", c.steps);
+  c.batch_size = get_int(o, "batchSize", c.batch_size);
+  c.lr = get_number(o, "lr", c.lr);
+  c.weight_decay = get_number(o, "weightDecay", c.weight_decay);
+  c.beta1 = get_number(o, "beta1", c.beta1);
+  c.beta2 = get_number(o, "beta2", c.beta2);
+  c.adam_eps = get_number(o, "adamEps", c.adam_eps);
+  c.grad_clip = get_number(o, "gradClip", c.grad_clip);
+  c.warmup = get_int(o, "warmupSteps", c.warmup);
+  c.schedule = get_string(o, "schedule", c.schedule);
+  c.seed = static_cast<uint64_t>(get_int(o, "seed", 0));
+  return c;
+}
+
+template <class M>
+static std::shared_ptr<Locked<M>> live_handle(std::shared_ptr<Locked<M>> h) {
+  if (!h || !h->model) fail("E_DISPOSED", "model was disposed");
+  return h;
+}
+
+// new AddonTrainer(target: AddonCaptioner | AddonClip | AddonGpt2, config, data, onProgress, onScore)
 AddonTrainer::AddonTrainer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonTrainer>(info) {
   guarded(info.Env(), [&] {
     if (info.Length() < 5 || !info[0].IsObject() || !info[1].IsObject() || !info[2].IsObject() || !info[3].IsFunction() || !info[4].IsFunction())
-      fail("E_CONFIG", "AddonTrainer(captioner, config, data, onProgress, onScore)");
-    cap_ = AddonCaptioner::Unwrap(info[0].As<Napi::Object>())->handle();
-    cfg_ = train_config_from_js(info[1].As<Napi::Object>());
+      fail("E_CONFIG", "AddonTrainer(model, config, data, onProgress, onScore)");
+    Napi::Object target = info[0].As<Napi::Object>();
     Napi::Object d = info[2].As<Napi::Object>();
     KeepAlive keep;
-    data_.features = opt_tensor(d, "features", keep);
-    data_.cap_ids = opt_tensor(d, "captionIds", keep);
-    data_.cap_image = opt_tensor(d, "captionImages", keep);
-    data_.ref_features = opt_tensor(d, "referenceFeatures", keep);
-    data_.ref_image = opt_tensor(d, "referenceImages", keep);
-    data_.sup_images = opt_tensor(d, "labeledImages", keep);
-    data_.unl_images = opt_tensor(d, "unlabeledImages", keep);
-    validate_train_data(cfg_, data_, cap_->model->mapper->config().clip_dim);
+    AddonState& st = addon_state(info.Env());
+    if (target.InstanceOf(st.captioner_ctor.Value())) {
+      auto cap = AddonCaptioner::Unwrap(target)->handle();
+      auto cfg = std::make_shared<TrainConfig>(train_config_from_js(info[1].As<Napi::Object>()));
+      auto data = std::make_shared<TrainData>();
+      data->features = opt_tensor(d, "features", keep);
+      data->cap_ids = opt_tensor(d, "captionIds", keep);
+      data->cap_image = opt_tensor(d, "captionImages", keep);
+      data->ref_features = opt_tensor(d, "referenceFeatures", keep);
+      data->ref_image = opt_tensor(d, "referenceImages", keep);
+      data->sup_images = opt_tensor(d, "labeledImages", keep);
+      data->unl_images = opt_tensor(d, "unlabeledImages", keep);
+      validate_train_data(*cfg, *data, cap->model->mapper->config().clip_dim);
+      run_ = [cap, cfg, data](const TrainCallbacks& cb) {
+        auto h = live_handle(cap);
+        std::lock_guard<std::mutex> lock(h->mu);
+        return train(*h->model, *cfg, *data, cb);
+      };
+    } else if (target.InstanceOf(st.clip_ctor.Value())) {
+      auto clip = AddonClip::Unwrap(target)->handle();
+      PretrainConfig cfg = pretrain_config_from_js(info[1].As<Napi::Object>());
+      at::Tensor pixels = opt_tensor(d, "pixels", keep), ids = opt_tensor(d, "ids", keep);
+      check(pixels.defined() && ids.defined(), "E_DATA", "CLIP pretraining needs pixels and ids");
+      run_ = [clip, cfg, pixels, ids](const TrainCallbacks& cb) {
+        auto h = live_handle(clip);
+        std::lock_guard<std::mutex> lock(h->mu);
+        return pretrain_clip(*h->model, cfg, pixels, ids, cb);
+      };
+    } else if (target.InstanceOf(st.gpt2_ctor.Value())) {
+      auto gpt = AddonGpt2::Unwrap(target)->handle();
+      PretrainConfig cfg = pretrain_config_from_js(info[1].As<Napi::Object>());
+      at::Tensor ids = opt_tensor(d, "ids", keep);
+      check(ids.defined(), "E_DATA", "language-model pretraining needs ids");
+      run_ = [gpt, cfg, ids](const TrainCallbacks& cb) {
+        auto h = live_handle(gpt);
+        std::lock_guard<std::mutex> lock(h->mu);
+        return pretrain_lm(*h->model, cfg, ids, cb);
+      };
+    } else {
+      fail("E_CONFIG", "AddonTrainer: the model must be a captioner, a CLIP or a GPT-2");
+    }
     on_progress_ = Napi::Persistent(info[3].As<Napi::Function>());
     on_score_ = Napi::Persistent(info[4].As<Napi::Function>());
     return info.Env().Undefined();
@@ -205,9 +259,6 @@ Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
     thread_ = std::thread([this] {
       auto* done = new Event{Event::kDone};
       try {
-        auto cap = cap_;
-        if (!cap->model) fail("E_DISPOSED", "Captioner was disposed");
-        std::lock_guard<std::mutex> lock(cap->mu);
         TrainCallbacks cb;
         cb.should_stop = [this] { return stop_.load(); };
         cb.progress = [this](const Progress& p) {
@@ -226,7 +277,7 @@ Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
           }
           return answer.get();
         };
-        done->summary = train(*cap->model, cfg_, data_, cb);
+        done->summary = run_(cb);
       } catch (const Error& e) {
         done->failed = true;
         done->code = e.code;

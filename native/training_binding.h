@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "captioner_model.h"
+#include "pretrain.h"
 #include "trainer.h"
 
 namespace semicap {
@@ -25,9 +26,8 @@ class AddonTrainer : public Napi::ObjectWrap<AddonTrainer> {
   Napi::Value Abort(const Napi::CallbackInfo& info);
   static void CallJs(Napi::Env env, Napi::Function, AddonTrainer* self, Event* ev);
 
-  std::shared_ptr<Locked<CaptionerModel>> cap_;
-  TrainConfig cfg_;
-  TrainData data_;
+  // The run, bound to its model in the constructor: a captioner stage, or CLIP / GPT-2 pretraining.
+  std::function<TrainSummary(const TrainCallbacks&)> run_;
   Napi::FunctionReference on_progress_, on_score_;
   std::unique_ptr<Napi::Promise::Deferred> deferred_;
   Napi::TypedThreadSafeFunction<AddonTrainer, Event, CallJs> tsfn_;
