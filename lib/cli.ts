@@ -6,6 +6,8 @@ import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { Captioner } from './captioner.js'
+import { evalCommand } from './cli-eval.js'
+import { trainCommand } from './cli-train.js'
 import type { DecodeOptions } from './decoding.js'
 import type { DeviceOption } from './device.js'
 import { runtimeInfo } from './runtime.js'
@@ -104,7 +106,7 @@ export const infoCommand: CommandModule = (program) => {
 }
 
 /** The commands of `semicap`, in help order. Add new command modules here. */
-export const commands: CommandModule[] = [captionCommand, infoCommand]
+export const commands: CommandModule[] = [captionCommand, infoCommand, trainCommand, evalCommand]
 
 /** A fresh program with `modules` registered; it throws CommanderError instead of exiting. */
 export function createProgram(modules: readonly CommandModule[] = commands): Command {
