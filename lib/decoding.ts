@@ -20,6 +20,8 @@ export interface DecodeOptions {
   stop?: string | null
   /** End at the end-of-text token (not kept). Default true. */
   stopAtEos?: boolean
+  /** bf16 autocast for the models' matrix products (CUDA only; ignored on the CPU). Default false. */
+  bf16?: boolean
 }
 
 const stopCache = new WeakMap<Gpt2Tokenizer, Map<string, number[]>>()
@@ -61,6 +63,7 @@ export function decodeWire(o: DecodeOptions, tokenizer: Gpt2Tokenizer | undefine
   if (stop !== null && (typeof stop !== 'string' || stop.length === 0)) throw new TypeError('stop must be a non-empty string or null')
   if (stop !== null && !tokenizer) throw new SemicapError('E_TOKENIZER', 'a stop string needs a tokenizer; this model has none')
   if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') throw new TypeError('stopAtEos must be a boolean')
+  if (o.bf16 !== undefined && typeof o.bf16 !== 'boolean') throw new TypeError('bf16 must be a boolean')
   const eos = tokenizer?.eosId ?? cfg.eosTokenId
   return {
     method,
@@ -73,5 +76,6 @@ export function decodeWire(o: DecodeOptions, tokenizer: Gpt2Tokenizer | undefine
     seed: int(o.seed, 'seed', 0, Number.MAX_SAFE_INTEGER, 0),
     stopIds: stop === null || !tokenizer ? [] : stopTokenIds(tokenizer, stop),
     eosId: o.stopAtEos === false || eos >= cfg.vocabSize ? -1 : eos,
+    bf16: o.bf16 ?? false,
   }
 }

@@ -10,3 +10,5 @@ export { readSafetensorsHeader, loadSafetensors, writeSafetensors, setThreads, r
 export { TrainingRun, type TrainOptions, type TrainProgress, type TrainSummary, type RewardOptions } from './training.js'
 export * as data from './data/index.js'
 export * as metrics from './metrics/index.js'
+export { evaluate, renderEvaluationReport, makeThumbnails, METRIC_LABELS, CLIP_S_PREFIX, type EvaluateOptions, type EvaluationResult, type EvaluationMetrics } from './evaluate.js'
+export { type PretrainOptions } from './pretraining.js'

@@ -47,6 +47,7 @@ export interface DecodeWire {
   seed: number
   stopIds: number[]
   eosId: number
+  bf16: boolean
 }
 export interface TowerOutputWire { lastHidden: WireTensor; pooled: WireTensor; features: WireTensor }
 export interface DecodeOutputWire { ids: WireTensor; scores: WireTensor; features?: WireTensor }

@@ -144,6 +144,10 @@ Napi::Value WriteSafetensors(const Napi::CallbackInfo& info) {
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  // float32 means float32: no TF32 in cuDNN convolutions (on by default in PyTorch) or cuBLAS matmuls, so CUDA
+  // results match the CPU's to float32 precision. bf16 autocast is the opt-in fast path.
+  at::globalContext().setAllowTF32CuDNN(false);
+  at::globalContext().setAllowTF32CuBLAS(false);
   auto* state = new AddonState();
   env.SetInstanceData<AddonState>(state);  // deleted with the environment
   Napi::Function tensor = AddonTensor::Init(env);

@@ -4,6 +4,7 @@
 
 #include <limits>
 
+#include "autocast.h"
 #include "errors.h"
 
 namespace semicap {
@@ -18,8 +19,10 @@ at::Tensor end_mask(const Gpt2Model& gpt, const DecodeOptions& o) {
   return m.to(gpt.device());
 }
 
+// Token ids here come from argmax / sampling / topk over the vocabulary, so they need no range check (which
+// would cost a device sync per step).
 at::Tensor step_logits(const Gpt2Model& gpt, const at::Tensor& tokens, KvCache& cache) {
-  return gpt.logits(gpt.forward(gpt.embed_tokens(tokens.unsqueeze(1)), &cache).select(1, 0));
+  return gpt.logits(gpt.forward(at::embedding(gpt.wte(), tokens.unsqueeze(1)), &cache).select(1, 0)).to(at::kFloat);
 }
 
 // Samples one token per row from softmax(logits / T) restricted to the top-k and the top-p nucleus. Uniform draws
@@ -49,7 +52,7 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
   at::Tensor ends = end_mask(gpt, o);
   KvCache cache;
-  at::Tensor logits = gpt.logits(gpt.forward(prefix, &cache).select(1, -1));
+  at::Tensor logits = gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat);
   auto long_opts = at::TensorOptions().dtype(at::kLong).device(gpt.device());
   at::Tensor out = at::full({B, o.max_tokens}, -1, long_opts);
   at::Tensor finished = at::zeros({B}, long_opts.dtype(at::kBool));
@@ -75,7 +78,7 @@ DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOp
   check(K >= 1 && K <= V, "E_VALUE", "beams must be between 1 and the vocabulary size");
   at::Tensor ends = end_mask(gpt, o);
   KvCache cache;
-  at::Tensor logp = at::log_softmax(gpt.logits(gpt.forward(prefix, &cache).select(1, -1)), -1);
+  at::Tensor logp = at::log_softmax(gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat), -1);
   if (o.min_tokens > 0) logp = logp.masked_fill(ends, kNegInf);
   auto top = logp.topk(K, -1);
   at::Tensor scores = std::get<0>(top).reshape({B * K});
@@ -128,6 +131,7 @@ DecodeResult decode(const Gpt2Model& gpt, const at::Tensor& prefix, const Decode
   check(o.eos_id < gpt.config().vocab_size, "E_VALUE", "eos token id out of range");
   check(o.temperature > 0 && o.top_p > 0 && o.top_p <= 1 && o.top_k >= 0, "E_VALUE", "temperature must be > 0, topP in (0, 1], topK >= 0");
   check(prefix.is_floating_point(), "E_DTYPE", "prefix must be float32");
+  Bf16Autocast autocast(o.bf16 && gpt.device().is_cuda());
   at::Tensor p = prefix.to(gpt.device(), at::kFloat);
   check(at::isfinite(p).all().item<bool>(), "E_VALUE", "prefix (or the features it was mapped from) contains NaN or infinite values");
   if (o.method == "beam") return beam(gpt, p, o);

@@ -13,6 +13,7 @@ struct DecodeOptions {
   uint64_t seed = 0;
   std::vector<int64_t> stop_ids;  // tokens that end a caption and are part of it (e.g. ones containing ".")
   int64_t eos_id = -1;            // ends a caption, not part of it (<|endoftext|>)
+  bool bf16 = false;              // bf16 autocast (CUDA only)
 };
 
 struct DecodeResult {

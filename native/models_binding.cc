@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "addon_state.h"
+#include "autocast.h"
 #include "errors.h"
 #include "safetensors.h"
 
@@ -96,6 +97,7 @@ DecodeOptions decode_options_from_js(const Napi::Object& o) {
   d.top_p = get_number(o, "topP", 1.0);
   d.seed = static_cast<uint64_t>(get_int(o, "seed", 0));
   d.eos_id = get_int(o, "eosId", -1);
+  d.bf16 = get_bool(o, "bf16", false);
   Napi::Value s = o.Get("stopIds");
   if (s.IsArray()) {
     Napi::Array a = s.As<Napi::Array>();
@@ -451,7 +453,11 @@ Napi::Value AddonCaptioner::Caption(const Napi::CallbackInfo& info) {
       {
         auto clip = live(h->model->clip);
         std::lock_guard<std::mutex> clip_lock(clip->mu);
-        features = clip->model->vision(pixels).features;
+        at::Tensor px = pixels;
+        // Pinned staging makes the host-to-device copy asynchronous and faster than from pageable memory.
+        if (clip->model->device().is_cuda() && px.is_cpu()) px = px.to(at::kFloat).pin_memory().to(clip->model->device(), /*non_blocking=*/true);
+        Bf16Autocast autocast(opts.bf16 && clip->model->device().is_cuda());
+        features = clip->model->vision(px).features.to(at::kFloat);
       }
       DecodeResult r = decode(*h->model->gpt, h->model->prefix_from_features(features), opts);
       Finish base = decode_result_to_js(r);

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 
+#include "autocast.h"
 #include "decode.h"
 #include "errors.h"
 #include "losses.h"
@@ -150,7 +151,11 @@ class Loop {
       for (int64_t micro = 0; micro < cfg_.grad_accum; ++micro) {
         if (micro > 0 && cb_.should_stop()) fail("E_ABORTED", "training aborted at step " + std::to_string(step));
         const int64_t k = step * cfg_.grad_accum + micro;
-        at::Tensor loss = micro_step(k, p, &examples);
+        at::Tensor loss;
+        {
+          Bf16Autocast autocast(cfg_.autocast_bf16 && device_.is_cuda());  // forward in bf16, backward follows it
+          loss = micro_step(k, p, &examples);
+        }
         (loss / static_cast<double>(cfg_.grad_accum)).backward();
         loss_sum += loss.item<double>();
       }

