@@ -50,6 +50,21 @@ std::string Gpt2Model::checkpoint_key(const std::string& key) {
   return k;
 }
 
+at::Tensor Gpt2Model::logits(const at::Tensor& hidden) const {
+  if (!hidden.is_cpu() || at::GradMode::is_enabled() || hidden.scalar_type() != at::kFloat) return at::matmul(hidden, wte_.t());
+  auto shape = hidden.sizes().vec();
+  shape.back() = cfg_.vocab_size;
+  if (single_row_cpu(hidden)) return at::mv(wte_, hidden.reshape({-1})).view(shape);
+  const int64_t version = static_cast<int64_t>(wte_._version());
+  if (!wte_t_.defined() || wte_t_version_ != version || wte_t_ptr_ != wte_.data_ptr()) {
+    c10::InferenceMode guard;
+    wte_t_ = wte_.t().contiguous();
+    wte_t_version_ = version;
+    wte_t_ptr_ = wte_.data_ptr();
+  }
+  return at::mm(hidden.reshape({-1, cfg_.n_embd}), wte_t_).view(shape);
+}
+
 at::Tensor Gpt2Model::embed_tokens(const at::Tensor& ids_in) const {
   check(ids_in.dim() == 2, "E_SHAPE", "token ids must have shape [B, T]");
   check(ids_in.scalar_type() == at::kLong || ids_in.scalar_type() == at::kInt, "E_DTYPE", "token ids must be int64 (or int32)");

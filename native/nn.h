@@ -52,15 +52,31 @@ class ParamStore {
   at::Generator gen_;
 };
 
+// One input row on the CPU without autograd (batch-1 decoding): BLAS gemv is 3-4x faster than a one-row gemm.
+inline bool single_row_cpu(const at::Tensor& x) {
+  return x.is_cpu() && x.numel() == x.size(-1) && x.scalar_type() == at::kFloat && !at::GradMode::is_enabled();
+}
+
 struct Linear {
   at::Tensor weight, bias;  // weight [out, in] (PyTorch layout), bias optional
-  at::Tensor operator()(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+  at::Tensor operator()(const at::Tensor& x) const {
+    if (single_row_cpu(x)) {
+      auto s = x.sizes().vec();
+      s.back() = weight.size(0);
+      at::Tensor v = x.reshape({-1});
+      return (bias.defined() ? at::addmv(bias, weight, v) : at::mv(weight, v)).view(s);
+    }
+    return at::linear(x, weight, bias);
+  }
 };
 
 // GPT-2's Conv1D: weight stored [in, out].
 struct Conv1D {
   at::Tensor weight, bias;
-  at::Tensor operator()(const at::Tensor& x) const { return at::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape(x)); }
+  at::Tensor operator()(const at::Tensor& x) const {
+    if (single_row_cpu(x)) return at::addmv(bias, weight.t(), x.reshape({-1})).view(out_shape(x));
+    return at::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape(x));
+  }
   std::vector<int64_t> out_shape(const at::Tensor& x) const {
     auto s = x.sizes().vec();
     s.back() = weight.size(1);
