@@ -190,7 +190,8 @@ export class Captioner {
         if (id < 0 || id === eos) break
         row.push(id)
       }
-      const text = this.tokenizer ? this.tokenizer.decode(row).trim() : row.join(' ')
+      // Ids past the tokenizer's vocabulary (a padded embedding table) carry no text.
+      const text = this.tokenizer ? this.tokenizer.decode(row.filter((id) => id < this.tokenizer!.vocabSize)).trim() : row.join(' ')
       out.push({ text, ids: row, score: sc[b] })
     }
     return out

@@ -316,7 +316,8 @@ export function startTraining(captioner: Captioner, options: TrainOptions, enque
         for (let t = 0; t < L; t++) {
           const id = Number(d[i * L + t])
           if (id < 0 || id === tokenizer.eosId) break
-          row.push(id)
+          // A model may have more ids than its tokenizer (padded vocabularies): those carry no text.
+          if (id < tokenizer.vocabSize) row.push(id)
         }
         out.push(tokenizer.decode(row).trim())
       }

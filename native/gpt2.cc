@@ -51,7 +51,7 @@ std::string Gpt2Model::checkpoint_key(const std::string& key) {
 }
 
 at::Tensor Gpt2Model::logits(const at::Tensor& hidden) const {
-  if (!hidden.is_cpu() || at::GradMode::is_enabled() || hidden.scalar_type() != at::kFloat) return at::matmul(hidden, wte_.t());
+  if (!hidden.is_cpu() || c10::GradMode::is_enabled() || hidden.scalar_type() != at::kFloat) return at::matmul(hidden, wte_.t());
   auto shape = hidden.sizes().vec();
   shape.back() = cfg_.vocab_size;
   if (single_row_cpu(hidden)) return at::mv(wte_, hidden.reshape({-1})).view(shape);

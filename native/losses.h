@@ -1,6 +1,7 @@
 // Training losses and rewards, as plain tensor functions (tested against hand computations from JS).
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 namespace semicap {
 

@@ -14,7 +14,7 @@ Napi::Object losses_exports(Napi::Env env) {
     o.Set(name, Napi::Function::New(env, [f](const Napi::CallbackInfo& info) {
       return guarded(info.Env(), [&] {
         KeepAlive keep;
-        at::NoGradGuard no_grad;
+        c10::NoGradGuard no_grad;
         return tensor_to_js(info.Env(), f(info, keep).contiguous());
       });
     }));

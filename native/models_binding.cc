@@ -144,7 +144,7 @@ static Napi::Value save_params(Napi::Env env, std::shared_ptr<Locked<M>> h, std:
     {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!h->model) fail("E_DISPOSED", "model was disposed");
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       ParamStore& ps = store(*h->model);
       for (const auto& name : ps.names()) {
         at::Tensor t = ps.get(name).detach().to(at::kCPU, at::kFloat).contiguous().clone();

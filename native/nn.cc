@@ -108,7 +108,7 @@ at::Tensor view_as_tensor(const TensorView& v) {
 void ParamStore::load(const SafetensorsFile& file, const std::function<std::string(const std::string&)>& rename, const std::string& scope) {
   std::vector<std::string> unexpected, misshaped;
   std::set<std::string> filled;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (const auto& key : file.parsed().names) {
     std::string name = rename(key);
     if (name.empty()) continue;
@@ -148,7 +148,7 @@ void ParamStore::load(const SafetensorsFile& file, const std::function<std::stri
 }
 
 void ParamStore::to(const at::Device& device) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (auto& [name, t] : tensors_) {
     if (t.device() == device) continue;
     bool rg = t.requires_grad();

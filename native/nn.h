@@ -3,6 +3,7 @@
 // Hugging Face file is one loop over names, as with register_module in pytorch/examples.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <functional>
 #include <map>
@@ -54,7 +55,7 @@ class ParamStore {
 
 // One input row on the CPU without autograd (batch-1 decoding): BLAS gemv is 3-4x faster than a one-row gemm.
 inline bool single_row_cpu(const at::Tensor& x) {
-  return x.is_cpu() && x.numel() == x.size(-1) && x.scalar_type() == at::kFloat && !at::GradMode::is_enabled();
+  return x.is_cpu() && x.numel() == x.size(-1) && x.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
 }
 
 struct Linear {

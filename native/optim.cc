@@ -20,7 +20,7 @@ void AdamW::zero_grad() {
 }
 
 void AdamW::step(double lr) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   ++step_;
   const double bc1 = 1 - std::pow(cfg_.beta1, static_cast<double>(step_));
   const double bc2 = 1 - std::pow(cfg_.beta2, static_cast<double>(step_));
@@ -46,7 +46,7 @@ std::vector<std::pair<std::string, at::Tensor>> AdamW::state() const {
 }
 
 void AdamW::load_state(const std::vector<std::pair<std::string, at::Tensor>>& named, int64_t step) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> by_name(named.begin(), named.end());
   for (size_t i = 0; i < params_.size(); ++i) {
     for (auto [suffix, dst] : {std::make_pair(".exp_avg", &m_[i]), std::make_pair(".exp_avg_sq", &v_[i])}) {
@@ -69,7 +69,7 @@ double schedule_lr(double base, int64_t step, int64_t warmup, int64_t total, con
 }
 
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   std::vector<at::Tensor> norms;
   for (const auto& p : params)
     if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kFloat).reshape({1}));

@@ -1,6 +1,7 @@
 // AdamW (decoupled weight decay, as torch.optim.AdamW), learning-rate schedule, gradient clipping.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <string>
 #include <vector>

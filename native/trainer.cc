@@ -234,7 +234,7 @@ class Loop {
     at::Tensor feats = features_.index_select(0, images);
     at::Tensor greedy, samples;
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       at::Tensor prefix = m_.prefix_from_features(feats);
       DecodeOptions o;
       o.max_tokens = cfg_.max_tokens;
@@ -262,7 +262,7 @@ class Loop {
     if (cfg_.kl_coef > 0) {
       at::Tensor ref_logits;
       {
-        at::NoGradGuard no_grad;
+        c10::NoGradGuard no_grad;
         ref_logits = ref_->sequence_logits(sample_feats, samples);
       }
       at::Tensor kl = kl_penalty(logits, ref_logits, mask);
@@ -288,7 +288,7 @@ class Loop {
       auto clip = m_.clip;
       check(clip && clip->model, "E_DISPOSED", "the CLIP model was disposed");
       std::lock_guard<std::mutex> lock(clip->mu);
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       text = normalize(clip->model->text(clip_ids).features.to(device_));
     }
     at::Tensor own = owners.to(device_);
@@ -300,7 +300,7 @@ class Loop {
 
   void make_reference() {
     ref_ = std::make_unique<CaptionerModel>(m_.mapper->config(), m_.gpt->config(), m_.normalize_prefix);
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     ref_->params.to(device_);
     for (const auto& n : m_.params.names()) ref_->params.get(n).copy_(m_.params.get(n));
   }
@@ -308,7 +308,7 @@ class Loop {
   void resume() {
     fs::path dir(cfg_.resume_dir);
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       m_.params.load(*SafetensorsFile::open((dir / "model.safetensors").string()), CaptionerModel::checkpoint_key);
     }
     auto file = SafetensorsFile::open((dir / "optimizer.safetensors").string());

@@ -10,6 +10,7 @@ import { Captioner, Tensor, writeSafetensors } from '../../dist/index.js'
 const [models, tokDir, work] = process.argv.slice(2)
 mkdirSync(work, { recursive: true })
 for (const f of ['vocab.json', 'merges.txt']) copyFileSync(join(tokDir, f), join(models, 'gpt2', f))
+for (const f of ['vocab.json', 'merges.txt']) copyFileSync(join(tokDir, '..', 'clip-tokenizer', f), join(models, 'clip', f))
 const out = { node: {}, ref: {} }
 const t0 = performance.now()
 const cap = await Captioner.create({ clip: join(models, 'clip'), gpt2: join(models, 'gpt2'), mapper: { type: 'mlp', prefixLength: 10 }, device: 'cuda', seed: 1 })

@@ -42,7 +42,10 @@ record('cuda bf16 greedy ids disagreement share', 1 - agree, 0.25)
 mkdirSync(work, { recursive: true })
 const corpus = []
 for (const c of ['red', 'green', 'blue', 'yellow', 'white', 'black']) for (const s of ['square', 'circle', 'star', 'cross']) corpus.push(`a ${c} ${s} on a grey background.`)
-const bpe = trainByteLevelBpe([...corpus, ...corpus], { vocabSize: 999, minFrequency: 1 })
+// Specials fill the vocabulary up to the model's 1000 ids so every sampled id decodes.
+let bpe = trainByteLevelBpe([...corpus, ...corpus], { vocabSize: 1000, minFrequency: 1 })
+const learned = Object.keys(bpe.vocab).length - 1
+bpe = trainByteLevelBpe([...corpus, ...corpus], { vocabSize: 1000, minFrequency: 1, specialTokens: [...Array.from({ length: 999 - learned }, (_, k) => `<|unused${k}|>`), '<|endoftext|>'] })
 const gdir = join(work, 'gpt2'), cdir = join(work, 'clip')
 cpSync(join(golden, 'gpt2'), gdir, { recursive: true })
 cpSync(join(golden, 'clip'), cdir, { recursive: true })

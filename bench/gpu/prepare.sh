@@ -12,6 +12,7 @@ tar -cJf .device/node_modules.tar.xz node_modules/sharp node_modules/@img node_m
   node_modules/simple-swizzle node_modules/is-arrayish 2>/dev/null || true
 cp -r dist .device/dist
 cp -r ../shared/golden .device/golden
+mkdir -p .device/clip-tokenizer && cp ../shared/clip-tokenizer/vocab.json ../shared/clip-tokenizer/merges.txt .device/clip-tokenizer/
 node --input-type=module -e "
   import { Gpt2Tokenizer } from './dist/index.js'
   import { writeBpeFiles } from './dist/pretraining.js'
