@@ -51,7 +51,8 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
   const int64_t B = prefix.size(0);
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
   at::Tensor ends = end_mask(gpt, o);
-  KvCache cache;
+  const bool can_end = !o.stop_ids.empty() || o.eos_id >= 0;
+  KvCache cache(prefix.size(1) + o.max_tokens);
   at::Tensor logits = gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat);
   auto long_opts = at::TensorOptions().dtype(at::kLong).device(gpt.device());
   at::Tensor out = at::full({B, o.max_tokens}, -1, long_opts);
@@ -67,7 +68,8 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
     count += alive;
     out.select(1, t).copy_(next.masked_fill(finished, -1));
     finished = finished.logical_or(ends.index_select(0, next));
-    if (t + 1 == o.max_tokens || finished.all().item<bool>()) break;
+    // The one host sync per step, and only when a caption can have ended.
+    if (t + 1 == o.max_tokens || (can_end && t + 1 >= o.min_tokens && finished.all().item<bool>())) break;
     logits = step_logits(gpt, next.masked_fill(finished, 0), cache);
   }
   return {out.slice(1, 0, std::min(t + 1, o.max_tokens)), logp_sum / count.clamp_min(1)};
@@ -77,7 +79,7 @@ DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOp
   const int64_t B = prefix.size(0), K = o.beams, V = gpt.config().vocab_size;
   check(K >= 1 && K <= V, "E_VALUE", "beams must be between 1 and the vocabulary size");
   at::Tensor ends = end_mask(gpt, o);
-  KvCache cache;
+  KvCache cache(prefix.size(1) + o.max_tokens);
   at::Tensor logp = at::log_softmax(gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat), -1);
   if (o.min_tokens > 0) logp = logp.masked_fill(ends, kNegInf);
   auto top = logp.topk(K, -1);
@@ -95,7 +97,7 @@ DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOp
   at::Tensor base = (at::arange(B, long_opts) * K).unsqueeze(1);
   int64_t t = 1;
   for (; t < o.max_tokens; ++t) {
-    if (finished.all().item<bool>()) break;
+    if (t >= o.min_tokens && finished.all().item<bool>()) break;
     logp = at::log_softmax(step_logits(gpt, tokens.masked_fill(finished, 0), cache), -1);
     if (t < o.min_tokens) logp = logp.masked_fill(ends, kNegInf);
     logp = at::where(finished.unsqueeze(1), frozen.unsqueeze(0), logp);

@@ -93,7 +93,18 @@ at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
     const Gpt2Block& b = blocks_[i];
     auto qkv = b.c_attn(b.ln1(x)).split(C, -1);
     at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);
-    if (cache) {
+    if (cache && cache->capacity > 0) {
+      if (!cache->k[i].defined()) {
+        check(cache->capacity >= past + T, "E_NATIVE", "KV cache capacity exceeded");
+        cache->k[i] = at::empty({k.size(0), k.size(1), cache->capacity, k.size(3)}, k.options());
+        cache->v[i] = at::empty_like(cache->k[i]);
+      }
+      check(cache->capacity >= past + T, "E_NATIVE", "KV cache capacity exceeded");
+      cache->k[i].narrow(2, past, T).copy_(k);
+      cache->v[i].narrow(2, past, T).copy_(v);
+      k = cache->k[i].narrow(2, 0, past + T);
+      v = cache->v[i].narrow(2, 0, past + T);
+    } else if (cache) {
       if (cache->k[i].defined()) {
         k = at::cat({cache->k[i], k}, 2);
         v = at::cat({cache->v[i], v}, 2);
@@ -104,6 +115,7 @@ at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
     x = x + b.c_proj(merge_heads(attention(q, k, v, true)));
     x = x + b.mlp_proj(activate(b.c_fc(b.ln2(x)), b.act));
   }
+  if (cache) cache->len = past + T;
   return ln_f_(x);
 }
 

@@ -18,10 +18,13 @@ struct Gpt2Block {
   Activation act;
 };
 
-// Keys and values of every layer for the positions seen so far: [B, H, T, D] each.
+// Keys and values of every layer for the positions seen so far. With a capacity, each layer's buffer is
+// allocated once ([B, H, capacity, D]) and steps write into it, instead of concatenating a growing copy per step.
 struct KvCache {
-  std::vector<at::Tensor> k, v;
-  int64_t length() const { return k.empty() || !k[0].defined() ? 0 : k[0].size(2); }
+  std::vector<at::Tensor> k, v;  // buffers (capacity > 0) or exact-length tensors
+  int64_t capacity = 0, len = 0;
+  explicit KvCache(int64_t cap = 0) : capacity(cap) {}
+  int64_t length() const { return len; }
   void reorder(const at::Tensor& rows);  // keeps rows (beam search / dropping finished sequences)
 };
 
