@@ -136,7 +136,9 @@ export function native(): Addon {
   const require = createRequire(import.meta.url)
   const load = require('node-gyp-build') as (dir: string) => Addon
   try {
-    addon = load(packageRoot)
+    // SEMICAP_ADDON points at another build of the addon (a sanitizer build, say) instead of build/Release.
+    const override = process.env.SEMICAP_ADDON
+    addon = override ? (require(resolve(override)) as Addon) : load(packageRoot)
   } catch (err) {
     throw new SemicapError('E_NATIVE', `semicap: the native addon could not be loaded (${(err as Error).message}). Build it with \`npm rebuild semicap\`; it needs libtorch (see README).`, { cause: err })
   }
