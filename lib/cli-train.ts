@@ -1,7 +1,9 @@
 // `semicap train`: either training stage from the command line, with a progress bar, a JSONL log of every step,
 // checkpoints and resume, and a clean stop on Ctrl-C (nothing partial is saved; the last checkpoint stays).
+import { spawn } from 'node:child_process'
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
+import { createServer } from 'node:net'
 import { join, resolve } from 'node:path'
 import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander'
 import { Captioner, type MapperOptions } from './captioner.js'
@@ -10,7 +12,7 @@ import { dataset, KARPATHY_SPLITS, splitLabeled, type Example, type KarpathySpli
 import type { DeviceOption } from './device.js'
 import { SemicapError } from './errors.js'
 import { formatDuration, ProgressBar } from './progress.js'
-import type { TrainOptions, TrainProgress, TrainSummary } from './training.js'
+import { resolveDistributed, type TrainOptions, type TrainProgress, type TrainSummary } from './training.js'
 
 /** Commander parser for --device: cpu, cuda, cuda:N or auto. */
 export function deviceOption(value: string): DeviceOption {
@@ -40,6 +42,8 @@ function fraction(value: string): number {
 }
 
 export interface TrainCliOptions {
+  nproc?: number
+  distributed?: boolean
   model?: string
   clip?: string
   gpt2?: string
@@ -160,8 +164,51 @@ class JsonlLog {
 
 const fmtNum = (v: number | undefined): string => (v === undefined || !Number.isFinite(v) ? '-' : Math.abs(v) >= 100 ? v.toFixed(1) : v.toFixed(4))
 
+/** A free loopback port for the rendezvous store. */
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const srv = createServer()
+    srv.once('error', rej)
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port
+      srv.close(() => res(port))
+    })
+  })
+}
+
+/** `--nproc N`: runs N copies of this command as ranks 0..N-1 on this machine (like torchrun) and waits for all. */
+async function launch(n: number): Promise<void> {
+  const port = await freePort()
+  const children = Array.from({ length: n }, (_, rank) =>
+    spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+      stdio: rank === 0 ? 'inherit' : ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, RANK: String(rank), LOCAL_RANK: String(rank), WORLD_SIZE: String(n), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) },
+    }),
+  )
+  const codes = await Promise.all(
+    children.map(
+      (c, rank) =>
+        new Promise<number>((res) =>
+          c.on('exit', (code, signal) => {
+            const status = code ?? (signal ? 1 : 0)
+            // One rank failing takes the run down: stop the others instead of leaving them waiting.
+            if (status !== 0) for (const other of children) if (other !== c && other.exitCode === null) other.kill('SIGTERM')
+            if (status !== 0) process.stderr.write(`semicap: rank ${rank} exited with status ${status}\n`)
+            res(status)
+          }),
+        ),
+    ),
+  )
+  const bad = codes.find((c) => c !== 0)
+  if (bad !== undefined) throw new CommanderError(bad, 'semicap.rank-failed', `a training process failed (status ${bad})`)
+}
+
 export async function runTrain(o: TrainCliOptions): Promise<void> {
   checkOptions(o)
+  if ((o.nproc ?? 1) > 1 && process.env.RANK === undefined) return launch(o.nproc!)
+  const distributed = (o.nproc ?? 1) > 1 || o.distributed ? resolveDistributed(true, 'cpu') : undefined
+  const rank = distributed?.rank ?? 0
+  if (rank !== 0) o.progress = false
   const { labeled, unlabeled } = await readData(o)
   const needsCaptions = o.stage === 'supervised' || (o.ceMix ?? 0) > 0
   if (needsCaptions && !labeled.some((e) => e.captions.length > 0)) usage(`${o.stage === 'supervised' ? 'the supervised stage' : '--ce-mix'} needs labeled examples with captions`)
@@ -219,6 +266,7 @@ export async function runTrain(o: TrainCliOptions): Promise<void> {
       resume: o.resume,
       featureCache: o.featureCache,
       signal: controller.signal,
+      distributed: distributed ? true : undefined,
     }
     for (const k of Object.keys(options) as (keyof TrainOptions)[]) if (options[k] === undefined) delete options[k]
     const what = `${o.stage}${o.stage === 'supervised' ? ` (${o.objective ?? 'ce'})` : ''}`
@@ -238,7 +286,7 @@ export async function runTrain(o: TrainCliOptions): Promise<void> {
     })
     run.on('progress', (p: TrainProgress) => {
       lastStep = p.step
-      log!.write(p)
+      if (rank === 0) log!.write(p)
       if (!showProgress) return
       bar ??= new ProgressBar(o.stage === 'supervised' ? 'train' : 'clip-reward', p.totalSteps, { unit: 'step' })
       bar.setTotal(p.totalSteps)
@@ -267,6 +315,7 @@ export async function runTrain(o: TrainCliOptions): Promise<void> {
       // Ctrl-C after the last step: the run is complete, save it.
       stderr('semicap: the run had already finished; saving it')
     }
+    if (rank !== 0) return  // rank 0 saves and reports for the run
     await captioner.save(out)
     await print(
       `trained ${summary.steps} steps in ${formatDuration(summary.seconds)}` +
@@ -321,5 +370,7 @@ export function trainCommand(program: Command): void {
     .option('--feature-cache <dir>', 'CLIP image feature cache (default $SEMICAP_CACHE or ~/.cache/semicap/features)')
     .option('--device <device>', 'cpu, cuda, cuda:N or auto', deviceOption, 'auto')
     .option('--no-progress', 'no progress bar')
+    .option('--nproc <n>', 'data-parallel over n local processes (c10d Gloo); --batch-size is per process', intOption(1))
+    .option('--distributed', 'join a data-parallel run described by RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (several machines)')
     .action((o: TrainCliOptions) => runTrain(o))
 }

@@ -29,6 +29,42 @@ export interface RewardOptions {
   fn?: (captions: string[], imageIds: string[]) => number[] | Promise<number[]>
 }
 
+/** Data-parallel training over processes (c10d: Gloo for CPU tensors, NCCL for CUDA). */
+export interface DistributedOptions {
+  rank?: number
+  worldSize?: number
+  masterAddr?: string
+  masterPort?: number
+  backend?: 'gloo' | 'nccl'
+  /** How long a collective waits for a peer before failing (default 60 s). */
+  timeoutMs?: number
+}
+
+/** torchrun-style: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT from the environment fill what `o` leaves out. */
+export function resolveDistributed(o: boolean | DistributedOptions | undefined, device: string): Required<DistributedOptions> | undefined {
+  if (o === undefined || o === false) return undefined
+  if (o !== true && (o === null || typeof o !== 'object')) throw new TypeError('distributed must be true or an object')
+  const given = o === true ? {} : o
+  const env = process.env
+  const int = (v: unknown, name: string, min: number, max: number): number => {
+    const n = typeof v === 'string' ? Number(v) : v
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < min || n > max) throw new RangeError(`distributed.${name} must be an integer in [${min}, ${max}], got ${String(v)}`)
+    return n
+  }
+  const worldSize = int(given.worldSize ?? env.WORLD_SIZE ?? 1, 'worldSize', 1, 4096)
+  const rank = int(given.rank ?? env.RANK ?? 0, 'rank', 0, worldSize - 1)
+  const backend = given.backend ?? (device.startsWith('cuda') ? 'nccl' : 'gloo')
+  if (backend !== 'gloo' && backend !== 'nccl') throw new RangeError(`distributed.backend must be 'gloo' or 'nccl'`)
+  return {
+    rank,
+    worldSize,
+    masterAddr: given.masterAddr ?? env.MASTER_ADDR ?? '127.0.0.1',
+    masterPort: int(given.masterPort ?? env.MASTER_PORT ?? 29500, 'masterPort', 1, 65535),
+    backend,
+    timeoutMs: int(given.timeoutMs ?? 60_000, 'timeoutMs', 100, 86_400_000),
+  }
+}
+
 export interface TrainOptions {
   stage: 'supervised' | 'clip-reward'
   /** Examples with captions: an array, a Dataset, or a path dataset() reads. */
@@ -75,6 +111,11 @@ export interface TrainOptions {
   checkpointKeep?: number
   /** true: continue from checkpointDir's latest checkpoint; a string: from that checkpoint folder. */
   resume?: boolean | string
+  /**
+   * Data-parallel training: true takes RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT from the environment (as
+   * torchrun sets them). batchSize is per rank; rank 0 alone writes checkpoints.
+   */
+  distributed?: boolean | DistributedOptions
   /** Where CLIP image features are cached (default $SEMICAP_CACHE or ~/.cache/semicap/features). */
   featureCache?: string
   signal?: AbortSignal
@@ -181,6 +222,7 @@ export function startTraining(captioner: Captioner, options: TrainOptions, enque
   if (typeof prefixText !== 'string') throw new TypeError('reward.prefix must be a string')
   const tokenizer = captioner.tokenizer
   if (!tokenizer) throw new SemicapError('E_TOKENIZER', 'training needs a GPT-2 tokenizer (tokenizer files in the GPT-2 folder)')
+  const distributed = resolveDistributed(o.distributed, captioner.device)
 
   return new TrainingRun(async (run, runSignal) => {
     const signal = o.signal ? AbortSignal.any([o.signal, runSignal]) : runSignal
@@ -291,6 +333,7 @@ export function startTraining(captioner: Captioner, options: TrainOptions, enque
       checkpointStateJson: JSON.stringify({ stage: o.stage, totalSteps: steps, seed: o.seed ?? 0 }),
       resumeDir,
       startStep,
+      distributed: distributed && distributed.worldSize > 1 ? distributed : undefined,
     }
     if (!['linear', 'cosine', 'constant'].includes(config.schedule)) throw new RangeError(`schedule must be linear, cosine or constant`)
     const data: Record<string, WireTensor> = {

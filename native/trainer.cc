@@ -70,7 +70,7 @@ uint64_t mix(uint64_t a, uint64_t b) {  // splitmix64 of a combined with b: inde
 }
 
 // Indices step*B .. step*B+B-1 of an endless sequence of per-epoch permutations of `pool`.
-at::Tensor draw(const at::Tensor& pool, int64_t step, int64_t B, uint64_t seed, uint64_t stream) {
+at::Tensor draw_global(const at::Tensor& pool, int64_t step, int64_t B, uint64_t seed, uint64_t stream) {
   const int64_t n = pool.size(0);
   std::map<int64_t, at::Tensor> perms;
   std::vector<int64_t> out;
@@ -84,6 +84,13 @@ at::Tensor draw(const at::Tensor& pool, int64_t step, int64_t B, uint64_t seed, 
     out.push_back(it->second[c % n].item<int64_t>());
   }
   return pool.to(at::kCPU, at::kLong).index_select(0, at::tensor(out, at::kLong));
+}
+
+// This rank's slice of the global batch (batch B per rank, world ranks): the same rows one process with batch
+// B * world would draw.
+at::Tensor draw(const at::Tensor& pool, int64_t step, int64_t B, uint64_t seed, uint64_t stream, const DistConfig& d) {
+  at::Tensor all = draw_global(pool, step, B * d.world, seed, stream);
+  return all.narrow(0, d.rank * B, B);
 }
 
 at::Tensor pad_to(const at::Tensor& ids, int64_t L) {
@@ -124,6 +131,10 @@ class Loop {
     }
     opt_ = std::make_unique<AdamW>(params, names, AdamWConfig{cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, cfg_.weight_decay});
     if (!cfg_.resume_dir.empty()) resume();
+    if (cfg_.dist.enabled()) {
+      dist_ = std::make_unique<Distributed>(cfg_.dist);
+      dist_->broadcast(m.params.all());  // every rank starts from rank 0's weights
+    }
     if (cfg_.kl_coef > 0) make_reference();
   }
 
@@ -159,6 +170,18 @@ class Loop {
         (loss / static_cast<double>(cfg_.grad_accum)).backward();
         loss_sum += loss.item<double>();
       }
+      if (dist_) {
+        std::vector<at::Tensor> grads;
+        for (auto& t : opt_->params())
+          if (t.grad().defined()) grads.push_back(t.grad());
+        dist_->allreduce_sum(grads);
+        // Losses are normalised by global counts, so the sum over ranks is the global loss; rewards are averaged.
+        loss_sum = dist_->allreduce_sum(loss_sum);
+        if (!std::isnan(p.reward)) p.reward = dist_->allreduce_sum(p.reward) / static_cast<double>(dist_->world());
+        if (!std::isnan(p.baseline)) p.baseline = dist_->allreduce_sum(p.baseline) / static_cast<double>(dist_->world());
+        if (!std::isnan(p.ce)) p.ce = dist_->allreduce_sum(p.ce);
+        examples *= dist_->world();
+      }
       p.grad_norm = clip_grad_norm(opt_->params(), cfg_.grad_clip);
       opt_->step(p.lr);
       p.loss = loss_sum / static_cast<double>(cfg_.grad_accum);
@@ -170,8 +193,14 @@ class Loop {
         ++reward_n;
       }
       const bool last = step + 1 == cfg_.steps;
-      if (!cfg_.ckpt_dir.empty() && (last || (cfg_.ckpt_every > 0 && (step + 1) % cfg_.ckpt_every == 0)))
-        p.checkpoint = s.checkpoint = write_checkpoint(step + 1);
+      if (!cfg_.ckpt_dir.empty() && (last || (cfg_.ckpt_every > 0 && (step + 1) % cfg_.ckpt_every == 0))) {
+        // Rank 0 alone writes; the others wait until the checkpoint is complete.
+        if (!dist_ || dist_->rank() == 0) p.checkpoint = s.checkpoint = write_checkpoint(step + 1);
+        if (dist_) {
+          dist_->barrier();
+          if (dist_->rank() != 0) p.checkpoint = s.checkpoint = checkpoint_path(step + 1);
+        }
+      }
       s.steps = step + 1;
       s.last_loss = p.loss;
       cb_.progress(p);
@@ -186,14 +215,14 @@ class Loop {
   at::Tensor micro_step(int64_t k, Progress& p, int64_t* examples) {
     const int64_t step = k / cfg_.grad_accum;
     if (cfg_.stage == "supervised" && (cfg_.objective == "ce" || step < cfg_.ce_steps)) {
-      at::Tensor rows = draw(at::arange(cap_ids_.size(0), at::kLong), k, cfg_.batch_size, cfg_.seed, 1).to(device_);
+      at::Tensor rows = draw(at::arange(cap_ids_.size(0), at::kLong), k, cfg_.batch_size, cfg_.seed, 1, cfg_.dist).to(device_);
       at::Tensor ce = ce_batch(rows);
       p.ce = ce.item<double>();
       *examples += cfg_.batch_size;
       return ce;
     }
     const at::Tensor& pool = cfg_.stage == "supervised" ? sup_images_ : unl_images_;
-    at::Tensor images = draw(pool, k, cfg_.batch_size, cfg_.seed, 2).to(device_);
+    at::Tensor images = draw(pool, k, cfg_.batch_size, cfg_.seed, 2, cfg_.dist).to(device_);
     at::Tensor loss = scst_batch(images, k, p);
     *examples += cfg_.batch_size * cfg_.samples;
     if (cfg_.stage == "supervised" && cfg_.ce_weight > 0) {
@@ -205,7 +234,7 @@ class Loop {
       }
     }
     if (cfg_.stage == "clip-reward" && cfg_.ce_mix_weight > 0) {
-      at::Tensor rows = draw(at::arange(cap_ids_.size(0), at::kLong), k, cfg_.batch_size, cfg_.seed, 3).to(device_);
+      at::Tensor rows = draw(at::arange(cap_ids_.size(0), at::kLong), k, cfg_.batch_size, cfg_.seed, 3, cfg_.dist).to(device_);
       at::Tensor ce = ce_batch(rows);
       p.ce = ce.item<double>();
       loss = loss + cfg_.ce_mix_weight * ce;
@@ -226,7 +255,13 @@ class Loop {
     ids = ids.slice(1, 0, std::max<int64_t>(L, 1));
     at::Tensor logits = m_.sequence_logits(features_.index_select(0, cap_image_.index_select(0, rows)), ids);
     auto [logp, mask] = token_logprobs(logits, ids);
-    return ce_loss(logp, mask);
+    return -logp.sum() / global_count(mask);
+  }
+
+  // Real tokens in this micro-batch summed over ranks: the loss denominator one process with the whole batch uses.
+  double global_count(const at::Tensor& mask) {
+    double n = mask.sum().item<double>();
+    return std::max(1.0, dist_ ? dist_->allreduce_sum(n) : n);
   }
 
   at::Tensor scst_batch(const at::Tensor& images, int64_t k, Progress& p) {
@@ -259,6 +294,7 @@ class Loop {
     at::Tensor logits = m_.sequence_logits(sample_feats, samples);
     auto [logp, mask] = token_logprobs(logits, samples);
     at::Tensor loss = scst_loss(logp, mask, r, baseline);
+    if (dist_) loss = loss * (mask.sum().item<double>() / global_count(mask));  // global token normalisation
     if (cfg_.kl_coef > 0) {
       at::Tensor ref_logits;
       {
@@ -319,10 +355,16 @@ class Loop {
     opt_->load_state(named, std::stoll(it->second));
   }
 
-  std::string write_checkpoint(int64_t step) {
+  static std::string step_name(int64_t step) {
     char name[32];
     snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
-    fs::path root(cfg_.ckpt_dir), final_dir = root / name, tmp = root / (std::string(name) + ".tmp");
+    return name;
+  }
+  std::string checkpoint_path(int64_t step) const { return (fs::path(cfg_.ckpt_dir) / step_name(step)).string(); }
+
+  std::string write_checkpoint(int64_t step) {
+    const std::string name = step_name(step);
+    fs::path root(cfg_.ckpt_dir), final_dir = root / name, tmp = root / (name + ".tmp");
     std::error_code ec;
     fs::create_directories(root, ec);
     fs::remove_all(tmp, ec);
@@ -384,6 +426,7 @@ class Loop {
   at::Device device_;
   at::Tensor features_, cap_ids_, cap_image_, refs_, ref_image_, sup_images_, unl_images_;
   std::unique_ptr<AdamW> opt_;
+  std::unique_ptr<Distributed> dist_;
   std::unique_ptr<CaptionerModel> ref_;
   std::vector<std::string> written_;
 };

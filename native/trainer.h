@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "captioner_model.h"
+#include "distributed.h"
 
 namespace semicap {
 
@@ -41,6 +42,10 @@ struct TrainConfig {
   // Resume: a checkpoint folder, and the step it was written at.
   std::string resume_dir;
   int64_t start_step = 0;
+  // Data parallel: each rank takes its slice of every global batch (batch_size per rank); gradients are summed
+  // over ranks after backward, with losses normalised by the global token count, so N ranks compute what one
+  // process with the combined batch would.
+  DistConfig dist;
 };
 
 struct TrainData {

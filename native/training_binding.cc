@@ -80,6 +80,16 @@ static TrainConfig train_config_from_js(const Napi::Object& o) {
       c.ckpt_links.emplace_back(pair.Get(0u).As<Napi::String>().Utf8Value(), pair.Get(1u).As<Napi::String>().Utf8Value());
     }
   }
+  Napi::Value dv = o.Get("distributed");
+  if (dv.IsObject()) {
+    Napi::Object d = dv.As<Napi::Object>();
+    c.dist.rank = get_int(d, "rank", 0);
+    c.dist.world = get_int(d, "worldSize", 1);
+    c.dist.addr = get_string(d, "masterAddr", "127.0.0.1");
+    c.dist.port = get_int(d, "masterPort", 29500);
+    c.dist.backend = get_string(d, "backend", "gloo");
+    c.dist.timeout_ms = get_int(d, "timeoutMs", 60000);
+  }
   c.resume_dir = get_string(o, "resumeDir", "");
   c.start_step = get_int(o, "startStep", 0);
   static const char* stages[] = {"supervised", "clip-reward"};

@@ -1,0 +1,126 @@
+// Data-parallel training over c10d Gloo on loopback: two ranks with batch 2 end with the parameters of one
+// process with batch 4; a rank that dies makes the other fail with a clear error instead of hanging.
+import { spawn } from 'node:child_process'
+import { cpSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { join } from 'node:path'
+import sharp from 'sharp'
+import { beforeAll, describe, expect, it } from 'vitest'
+import { loadSafetensors } from '../lib/index.js'
+import { makeTinyModels } from './helpers/models.js'
+import { repoRoot, tempDir } from './helpers/paths.js'
+
+let base: Record<string, unknown>
+let work: string
+
+function freePort(): Promise<number> {
+  return new Promise((res) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port
+      s.close(() => res(p))
+    })
+  })
+}
+
+function rank(cfg: object): Promise<{ code: number | null; out: { losses?: number[]; error?: { code: string; message: string } }; ms: number }> {
+  const t0 = Date.now()
+  return new Promise((res) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'test/helpers/dist-worker.ts'), JSON.stringify(cfg)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.on('exit', (code) => {
+      const line = stdout.trim().split('\n').at(-1) ?? '{}'
+      let out = {}
+      try {
+        out = JSON.parse(line)
+      } catch {
+        out = { error: { code: 'PARSE', message: stdout + stderr } }
+      }
+      res({ code, out, ms: Date.now() - t0 })
+    })
+  })
+}
+
+beforeAll(async () => {
+  const tiny = await makeTinyModels()
+  work = tempDir('semicap-dist-')
+  const clipDir = join(work, 'clip')
+  cpSync(tiny.clipDir, clipDir, { recursive: true })
+  const examples = []
+  for (let i = 0; i < 8; i++) {
+    const raw = Buffer.alloc(32 * 32 * 3, 40 + i * 20)
+    for (let p = 0; p < 32 * 8; p++) raw.set([(i * 70) % 256, (i * 130) % 256, (i * 30) % 256], (p + i * 32) * 3)
+    const file = join(work, `img${i}.png`)
+    await sharp(raw, { raw: { width: 32, height: 32, channels: 3 } }).png().toFile(file)
+    examples.push({ id: `img${i}`, image: file, captions: [`a picture number ${i} with ${'many '.repeat(i % 3)}things.`] })
+  }
+  base = { clipDir, gpt2Dir: tiny.gpt2Dir, examples, steps: 3, cache: join(work, 'cache') }
+})
+
+describe('data-parallel training (Gloo over loopback)', () => {
+  it('2 ranks x batch 2 give the parameters of 1 process x batch 4', async () => {
+    const port = await freePort()
+    const single = await rank({ ...base, batchSize: 4, out: join(work, 'single') })
+    expect(single.code).toBe(0)
+    const dist = { worldSize: 2, masterPort: port, timeoutMs: 20_000 }
+    const [r0, r1] = await Promise.all([
+      rank({ ...base, batchSize: 2, out: join(work, 'rank0'), distributed: { ...dist, rank: 0 } }),
+      rank({ ...base, batchSize: 2, out: join(work, 'rank1'), distributed: { ...dist, rank: 1 } }),
+    ])
+    expect([r0.code, r1.code], JSON.stringify([r0.out, r1.out])).toEqual([0, 0])
+    // Reported losses are global (reduced over ranks) and match the single process's.
+    r0.out.losses!.forEach((l, i) => expect(l).toBeCloseTo(single.out.losses![i], 4))
+    expect(r1.out.losses).toEqual(r0.out.losses)
+    const a = await loadSafetensors(join(work, 'single', 'model.safetensors'))
+    const b = await loadSafetensors(join(work, 'rank0', 'model.safetensors'))
+    const c = await loadSafetensors(join(work, 'rank1', 'model.safetensors'))
+    // AdamW divides by sqrt(v): for near-zero gradients, float summation order alone moves an update by up to
+    // lr, so parameters are compared against how far training moved them, not against an absolute 1e-5.
+    const init = await loadSafetensors(join(base.gpt2Dir as string, 'model.safetensors'))
+    let maxDiff = 0
+    let sumDiff = 0
+    let n = 0
+    let maxRankDiff = 0
+    let maxMove = 0
+    for (const k of Object.keys(a)) {
+      const x = a[k].data as Float32Array, y = b[k].data as Float32Array, z = c[k].data as Float32Array
+      const x0 = k.startsWith('gpt.') ? (init[k.slice(4)]?.data as Float32Array | undefined) : undefined
+      for (let i = 0; i < x.length; i++) {
+        const d = Math.abs(x[i] - y[i])
+        maxDiff = Math.max(maxDiff, d)
+        sumDiff += d
+        n++
+        maxRankDiff = Math.max(maxRankDiff, Math.abs(y[i] - z[i]))
+        if (x0) maxMove = Math.max(maxMove, Math.abs(x[i] - x0[i]))
+      }
+    }
+    console.log(`max |single - rank0| = ${maxDiff.toExponential(2)} (mean ${(sumDiff / n).toExponential(2)}), training moved weights by up to ${maxMove.toExponential(2)}; max |rank0 - rank1| = ${maxRankDiff}`)
+    expect(maxRankDiff).toBe(0)
+    expect(maxMove).toBeGreaterThan(1e-3)
+    expect(maxDiff).toBeLessThan(0.05 * maxMove)
+    expect(sumDiff / n).toBeLessThan(1e-6)
+  })
+
+  it('a rank that dies makes the other fail with E_DISTRIBUTED within the timeout', async () => {
+    const port = await freePort()
+    const dist = { worldSize: 2, masterPort: port, timeoutMs: 4000 }
+    const [r0, r1] = await Promise.all([
+      rank({ ...base, steps: 50, batchSize: 2, out: join(work, 'd0'), distributed: { ...dist, rank: 0 } }),
+      rank({ ...base, steps: 50, batchSize: 2, out: join(work, 'd1'), distributed: { ...dist, rank: 1 }, dieAfterStep: 1 }),
+    ])
+    expect(r1.code).toBe(3)
+    expect(r0.code).toBe(1)
+    expect(r0.out.error?.code).toBe('E_DISTRIBUTED')
+    expect(r0.out.error?.message).toMatch(/rank 0/)
+    expect(r0.ms).toBeLessThan(30_000)
+  })
+
+  it('a missing peer fails the rendezvous with E_DISTRIBUTED', async () => {
+    const port = await freePort()
+    const r0 = await rank({ ...base, batchSize: 2, out: join(work, 'lonely'), distributed: { rank: 0, worldSize: 2, masterPort: port, timeoutMs: 1500 } })
+    expect(r0.code).toBe(1)
+    expect(r0.out.error?.code).toBe('E_DISTRIBUTED')
+  })
+})
