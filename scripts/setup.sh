@@ -14,6 +14,8 @@ dpkg -s libtorch-dev >/dev/null 2>&1 || need+=(libtorch-dev)
 # Debian's libtorch calls whatever libblas.so.3 is installed: the reference BLAS runs matmuls at 2-5 GFLOP/s,
 # OpenBLAS (its OpenMP build, sharing libtorch's OpenMP threads) at 30-100.
 dpkg -s libopenblas0-openmp >/dev/null 2>&1 || need+=(libopenblas0-openmp)
+# Gloo's headers, for data-parallel training on libtorch's c10d (the library itself is inside libtorch).
+dpkg -s libgloo-dev >/dev/null 2>&1 || need+=(libgloo-dev)
 command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v make >/dev/null || need+=(make)
