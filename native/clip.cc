@@ -66,7 +66,7 @@ at::Tensor ClipModel::encode(const std::vector<ClipEncoderLayer>& layers, at::Te
   return x;
 }
 
-ClipVisionOutput ClipModel::vision(const at::Tensor& pixels_in) const {
+ClipTowerOutput ClipModel::vision(const at::Tensor& pixels_in) const {
   check(pixels_in.dim() == 4 && pixels_in.size(1) == cfg_.num_channels && pixels_in.size(2) == cfg_.image_size &&
             pixels_in.size(3) == cfg_.image_size && pixels_in.size(0) > 0,
         "E_SHAPE", "pixels must have shape [B, " + std::to_string(cfg_.num_channels) + ", " + std::to_string(cfg_.image_size) + ", " +
@@ -79,14 +79,14 @@ ClipVisionOutput ClipModel::vision(const at::Tensor& pixels_in) const {
   at::Tensor cls = class_emb_.view({1, 1, -1}).expand({x.size(0), 1, x.size(2)});
   x = at::cat({cls, x}, 1) + vis_pos_.unsqueeze(0);
   x = pre_ln_(x);
-  ClipVisionOutput out;
+  ClipTowerOutput out;
   out.last_hidden = encode(vis_layers_, x, false);
   out.pooled = post_ln_(out.last_hidden.select(1, 0));
   out.features = at::linear(out.pooled, visual_proj_);
   return out;
 }
 
-ClipTextOutput ClipModel::text(const at::Tensor& ids_in) const {
+ClipTowerOutput ClipModel::text(const at::Tensor& ids_in) const {
   check(ids_in.dim() == 2 && ids_in.size(0) > 0 && ids_in.size(1) > 0, "E_SHAPE", "text ids must have shape [B, T] with B, T >= 1");
   check(ids_in.size(1) <= cfg_.max_positions, "E_SHAPE",
         "text ids have " + std::to_string(ids_in.size(1)) + " positions but the model has max_position_embeddings " + std::to_string(cfg_.max_positions));
@@ -98,7 +98,7 @@ ClipTextOutput ClipModel::text(const at::Tensor& ids_in) const {
         "text ids must lie in [0, " + std::to_string(cfg_.vocab_size) + "); got values in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   int64_t T = ids.size(1);
   at::Tensor x = at::embedding(tok_emb_, ids) + txt_pos_.slice(0, 0, T).unsqueeze(0);
-  ClipTextOutput out;
+  ClipTowerOutput out;
   out.last_hidden = final_ln_(encode(txt_layers_, x, true));
   // HF pooling: legacy configs (eos_token_id == 2) pool at argmax(ids), others at the first eos.
   at::Tensor pos;

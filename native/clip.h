@@ -26,8 +26,8 @@ struct ClipEncoderLayer {
   at::Tensor operator()(const at::Tensor& x, bool causal) const;
 };
 
-struct ClipVisionOutput { at::Tensor last_hidden, pooled, features; };
-struct ClipTextOutput { at::Tensor last_hidden, pooled, features; };
+// What each tower returns: the last hidden state, the pooled output, and its projection (the features).
+struct ClipTowerOutput { at::Tensor last_hidden, pooled, features; };
 
 class ClipModel {
  public:
@@ -36,9 +36,9 @@ class ClipModel {
   ParamStore& params() { return params_; }
 
   // pixels [B, C, S, S] float32 -> outputs; validates shapes and values.
-  ClipVisionOutput vision(const at::Tensor& pixels) const;
+  ClipTowerOutput vision(const at::Tensor& pixels) const;
   // ids [B, T] int64 -> outputs; validates ids and lengths.
-  ClipTextOutput text(const at::Tensor& ids) const;
+  ClipTowerOutput text(const at::Tensor& ids) const;
   at::Tensor logit_scale() const { return logit_scale_; }
   at::Device device() const { return logit_scale_.device(); }
 

@@ -199,44 +199,31 @@ Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
   });
 }
 
+// Runs one tower on a tensor argument off the JS thread and returns {lastHidden, pooled, features}.
+static Napi::Value run_tower(const Napi::CallbackInfo& info, std::shared_ptr<Locked<ClipModel>> h, const char* what,
+                             ClipTowerOutput (ClipModel::*tower)(const at::Tensor&) const) {
+  KeepAlive keep;
+  at::Tensor input = tensor_from_js(info[0], what, keep);
+  return run_async(info.Env(), [h, input, tower]() -> Finish {
+    std::lock_guard<std::mutex> lock(h->mu);
+    c10::InferenceMode guard;
+    ClipTowerOutput o = ((*h->model).*tower)(input);
+    return [o](Napi::Env env) {
+      Napi::Object r = Napi::Object::New(env);
+      r.Set("lastHidden", tensor_to_js(env, o.last_hidden));
+      r.Set("pooled", tensor_to_js(env, o.pooled));
+      r.Set("features", tensor_to_js(env, o.features));
+      return r;
+    };
+  }, std::move(keep));
+}
+
 Napi::Value AddonClip::Vision(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    auto h = handle();
-    KeepAlive keep;
-    at::Tensor pixels = tensor_from_js(info[0], "pixels", keep);
-    return run_async(info.Env(), [h, pixels]() -> Finish {
-      std::lock_guard<std::mutex> lock(h->mu);
-      c10::InferenceMode guard;
-      ClipVisionOutput o = h->model->vision(pixels);
-      return [o](Napi::Env env) {
-        Napi::Object r = Napi::Object::New(env);
-        r.Set("lastHidden", tensor_to_js(env, o.last_hidden));
-        r.Set("pooled", tensor_to_js(env, o.pooled));
-        r.Set("features", tensor_to_js(env, o.features));
-        return r;
-      };
-    }, std::move(keep));
-  });
+  return guarded(info.Env(), [&]() -> Napi::Value { return run_tower(info, handle(), "pixels", &ClipModel::vision); });
 }
 
 Napi::Value AddonClip::Text(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    auto h = handle();
-    KeepAlive keep;
-    at::Tensor ids = tensor_from_js(info[0], "ids", keep);
-    return run_async(info.Env(), [h, ids]() -> Finish {
-      std::lock_guard<std::mutex> lock(h->mu);
-      c10::InferenceMode guard;
-      ClipTextOutput o = h->model->text(ids);
-      return [o](Napi::Env env) {
-        Napi::Object r = Napi::Object::New(env);
-        r.Set("lastHidden", tensor_to_js(env, o.last_hidden));
-        r.Set("pooled", tensor_to_js(env, o.pooled));
-        r.Set("features", tensor_to_js(env, o.features));
-        return r;
-      };
-    }, std::move(keep));
-  });
+  return guarded(info.Env(), [&]() -> Napi::Value { return run_tower(info, handle(), "ids", &ClipModel::text); });
 }
 
 Napi::Value AddonClip::LogitScale(const Napi::CallbackInfo& info) {

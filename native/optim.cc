@@ -19,21 +19,31 @@ void AdamW::zero_grad() {
     if (p.grad().defined()) p.mutable_grad() = at::Tensor();
 }
 
+// Multi-tensor (foreach) updates: a handful of kernels for all parameters instead of ~6 per parameter, which is
+// what eager PyTorch's default AdamW does on CUDA. Same arithmetic as torch.optim.AdamW.
 void AdamW::step(double lr) {
   c10::NoGradGuard no_grad;
   ++step_;
   const double bc1 = 1 - std::pow(cfg_.beta1, static_cast<double>(step_));
   const double bc2 = 1 - std::pow(cfg_.beta2, static_cast<double>(step_));
+  std::vector<at::Tensor> p, g, m, v;
   for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i];
-    const at::Tensor& g = p.grad();
-    if (!g.defined()) continue;
-    p.mul_(1 - lr * cfg_.weight_decay);
-    m_[i].mul_(cfg_.beta1).add_(g, 1 - cfg_.beta1);
-    v_[i].mul_(cfg_.beta2).addcmul_(g, g, 1 - cfg_.beta2);
-    at::Tensor denom = (v_[i].sqrt() / std::sqrt(bc2)).add_(cfg_.eps);
-    p.addcdiv_(m_[i], denom, -lr / bc1);
+    if (!params_[i].grad().defined()) continue;
+    p.push_back(params_[i]);
+    g.push_back(params_[i].grad());
+    m.push_back(m_[i]);
+    v.push_back(v_[i]);
   }
+  if (p.empty()) return;
+  at::_foreach_mul_(p, 1 - lr * cfg_.weight_decay);
+  at::_foreach_mul_(m, cfg_.beta1);
+  at::_foreach_add_(m, g, 1 - cfg_.beta1);
+  at::_foreach_mul_(v, cfg_.beta2);
+  at::_foreach_addcmul_(v, g, g, 1 - cfg_.beta2);
+  std::vector<at::Tensor> denom = at::_foreach_sqrt(v);
+  at::_foreach_div_(denom, std::sqrt(bc2));
+  at::_foreach_add_(denom, cfg_.eps);
+  at::_foreach_addcdiv_(p, m, denom, -lr / bc1);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> AdamW::state() const {
@@ -70,16 +80,12 @@ double schedule_lr(double base, int64_t step, int64_t warmup, int64_t total, con
 
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
   c10::NoGradGuard no_grad;
-  std::vector<at::Tensor> norms;
+  std::vector<at::Tensor> grads;
   for (const auto& p : params)
-    if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kFloat).reshape({1}));
-  if (norms.empty()) return 0;
-  double total = at::cat(norms).norm(2).item<double>();
-  if (max_norm > 0 && total > max_norm) {
-    double scale = max_norm / (total + 1e-6);
-    for (const auto& p : params)
-      if (p.grad().defined()) p.grad().mul_(scale);
-  }
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return 0;
+  double total = at::stack(at::_foreach_norm(grads, 2)).to(at::kFloat).norm(2).item<double>();
+  if (max_norm > 0 && total > max_norm) at::_foreach_mul_(grads, max_norm / (total + 1e-6));
   return total;
 }
 
