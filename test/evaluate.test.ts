@@ -11,7 +11,7 @@ import { AbortError, SemicapError } from '../lib/errors.js'
 import { CLIP_S_PREFIX, evaluate, makeThumbnails, renderEvaluationReport, type EvaluationResult } from '../lib/evaluate.js'
 import { ciderDocumentFrequency, diversityStats, refClipScore, retrievalRecallAtK, scoreCaptions, tokenizeCaption } from '../lib/metrics/index.js'
 import type { Tensor } from '../lib/tensor.js'
-import { makeTinyModels } from './helpers/models.js'
+import { makeTinyCaptionModels } from './helpers/models.js'
 import { tempDir } from './helpers/paths.js'
 
 const COLOURS: [string, [number, number, number]][] = [
@@ -29,14 +29,9 @@ let exact: EvaluationResult
 let arbitrary: EvaluationResult
 
 beforeAll(async () => {
-  const tiny = await makeTinyModels()
   work = tempDir('semicap-eval-')
-  // The tiny CLIP reads text with the GPT-2 tokenizer, as in training.test.ts.
-  const clipDir = join(work, 'clip')
-  cpSync(tiny.clipDir, clipDir, { recursive: true })
-  for (const f of ['vocab.json', 'merges.txt']) cpSync(join(tiny.gpt2Dir, f), join(clipDir, f))
-  const cfg = JSON.parse(readFileSync(join(clipDir, 'config.json'), 'utf8'))
-  writeFileSync(join(clipDir, 'config.json'), JSON.stringify({ ...cfg, semicap: { tokenizer: 'gpt2' } }))
+  const tiny = await makeTinyCaptionModels(work)
+  const clipDir = tiny.clipDir
   examples = []
   for (const [i, [name, rgb]] of COLOURS.entries()) {
     const file = join(work, `${name}.png`)

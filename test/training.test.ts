@@ -1,14 +1,13 @@
 // Both training stages on tiny models: the losses learn what they should, resume repeats a run exactly, abort
 // stops within a step, checkpoints survive a failed save.
-import { cpSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Captioner, Tensor } from '../lib/index.js'
 import type { Example } from '../lib/data/index.js'
 import { AbortError } from '../lib/errors.js'
 import type { TrainProgress } from '../lib/training.js'
-import { makeTinyModels, type TinyModels } from './helpers/models.js'
+import { makeColourSquares, makeTinyCaptionModels, type TinyModels } from './helpers/models.js'
 import { tempDir } from './helpers/paths.js'
 
 let models: TinyModels
@@ -22,24 +21,9 @@ const COLOURS: [string, [number, number, number]][] = [
 ]
 
 beforeAll(async () => {
-  const tiny = await makeTinyModels()
   work = tempDir('semicap-train-')
-  // The tiny CLIP reads text with the GPT-2 tokenizer (its vocabulary has the same 1000 ids), as the demo's does.
-  const clipDir = join(work, 'clip')
-  cpSync(tiny.clipDir, clipDir, { recursive: true })
-  for (const f of ['vocab.json', 'merges.txt']) cpSync(join(tiny.gpt2Dir, f), join(clipDir, f))
-  const cfg = JSON.parse(readFileSync(join(clipDir, 'config.json'), 'utf8'))
-  writeFileSync(join(clipDir, 'config.json'), JSON.stringify({ ...cfg, semicap: { tokenizer: 'gpt2' } }))
-  models = { clipDir, gpt2Dir: tiny.gpt2Dir }
-  examples = []
-  for (const [i, [name, rgb]] of COLOURS.entries()) {
-    const file = join(work, `${name}.png`)
-    // A coloured square on a grey background, different per image.
-    const raw = Buffer.alloc(40 * 40 * 3, 128)
-    for (let y = 5 + i * 3; y < 25 + i * 3; y++) for (let x = 8; x < 30; x++) raw.set(rgb, (y * 40 + x) * 3)
-    await sharp(raw, { raw: { width: 40, height: 40, channels: 3 } }).png().toFile(file)
-    examples.push({ id: name, image: file, captions: [`a ${name} square.`] })
-  }
+  models = await makeTinyCaptionModels(work)
+  examples = await makeColourSquares(work, COLOURS, (name) => `a ${name} square.`)
 })
 
 const created: Captioner[] = []

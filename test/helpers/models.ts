@@ -191,3 +191,35 @@ export function fromBfloat16Bits(h: number): number {
   u32[0] = h << 16
   return f32[0]!
 }
+
+/**
+ * The tiny models set up for captioning with text: a copy of the tiny CLIP in `work` that reads text with the
+ * GPT-2 tokenizer (the same 1000 ids; config semicap.tokenizer = 'gpt2', as the demo's CLIP does), and the GPT-2.
+ */
+export async function makeTinyCaptionModels(work: string): Promise<TinyModels> {
+  const tiny = await makeTinyModels()
+  const clipDir = join(work, 'clip')
+  cpSync(tiny.clipDir, clipDir, { recursive: true })
+  for (const f of ['vocab.json', 'merges.txt']) cpSync(join(tiny.gpt2Dir, f), join(clipDir, f))
+  const cfg = JSON.parse(readFileSync(join(clipDir, 'config.json'), 'utf8')) as Record<string, unknown>
+  writeFileSync(join(clipDir, 'config.json'), JSON.stringify({ ...cfg, semicap: { tokenizer: 'gpt2' } }))
+  return { clipDir, gpt2Dir: tiny.gpt2Dir }
+}
+
+/** Coloured-square PNGs in `work`, one per colour, each with the caption `caption(name)`. */
+export async function makeColourSquares(
+  work: string,
+  colours: [string, [number, number, number]][],
+  caption: (name: string) => string,
+): Promise<{ id: string; image: string; captions: string[] }[]> {
+  const { default: sharp } = await import('sharp')
+  const out = []
+  for (const [i, [name, rgb]] of colours.entries()) {
+    const file = join(work, `${name}.png`)
+    const raw = Buffer.alloc(40 * 40 * 3, 128)
+    for (let y = 5 + i * 3; y < 25 + i * 3; y++) for (let x = 8; x < 30; x++) raw.set(rgb, (y * 40 + x) * 3)
+    await sharp(raw, { raw: { width: 40, height: 40, channels: 3 } }).png().toFile(file)
+    out.push({ id: name, image: file, captions: [caption(name)] })
+  }
+  return out
+}
