@@ -97,10 +97,21 @@ export async function readBpeFolder(dir: string): Promise<BpeTables | undefined>
   return undefined
 }
 
-/** id -> token, checking that ids are unique. */
+/**
+ * Ids may run past the number of tokens by this much (a sparse vocabulary, a GPT-2 end token at 50256 in a small
+ * test vocab), no more: a hostile id of 1e9 would otherwise make a billion-slot id -> token table (seconds to
+ * minutes, gigabytes), and ids past 2^32 - 2 are not array indices at all.
+ */
+const MAX_ID_SLACK = 1 << 20
+
+/** id -> token, checking that ids are unique, non-negative integers and not far past the vocabulary's size. */
 export function invertVocab(vocab: ReadonlyMap<string, number>, where: string): string[] {
   const tokens: string[] = []
+  const limit = vocab.size + MAX_ID_SLACK
   for (const [token, id] of vocab) {
+    if (!Number.isInteger(id) || id < 0 || id >= limit) {
+      throw new SemicapError('E_TOKENIZER', `${where}: token ${JSON.stringify(token)} has id ${JSON.stringify(id)}, outside [0, ${limit}) for ${vocab.size} tokens`)
+    }
     if (tokens[id] !== undefined && tokens[id] !== token) {
       throw new SemicapError('E_TOKENIZER', `${where}: id ${id} is used by both ${JSON.stringify(tokens[id])} and ${JSON.stringify(token)}`)
     }
