@@ -54,20 +54,30 @@ class PromiseWorker : public Napi::AsyncWorker {
       SetError(msg_);
     }
   }
+  // Both callbacks may run while the environment is being torn down (a worker_thread terminated mid-call), when
+  // nothing can be thrown into JS any more: every failure is contained here instead of reaching std::terminate.
   void OnOK() override {
-    Napi::Env env = Env();
     try {
-      deferred_.Resolve(finish_(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
+      Napi::Env env = Env();
+      try {
+        deferred_.Resolve(finish_(env));
+      } catch (const Napi::Error& e) {
+        deferred_.Reject(e.Value());
+      } catch (...) {
+        std::string code, msg;
+        describe(std::current_exception(), &code, &msg);
+        deferred_.Reject(make_error(env, code, msg).Value());
+      }
     } catch (...) {
-      std::string code, msg;
-      describe(std::current_exception(), &code, &msg);
-      deferred_.Reject(make_error(env, code, msg).Value());
     }
     finish_ = nullptr;  // release result tensors now, not when the worker is collected
   }
-  void OnError(const Napi::Error&) override { deferred_.Reject(make_error(Env(), code_, msg_).Value()); }
+  void OnError(const Napi::Error&) override {
+    try {
+      deferred_.Reject(make_error(Env(), code_, msg_).Value());
+    } catch (...) {
+    }
+  }
 
  private:
   Napi::Promise::Deferred deferred_;

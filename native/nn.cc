@@ -38,7 +38,7 @@ void ParamStore::seed(uint64_t s) { gen_ = at::detail::createCPUGenerator(s); }
 at::Tensor ParamStore::add(const std::string& name, std::vector<int64_t> shape, const std::function<void(at::Tensor&)>& init) {
   check(!tensors_.count(name), "E_NATIVE", "parameter registered twice: " + name);
   at::Tensor t = at::empty(shape, at::kFloat);
-  init(t);
+  pending_[name] = init;
   names_.push_back(name);
   tensors_[name] = t;
   return t;
@@ -128,6 +128,7 @@ void ParamStore::load(const SafetensorsFile& file, const std::function<std::stri
     }
     // bf16/f16 checkpoints compute in float32 by default: copy_ converts.
     it->second.copy_(view_as_tensor(v));
+    pending_.erase(name);
     filled.insert(name);
   }
   std::vector<std::string> missing;
@@ -147,7 +148,18 @@ void ParamStore::load(const SafetensorsFile& file, const std::function<std::stri
   fail("E_CHECKPOINT", msg);
 }
 
+void ParamStore::initialize_pending() {
+  c10::NoGradGuard no_grad;
+  for (const auto& n : names_) {  // registration order, so a seed gives the same weights whatever was loaded
+    auto it = pending_.find(n);
+    if (it == pending_.end()) continue;
+    it->second(tensors_[n]);
+    pending_.erase(it);
+  }
+}
+
 void ParamStore::to(const at::Device& device) {
+  initialize_pending();
   c10::NoGradGuard no_grad;
   for (auto& [name, t] : tensors_) {
     if (t.device() == device) continue;

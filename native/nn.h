@@ -41,7 +41,10 @@ class ParamStore {
   void load(const SafetensorsFile& file, const std::function<std::string(const std::string&)>& rename,
             const std::string& scope = "");
 
-  void to(const at::Device& device);  // moves every parameter (in place, keeping references valid)
+  // Moves every parameter (in place, keeping references valid). Parameters that no checkpoint filled are
+  // initialised first: random init is deferred so that loading a checkpoint never pays for it.
+  void to(const at::Device& device);
+  void initialize_pending();
   // Random init draws from this generator, so a new model is a pure function of its config and seed.
   at::Generator& generator() { return gen_; }
   void seed(uint64_t s);
@@ -50,6 +53,7 @@ class ParamStore {
  private:
   std::vector<std::string> names_;
   std::map<std::string, at::Tensor> tensors_;
+  std::map<std::string, std::function<void(at::Tensor&)>> pending_;  // init not yet run
   at::Generator gen_;
 };
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <map>
 
 #include "autocast.h"
@@ -144,6 +145,10 @@ class Loop {
   }
 
   TrainSummary run() {
+    if (!cfg_.ckpt_dir.empty() && (!dist_ || dist_->rank() == 0)) {
+      std::error_code ec;
+      if (fs::is_directory(cfg_.ckpt_dir, ec)) prune_checkpoints();
+    }
     TrainSummary s;
     auto t0 = std::chrono::steady_clock::now();
     double reward_sum = 0;
@@ -355,6 +360,27 @@ class Loop {
     opt_->load_state(named, std::stoll(it->second));
   }
 
+  // Keeps the newest ckpt_keep complete step folders in the directory (also those earlier runs wrote) and removes
+  // temp folders that interrupted saves left behind.
+  void prune_checkpoints() {
+    std::error_code ec;
+    std::vector<fs::path> steps;
+    for (const auto& e : fs::directory_iterator(cfg_.ckpt_dir, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.rfind("step-", 0) != 0 || !e.is_directory()) continue;
+      if (n.size() > 4 && n.compare(n.size() - 4, 4, ".tmp") == 0) {
+        fs::remove_all(e.path(), ec);  // only ever called when no save of this run is in progress
+        continue;
+      }
+      steps.push_back(e.path());
+    }
+    std::sort(steps.begin(), steps.end());  // zero-padded step numbers sort in order
+    while (cfg_.ckpt_keep > 0 && static_cast<int64_t>(steps.size()) > cfg_.ckpt_keep) {
+      fs::remove_all(steps.front(), ec);
+      steps.erase(steps.begin());
+    }
+  }
+
   static std::string step_name(int64_t step) {
     char name[32];
     snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
@@ -412,11 +438,7 @@ class Loop {
     write_text(root / "latest.tmp", std::string(name) + "\n");
     fs::rename(root / "latest.tmp", root / "latest", ec);
     check(!ec, "E_IO", (root / "latest").string() + ": rename failed (" + ec.message() + ")");
-    written_.push_back(final_dir.string());
-    while (cfg_.ckpt_keep > 0 && static_cast<int64_t>(written_.size()) > cfg_.ckpt_keep) {
-      fs::remove_all(written_.front(), ec);
-      written_.erase(written_.begin());
-    }
+    prune_checkpoints();
     return final_dir.string();
   }
 
@@ -428,7 +450,6 @@ class Loop {
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<Distributed> dist_;
   std::unique_ptr<CaptionerModel> ref_;
-  std::vector<std::string> written_;
 };
 
 }  // namespace

@@ -263,6 +263,7 @@ Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
     deferred_ = std::make_unique<Napi::Promise::Deferred>(env);
     tsfn_ = Napi::TypedThreadSafeFunction<AddonTrainer, Event, CallJs>::New(
         env, "semicap-train", 0, 1, this, [](Napi::Env, void*, AddonTrainer* self) {
+          self->stop_ = true;  // torn down early (worker terminated): the run stops at its next step
           if (self->thread_.joinable()) self->thread_.join();
         });
     Ref();  // alive until the run ends
@@ -274,7 +275,10 @@ Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
         cb.progress = [this](const Progress& p) {
           auto* ev = new Event{Event::kProgress};
           ev->progress = p;
-          if (tsfn_.NonBlockingCall(ev) != napi_ok) delete ev;
+          if (tsfn_.NonBlockingCall(ev) != napi_ok) {
+            delete ev;
+            stop_ = true;  // napi_closing: JS is gone, nobody is waiting for this run
+          }
         };
         cb.score = [this](const at::Tensor& ids, const at::Tensor& images) {
           auto* ev = new Event{Event::kScore};

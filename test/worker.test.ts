@@ -211,19 +211,15 @@ describe('worker_threads', () => {
     expect(r.stdout).toContain('MAIN-OK after a later worker')
   })
 
-  // Known native bugs (reported), kept as it.fails so that they start failing, as a reminder, once fixed:
-  // - terminate() during a caption: a PromiseWorker settles its promise into a terminating environment, napi_throw
-  //   fails, node-addon-api throws Napi::Error out of the completion callback: "terminate called after throwing an
-  //   instance of 'Napi::Error'", SIGABRT of the whole process.
-  // - terminate() during training: the thread-safe function's finalizer joins the training thread without setting
-  //   stop_, so terminate() waits for the whole run (hangs).
-  it.fails('terminate() a worker in the middle of a caption batch: the process survives (native bug: SIGABRT)', async () => {
+  // Regressions of two fixed native bugs: a caption settling into a terminating environment used to abort the
+  // process (an exception out of the completion callback); terminate() during training used to wait for the whole run.
+  it('terminate() a worker in the middle of a caption batch: the process survives', async () => {
     const r = await runChild('terminate-busy', 15_000, { what: 'caption' })
     expect(r.signal, r.stderr.slice(-1000)).toBeNull()
     expect(r.stdout).toContain('DONE')
   })
 
-  it.fails('terminate() a worker in the middle of training: it ends within a step (native bug: hangs)', async () => {
+  it('terminate() a worker in the middle of training: it ends within a step', async () => {
     const r = await runChild('terminate-busy', 12_000, { what: 'train' })
     expect(r.stdout, r.stderr.slice(-1000)).not.toContain('TERMINATE-HUNG')
     expect(r.stdout).toContain('DONE')
@@ -239,7 +235,7 @@ describe('process exit with work in flight', () => {
     expectNoCrashOutput(r)
   })
 
-  it.fails('process.exit(0) with a worker mid-caption: exit code 0 (native bug: SIGABRT, as terminate() above)', async () => {
+  it('process.exit(0) with a worker mid-caption: exit code 0', async () => {
     const r = await runChild('exit-mid-work', 30_000, { worker: true })
     expect(r.stdout, r.stderr.slice(-3000)).toContain('EXITING')
     expect(r.signal).toBeNull()
