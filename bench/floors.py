@@ -165,6 +165,14 @@ def model_shapes(models_dir):
             "weight_bytes": _bytes(ch, lambda k: (k.startswith("vision_model.") or k == "visual_projection.weight")
                                    and not buffers(k)),
         },
+        "clip_text": {
+            "d": ccfg["text_config"]["hidden_size"], "layers": ccfg["text_config"]["num_hidden_layers"],
+            "mlp": ccfg["text_config"]["intermediate_size"],
+            "proj": ch["text_projection.weight"]["shape"][0] if "text_projection.weight" in ch else 0,
+            # token embedding rows are gathered, not streamed
+            "weight_bytes": _bytes(ch, lambda k: (k.startswith("text_model.") or k == "text_projection.weight")
+                                   and not buffers(k) and not k.endswith("token_embedding.weight")),
+        },
         "mapper": {
             "in": mh["mapper.0.weight"]["shape"][1], "hidden": mh["mapper.0.weight"]["shape"][0],
             "out": mh["mapper.2.weight"]["shape"][0], "weight_bytes": _bytes(mh, lambda k: True),
@@ -253,6 +261,28 @@ def ce_step_floor(shapes, batch, tokens, prefix, bw_gbs, gflops):
             "floor_ms": fb["ms"] + adamw["ms"]}
 
 
+def clip_text_flops_per_caption(t, n):
+    d, m, L = t["d"], t["mlp"], t["layers"]
+    layer = 2 * n * d * 3 * d + 2 * 2 * n * n * d + 2 * n * d * d + 2 * 2 * n * d * m
+    return L * layer + 2 * d * t["proj"]
+
+
+def scst_step_floor(shapes, batch, tokens, prefix, samples, clip_len, bw_gbs, gflops):
+    """One SCST step: greedy decoding of B rows and sampling of B*K rows (mapper + prefix forward + decode
+    steps, as in caption_floor without CLIP vision), the CLIP text tower over B*(K+1) captions of clip_len
+    tokens, then forward + backward + AdamW over the B*K sampled rows (ce_step_floor at batch B*K)."""
+    B, K = batch, samples
+    g = caption_floor(shapes, B, tokens, prefix, bw_gbs, gflops)
+    s = caption_floor(shapes, B * K, tokens, prefix, bw_gbs, gflops)
+    dec = lambda c: c["mapper"]["ms"] + c["prefill"]["ms"] + c["decode"]["ms"]
+    t = shapes["clip_text"]
+    text = _phase(B * (K + 1) * clip_text_flops_per_caption(t, clip_len), t["weight_bytes"], bw_gbs, gflops)
+    train = ce_step_floor(shapes, B * K, tokens, prefix, bw_gbs, gflops)
+    total = dec(g) + dec(s) + text["ms"] + train["floor_ms"]
+    return {"batch": B, "samples": K, "tokens": tokens, "clip_len": clip_len, "decode_greedy_ms": dec(g),
+            "decode_sample_ms": dec(s), "text": text, "train": train, "floor_ms": total}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", help="comma-separated thread counts to measure at (default: torch's default)")
@@ -262,6 +292,8 @@ def main(argv=None):
     ap.add_argument("--prefix", type=int, default=None, help="default: from the mapper's shape")
     ap.add_argument("--bandwidth-gbs", type=float, help="use this bandwidth instead of measuring")
     ap.add_argument("--gflops", type=float, help="use this matmul rate instead of measuring")
+    ap.add_argument("--samples", type=int, default=5, help="SCST samples per image (scst_step floor)")
+    ap.add_argument("--clip-len", type=int, default=24, help="CLIP text tokens per caption (scst_step floor)")
     args = ap.parse_args(argv)
 
     res = {"torch": torch.__version__, "cpu_count": os.cpu_count(), "default_threads": torch.get_num_threads()}
@@ -288,12 +320,15 @@ def main(argv=None):
         res["caption"] = caption_floor(shapes, args.batch, args.tokens, prefix, bw, fl)
         res["features"] = features_floor(shapes, args.batch, bw, fl)
         res["ce_step"] = ce_step_floor(shapes, args.batch, args.tokens, prefix, bw, fl)
+        res["scst_step"] = scst_step_floor(shapes, args.batch, args.tokens, prefix, args.samples, args.clip_len, bw, fl)
         if fl_mm:
             # the same floors if every product ran at the rate at::mm reaches in this libtorch
             res["at_atmm_rate"] = {
                 "caption_floor_ms": caption_floor(shapes, args.batch, args.tokens, prefix, bw, fl_mm)["floor_ms"],
                 "features_floor_ms": features_floor(shapes, args.batch, bw, fl_mm)["floor_ms"],
                 "ce_step_floor_ms": ce_step_floor(shapes, args.batch, args.tokens, prefix, bw, fl_mm)["floor_ms"],
+                "scst_step_floor_ms": scst_step_floor(shapes, args.batch, args.tokens, prefix, args.samples,
+                                                      args.clip_len, bw, fl_mm)["floor_ms"],
             }
     print(json.dumps(res), flush=True)
     return 0

@@ -12,8 +12,21 @@ Tasks (--task):
             embeddings, then one token per forward; argmax, no stop token), in inference_mode.
   features  CLIP image features only.
   ce-step   one training step: cached CLIP features [B,512] -> mapper -> prefix; GPT-2 over
-            prefix + token ids [B,T]; cross-entropy of logits at positions P-1..P+T-2 against the T
+            prefix + token ids [B,T] (the last id is only a target: P+T-1 positions); cross-entropy of logits at positions P-1..P+T-2 against the T
             tokens; backward; AdamW(lr=1e-5, weight_decay=0.01) step over mapper + GPT-2; zero_grad.
+  scst-step one CLIP-reward (SCST) step as the addon's clip-reward stage runs it: no grad: mapper ->
+            greedy decoding (baseline) of B rows and multinomial sampling of B*K rows (--samples K), --tokens
+            tokens each; the B*(K+1) captions through CLIP's text tower (causal, 8 heads) -> CLIP-S reward
+            2.5*max(cos,0) against the image features; advantage = sample reward - greedy reward of its image;
+            with grad: mapper + GPT-2 over prefix + sampled ids, log-probabilities of the sampled ids,
+            loss = -sum(adv * sum_t logp) / (B*K*T); backward; AdamW step; zero_grad.
+            GPT-2 ids are mapped into CLIP's vocabulary by a fixed rule (the addon decodes them to text and
+            re-tokenises it with CLIP's BPE): row = [49406] + (ids tiled to --clip-len - 2 columns) % 49406
+            + [49407], so the text tower sees --clip-len tokens per caption, pooled at the end token.
+
+Weights: --models DIR (clip/, gpt2/, mapper.safetensors as written by make-models.ts) or --captioner DIR (a
+folder written by the addon's Captioner.save(): model.safetensors with clip_project.model.{0,2}.* (the mapper)
+and gpt.* (GPT-2), config.json with the gpt2 config and semicap.mapper, clip/ with CLIP).
 
 Prints one JSON line on stdout:
   {"task", "batch", "threads", "iters", "mean_ms", "median_ms", "min_ms", "samples_ms", "load_ms", ...}
@@ -154,6 +167,51 @@ class ClipVision:
         return F.linear(pooled, self.proj)
 
 
+class ClipText:
+    """CLIPModel.get_text_features: token + position embeddings, pre-LN causal encoder (quick_gelu MLP),
+    final_layer_norm, pooled at argmax(ids) (legacy eos_token_id 2) or the first eos, text_projection."""
+
+    def __init__(self, sd, cfg):
+        tc = cfg["text_config"]
+        self.d = tc["hidden_size"]
+        self.heads = tc["num_attention_heads"]
+        self.layers = tc["num_hidden_layers"]
+        self.eps = tc.get("layer_norm_eps", 1e-5)
+        self.eos = tc.get("eos_token_id", 2)
+        self.act = _act(tc.get("hidden_act", "quick_gelu"))
+        self.sd = sd
+
+    def __call__(self, ids):
+        sd, d, eps = self.sd, self.d, self.eps
+        p = "text_model."
+        B, n = ids.shape
+        x = F.embedding(ids, sd[p + "embeddings.token_embedding.weight"]) + sd[p + "embeddings.position_embedding.weight"][:n]
+        H = self.heads
+        hd = d // H
+        scale = hd ** -0.5
+        mask = torch.full((n, n), torch.finfo(x.dtype).min).triu(1)
+        for i in range(self.layers):
+            lp = f"{p}encoder.layers.{i}."
+            r = x
+            h = _ln(x, sd, lp + "layer_norm1", eps)
+            q = F.linear(h, sd[lp + "self_attn.q_proj.weight"], sd[lp + "self_attn.q_proj.bias"]) * scale
+            k = F.linear(h, sd[lp + "self_attn.k_proj.weight"], sd[lp + "self_attn.k_proj.bias"])
+            v = F.linear(h, sd[lp + "self_attn.v_proj.weight"], sd[lp + "self_attn.v_proj.bias"])
+            q = q.view(B, n, H, hd).transpose(1, 2)
+            k = k.view(B, n, H, hd).transpose(1, 2)
+            v = v.view(B, n, H, hd).transpose(1, 2)
+            w = torch.softmax(q @ k.transpose(-1, -2) + mask, dim=-1)
+            a = (w @ v).transpose(1, 2).reshape(B, n, d)
+            x = r + F.linear(a, sd[lp + "self_attn.out_proj.weight"], sd[lp + "self_attn.out_proj.bias"])
+            r = x
+            h = _ln(x, sd, lp + "layer_norm2", eps)
+            h = self.act(F.linear(h, sd[lp + "mlp.fc1.weight"], sd[lp + "mlp.fc1.bias"]))
+            x = r + F.linear(h, sd[lp + "mlp.fc2.weight"], sd[lp + "mlp.fc2.bias"])
+        x = _ln(x, sd, p + "final_layer_norm", eps)
+        pos = ids.argmax(1) if self.eos == 2 else (ids == self.eos).int().argmax(1)
+        return F.linear(x[torch.arange(B), pos], sd["text_projection.weight"])
+
+
 class Mapper:
     """ClipCap MLP: Linear(clip -> gpt*P/2), Tanh, Linear(-> gpt*P), viewed as [B, P, gpt]."""
 
@@ -290,13 +348,54 @@ def greedy_no_cache(mapper, gpt, feats, tokens):
     return torch.stack(ids, dim=1)
 
 
+def decode_ids(mapper_prefix, gpt, tokens, sample, generator=None, temperature=1.0):
+    """Greedy (sample=False) or multinomial sampling of exactly `tokens` ids after a prefix [B,P,d], KV cache."""
+    P = mapper_prefix.shape[1]
+    h, past = gpt.forward(mapper_prefix + gpt.wpe[:P])
+    ids = []
+    for s in range(tokens):
+        logits = gpt.logits(h[:, -1, :])
+        if sample:
+            tok = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
+        else:
+            tok = logits.argmax(dim=-1)
+        ids.append(tok)
+        if s + 1 < tokens:
+            x = (F.embedding(tok, gpt.wte) + gpt.wpe[P + s]).unsqueeze(1)
+            h, past = gpt.forward(x, past)
+    return torch.stack(ids, dim=1)
+
+
+def to_clip_ids(ids, clip_len):
+    """The fixed GPT-2 -> CLIP id rule: [sot] + ids tiled to clip_len - 2 columns, mod 49406, + [eot]."""
+    B, T = ids.shape
+    body = ids.repeat(1, (clip_len - 2 + T - 1) // T)[:, : clip_len - 2] % 49406
+    sot = torch.full((B, 1), 49406, dtype=torch.long)
+    eot = torch.full((B, 1), 49407, dtype=torch.long)
+    return torch.cat([sot, body, eot], dim=1)
+
+
+def seq_logprobs(mapper, gpt, feats, ids):
+    """log p(ids[:, t] | prefix, ids[:, :t]) for every t: [B,T]."""
+    prefix = mapper(feats)
+    P = prefix.shape[1]
+    T = ids.shape[1]
+    # The last token is only a target: the model reads prefix + ids[:, :T-1] (P+T-1 positions).
+    x = torch.cat([prefix, F.embedding(ids[:, :-1], gpt.wte)], dim=1) + gpt.wpe[: P + T - 1]
+    h, _ = gpt.forward(x)
+    logits = gpt.logits(h[:, P - 1 :, :])
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
 def ce_loss(mapper, gpt, feats, ids):
     prefix = mapper(feats)
     P = prefix.shape[1]
     T = ids.shape[1]
-    x = torch.cat([prefix, F.embedding(ids, gpt.wte)], dim=1) + gpt.wpe[: P + T]
+    # The last token is only a target: the model reads prefix + ids[:, :T-1] (P+T-1 positions, as the addon);
+    # the loss is the same as over P+T positions (causal attention: later positions do not change earlier ones).
+    x = torch.cat([prefix, F.embedding(ids[:, :-1], gpt.wte)], dim=1) + gpt.wpe[: P + T - 1]
     h, _ = gpt.forward(x)
-    logits = gpt.logits(h[:, P - 1 : P + T - 1, :])  # position P-1+t predicts token t
+    logits = gpt.logits(h[:, P - 1 :, :])  # position P-1+t predicts token t
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1))
 
 
@@ -320,27 +419,46 @@ def _write_raw(path, t):
         f.write(t.numpy().tobytes() if t.dtype != torch.bfloat16 else bytes(t.view(torch.int16).numpy().tobytes()))
 
 
-def _load_models(models_dir, need_clip, need_gpt):
-    with open(os.path.join(models_dir, "gpt2", "config.json")) as f:
-        gcfg = json.load(f)
-    clip = gpt = None
-    if need_clip:
-        with open(os.path.join(models_dir, "clip", "config.json")) as f:
+def _load_models(models_dir, need_clip, need_gpt, need_text=False, captioner=None):
+    """Returns (clip vision, mapper, gpt, clip text); from --models or from a Captioner.save() folder."""
+    root = captioner or models_dir
+    if captioner:
+        with open(os.path.join(captioner, "config.json")) as f:
+            cfg = json.load(f)
+        gcfg = cfg["gpt2"]
+        clip_dir = os.path.join(captioner, cfg.get("semicap", {}).get("clip", "clip"))
+    else:
+        with open(os.path.join(models_dir, "gpt2", "config.json")) as f:
+            gcfg = json.load(f)
+        clip_dir = os.path.join(models_dir, "clip")
+    clip = gpt = text = None
+    if need_clip or need_text:
+        with open(os.path.join(clip_dir, "config.json")) as f:
             ccfg = json.load(f)
-        csd, _ = load_safetensors(os.path.join(models_dir, "clip", "model.safetensors"))
-        clip = ClipVision(csd, ccfg)
-    if need_gpt:
-        gsd, _ = load_safetensors(os.path.join(models_dir, "gpt2", "model.safetensors"))
-        gpt = GPT2(gsd, gcfg)
-    msd, _ = load_safetensors(os.path.join(models_dir, "mapper.safetensors"))
+        csd, _ = load_safetensors(os.path.join(clip_dir, "model.safetensors"))
+        if need_clip:
+            clip = ClipVision(csd, ccfg)
+        if need_text:
+            text = ClipText(csd, ccfg)
+    if captioner:
+        sd, _ = load_safetensors(os.path.join(root, "model.safetensors"))
+        msd = {"mapper." + k[len("clip_project.model."):]: v for k, v in sd.items() if k.startswith("clip_project.model.")}
+        if need_gpt:
+            gpt = GPT2({k[len("gpt."):]: v for k, v in sd.items() if k.startswith("gpt.")}, gcfg)
+    else:
+        if need_gpt:
+            gsd, _ = load_safetensors(os.path.join(models_dir, "gpt2", "model.safetensors"))
+            gpt = GPT2(gsd, gcfg)
+        msd, _ = load_safetensors(os.path.join(models_dir, "mapper.safetensors"))
     mapper = Mapper(msd, gcfg["n_embd"])
-    return clip, mapper, gpt
+    return clip, mapper, gpt, text
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True, help="folder with clip/, gpt2/, mapper.safetensors")
-    ap.add_argument("--task", required=True, choices=["caption", "ce-step", "features"])
+    ap.add_argument("--models", help="folder with clip/, gpt2/, mapper.safetensors")
+    ap.add_argument("--captioner", help="a Captioner.save() folder (mapper + GPT-2 in model.safetensors, clip/) instead of --models")
+    ap.add_argument("--task", required=True, choices=["caption", "ce-step", "features", "scst-step"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--tokens", type=int, default=20, help="new tokens (caption) / caption length (ce-step)")
     ap.add_argument("--prefix", type=int, default=10, help="prefix length; must match the mapper")
@@ -356,7 +474,14 @@ def main(argv=None):
     ap.add_argument("--save-ids", help="write the ce-step token ids used as raw int32")
     ap.add_argument("--check-out", help="write outputs as JSON for a cross-check against the addon")
     ap.add_argument("--self-check", action="store_true", help="caption: also decode without KV cache and compare")
+    ap.add_argument("--profile", action="store_true", help="caption: also time CLIP alone and decoding from features alone")
+    ap.add_argument("--samples", type=int, default=5, help="scst-step: samples per image")
+    ap.add_argument("--clip-len", type=int, default=24, help="scst-step: CLIP text tokens per caption (incl. sot/eot)")
+    ap.add_argument("--grad-clip", type=float, default=0.0,
+                    help="ce-step/scst-step: clip_grad_norm_ to this before AdamW (0: off; the addon's default is 1)")
     args = ap.parse_args(argv)
+    if not args.models and not args.captioner:
+        ap.error("give --models or --captioner")
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -365,8 +490,9 @@ def main(argv=None):
 
     t0 = time.perf_counter()
     need_clip = args.task in ("caption", "features")
-    need_gpt = args.task in ("caption", "ce-step")
-    clip, mapper, gpt = _load_models(args.models, need_clip, need_gpt)
+    need_gpt = args.task in ("caption", "ce-step", "scst-step")
+    need_text = args.task == "scst-step"
+    clip, mapper, gpt, text = _load_models(args.models, need_clip, need_gpt, need_text, args.captioner)
     if mapper.prefix != args.prefix:
         ap.error(f"--prefix {args.prefix} but the mapper produces a prefix of {mapper.prefix}")
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -392,7 +518,7 @@ def main(argv=None):
             with torch.inference_mode():
                 return greedy_caption(clip, mapper, gpt, pixels, args.tokens)
 
-    else:  # ce-step
+    else:  # ce-step, scst-step
         feats = (_read_raw(args.features, torch.float32, (B, mapper.in_dim)) if args.features
                  else torch.randn((B, mapper.in_dim), generator=g))
         ids = (_read_raw(args.ids, torch.int32, (B, args.tokens)).long() if args.ids
@@ -408,15 +534,57 @@ def main(argv=None):
         opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01)
         load_ms += (time.perf_counter() - t1) * 1e3
         extra["trainable_params"] = sum(p.numel() for p in params)
+        extra["grad_clip"] = args.grad_clip
         losses = []
+        phases = {}
 
-        def run():
-            loss = ce_loss(mapper, gpt, feats, ids)
+        def mark(name, t):
+            now = time.perf_counter()
+            phases.setdefault(name, []).append((now - t) * 1e3)
+            return now
+
+        def finish(loss, t):
             loss.backward()
+            t = mark("backward", t)
+            if args.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
             opt.step()
             opt.zero_grad()
+            mark("optimizer", t)
             losses.append(loss.item())
             return loss
+
+        if args.task == "ce-step":
+            def run():
+                t = time.perf_counter()
+                loss = ce_loss(mapper, gpt, feats, ids)
+                t = mark("forward", t)
+                return finish(loss, t)
+        else:
+            K, T = args.samples, args.tokens
+            extra["samples"] = K
+            extra["clip_len"] = args.clip_len
+            sg = torch.Generator().manual_seed(args.seed + 1)
+            rewards = []
+
+            def run():
+                t = time.perf_counter()
+                with torch.no_grad():
+                    prefix = mapper(feats)
+                    greedy = decode_ids(prefix, gpt, T, sample=False)
+                    t = mark("decode_greedy", t)
+                    sampled = decode_ids(prefix.repeat_interleave(K, 0), gpt, T, sample=True, generator=sg)
+                    t = mark("decode_sample", t)
+                    tf = F.normalize(text(to_clip_ids(torch.cat([greedy, sampled]), args.clip_len)), dim=-1)
+                    im = F.normalize(feats, dim=-1)
+                    r = 2.5 * (tf * torch.cat([im, im.repeat_interleave(K, 0)])).sum(-1).clamp_min(0)
+                    adv = r[B:] - r[:B].repeat_interleave(K)
+                    rewards.append(r[B:].mean().item())
+                    t = mark("reward", t)
+                logp = seq_logprobs(mapper, gpt, feats.repeat_interleave(K, 0), sampled)
+                loss = -(adv * logp.sum(1)).sum() / logp.numel()
+                t = mark("forward", t)
+                return finish(loss, t)
 
     samples = []
     out = None
@@ -440,22 +608,38 @@ def main(argv=None):
                 check["no_cache_ids_match"] = bool(torch.equal(ref, ids_out))
         elif args.task == "features":
             check["features"] = out.tolist()
-        else:
+        else:  # ce-step, scst-step
             check["losses"] = losses  # one per step, warm-up steps included (weights change every step)
             check["ids"] = ids.tolist()
         check["pixels"] = args.pixels or (f"generated: torch.randn seed {args.seed}" if need_clip else None)
         with open(args.check_out, "w") as f:
             json.dump(check, f)
-    elif args.self_check and args.task == "caption":
+    if args.profile and args.task == "caption":
+        with torch.inference_mode():
+            feats0 = clip(pixels)
+            reps = max(2, min(args.iters, 3))
+            clip_t, dec_t = [], []
+            for _ in range(reps):
+                t = time.perf_counter()
+                clip(pixels)
+                clip_t.append((time.perf_counter() - t) * 1e3)
+                t = time.perf_counter()
+                decode_ids(mapper(feats0), gpt, args.tokens, sample=False)
+                dec_t.append((time.perf_counter() - t) * 1e3)
+        extra["profile"] = {"clip_ms": statistics.median(clip_t), "decode_ms": statistics.median(dec_t)}
+    if args.self_check and args.task == "caption" and not args.check_out:
         with torch.inference_mode():
             ref = greedy_no_cache(mapper, gpt, out[1], args.tokens)
         extra["no_cache_ids_match"] = bool(torch.equal(ref, out[0]))
-    if args.task == "ce-step":
+    if args.task in ("ce-step", "scst-step"):
         extra["loss_first"] = losses[0]
         extra["loss_last"] = losses[-1]
+        # per-phase medians over the timed steps (warm-up excluded)
+        extra["phases_ms"] = {k: round(statistics.median(v[args.warmup:]), 3) for k, v in phases.items()}
 
     res = {
         "task": args.task,
+        "weights": args.captioner or args.models,
         "batch": B,
         "threads": torch.get_num_threads(),
         "iters": args.iters,

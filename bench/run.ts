@@ -1,0 +1,484 @@
+// CPU benchmark: the semicap addon against eager PyTorch (bench/reference.py, the same computation written the
+// way a user would) in one run, with hardware floors (bench/floors.py).
+//
+//   npm run bench [-- --quick] [--only caption,ce,scst,load] [--threads 1,2] [--rounds N]
+//
+// Every measurement runs in its own child process (thread counts are per process): the addon through
+// bench/worker.ts with SEMICAP_THREADS=T, eager PyTorch through /usr/bin/python3 bench/reference.py --threads T
+// (and once without --threads: torch's default). OMP_WAIT_POLICY=PASSIVE on both sides. The load average is
+// logged before and after every child. Caption rounds alternate the order of the children so that a change in
+// machine load hits both sides; per-iteration samples of all rounds are pooled and the median reported.
+// Output: a markdown table on stdout, bench/out/results.json, and (full runs of every task) bench/results/cpu-latest.md.
+import { execFileSync, spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readlinkSync, realpathSync, statSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import sharp from 'sharp'
+import type { Job } from './worker.js'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const root = resolve(here, '..')
+const PY = '/usr/bin/python3'
+
+// ------------------------------------------------------------------------------------------------
+// options
+
+const argv = process.argv.slice(2)
+const flag = (name: string): boolean => argv.includes(name)
+const opt = (name: string): string | undefined => {
+  const i = argv.indexOf(name)
+  if (i >= 0) return argv[i + 1]
+  const eq = argv.find((a) => a.startsWith(name + '='))
+  return eq?.slice(name.length + 1)
+}
+if (flag('--help') || flag('-h')) {
+  console.log('usage: node --import tsx bench/run.ts [--quick] [--only caption,ce,scst,load] [--threads 1,2] [--rounds N] [--models DIR]')
+  process.exit(0)
+}
+const quick = flag('--quick')
+const ALL = ['load', 'caption', 'ce', 'scst'] as const
+type TaskName = (typeof ALL)[number]
+const only = (opt('--only')?.split(',').map((s) => s.trim()).filter(Boolean) ?? [...ALL]) as TaskName[]
+for (const t of only) if (!ALL.includes(t)) throw new Error(`--only: unknown task ${t} (known: ${ALL.join(', ')})`)
+const threadList = (opt('--threads') ?? '1,2').split(',').map(Number)
+if (threadList.some((t) => !Number.isInteger(t) || t < 1)) throw new Error('--threads: comma-separated positive integers')
+const models = resolve(opt('--models') ?? join(here, 'out', quick ? 'models-small' : 'models'))
+const out = join(here, 'out')
+const rounds = Number(opt('--rounds') ?? (quick ? 1 : 2))
+const TOKENS = 20
+const B = 8
+const SAMPLES = 5
+const CAPTION = 'a man riding a wave on top of a surfboard in the blue ocean near a sandy beach' // 19 GPT-2 tokens (+ the end token = 20)
+const cfg = quick
+  ? { captionIters: 3, captionWarmup: 1, ceSteps: 4, scstSteps: 3, ceIters: 2, ceWarmup: 1, scstIters: 1, scstWarmup: 1 }
+  : { captionIters: 5, captionWarmup: 2, ceSteps: 6, scstSteps: 4, ceIters: 4, ceWarmup: 2, scstIters: 2, scstWarmup: 1 }
+
+// ------------------------------------------------------------------------------------------------
+// helpers
+
+const fmtLoad = () => loadavg().map((x) => x.toFixed(2)).join(' ')
+const log = (...a: unknown[]) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}]`, ...a)
+const median = (xs: number[]): number => {
+  const s = [...xs].filter(Number.isFinite).sort((a, b) => a - b)
+  const n = s.length
+  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2
+}
+const childEnv = (extra: Record<string, string> = {}): NodeJS.ProcessEnv => {
+  const env: NodeJS.ProcessEnv = { ...process.env, OMP_WAIT_POLICY: 'PASSIVE' }
+  delete env.SEMICAP_THREADS
+  delete env.OMP_NUM_THREADS
+  return { ...env, ...extra }
+}
+
+interface ChildRun<T> {
+  result: T
+  wall_ms: number
+  load_before: string
+  load_after: string
+}
+const loads: { what: string; before: string; after: string; wall_s: number }[] = []
+
+function runChild<T>(what: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, parse: (stdout: string) => T): Promise<ChildRun<T>> {
+  const before = fmtLoad()
+  const t0 = performance.now()
+  log(`${what} ... (load ${before})`)
+  return new Promise((ok, bad) => {
+    const child = spawn(cmd, args, { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()))
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()))
+    child.on('error', bad)
+    child.on('close', (code) => {
+      const wall = performance.now() - t0
+      const after = fmtLoad()
+      loads.push({ what, before, after, wall_s: +(wall / 1000).toFixed(1) })
+      log(`${what} done in ${(wall / 1000).toFixed(1)} s (load ${after})`)
+      if (code !== 0) return bad(new Error(`${what}: exit ${code}\n${stderr.slice(-4000)}\n${stdout.slice(-2000)}`))
+      try {
+        ok({ result: parse(stdout), wall_ms: wall, load_before: before, load_after: after })
+      } catch (err) {
+        bad(new Error(`${what}: ${(err as Error).message}\n${stderr.slice(-4000)}`))
+      }
+    })
+  })
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Json = any
+
+function addon(job: Omit<Job, 'models' | 'pixels' | 'maxBatch' | 'tokens'> & Partial<Job>, threads: number | null): Promise<ChildRun<Json>> {
+  const full: Job = { models, pixels: pixelsFile(B), maxBatch: B, tokens: TOKENS, ...job } as Job
+  const env = childEnv(threads === null ? {} : { SEMICAP_THREADS: String(threads) })
+  const what = `addon ${job.kind}${full.batches ? ' b' + full.batches.join(',') : ''} threads=${threads ?? 'default'}`
+  return runChild(what, process.execPath, ['--import', 'tsx', join(here, 'worker.ts'), JSON.stringify(full)], env, (s) => {
+    const line = s.split('\n').find((l) => l.startsWith('@@RESULT '))
+    if (!line) throw new Error('no @@RESULT line')
+    return JSON.parse(line.slice(9))
+  })
+}
+
+function eager(args: string[], threads: number | null, what: string): Promise<ChildRun<Json>> {
+  const a = [join(here, 'reference.py'), ...args, ...(threads === null ? [] : ['--threads', String(threads)])]
+  return runChild(`eager ${what} threads=${threads ?? 'default'}`, PY, a, childEnv(), (s) => {
+    const lines = s.trim().split('\n')
+    return JSON.parse(lines[lines.length - 1]!)
+  })
+}
+
+const pixelsFile = (n: number) => join(out, `bench-pixels-b${n}.f32`)
+
+function sha(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex').slice(0, 16)
+}
+
+function sh(cmd: string, args: string[]): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  } catch {
+    return '(unavailable)'
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// setup
+
+mkdirSync(out, { recursive: true })
+if (!existsSync(join(models, 'gpt2', 'model.safetensors'))) {
+  log(`no models in ${models}: generating them`)
+  execFileSync(process.execPath, ['--import', 'tsx', join(here, 'make-models.ts'), '--out', models, ...(quick ? ['--small'] : [])], { stdio: 'inherit', cwd: root })
+}
+// The clip-reward stage scores captions with CLIP's text tower: it needs CLIP's BPE files.
+const clipTok = resolve(root, '..', 'shared', 'clip-tokenizer')
+for (const f of ['vocab.json', 'merges.txt']) {
+  const dst = join(models, 'clip', f)
+  if (!existsSync(dst)) {
+    if (!existsSync(join(clipTok, f))) throw new Error(`${dst} missing and no ${join(clipTok, f)} to copy`)
+    copyFileSync(join(clipTok, f), dst)
+  }
+}
+// Deterministic pixels (the same LCG as bench/gpu/bench.mjs), values in [-2, 2): batch 8 and its first image.
+{
+  const S = 224
+  const px = new Float32Array(B * 3 * S * S)
+  let s = 12345
+  for (let i = 0; i < px.length; i++) (s = (Math.imul(s, 1103515245) + 12345) >>> 0), (px[i] = (s / 2 ** 32) * 4 - 2)
+  writeFileSync(pixelsFile(B), Buffer.from(px.buffer))
+  writeFileSync(pixelsFile(1), Buffer.from(px.buffer, 0, 3 * S * S * 4))
+}
+// Training images (PNG, 224x224): 8 distinct patterns.
+const images: string[] = []
+{
+  const S = 224
+  const dir = join(out, 'train-images')
+  mkdirSync(dir, { recursive: true })
+  for (let i = 0; i < B; i++) {
+    const file = join(dir, `img${i}.png`)
+    images.push(file)
+    if (existsSync(file)) continue
+    const raw = Buffer.alloc(S * S * 3)
+    for (let j = 0; j < raw.length; j++) raw[j] = (j * (i + 3) + (j >> 7)) & 255
+    await sharp(raw, { raw: { width: S, height: S, channels: 3 } }).png().toFile(file)
+  }
+}
+const featureCache = join(out, 'feature-cache')
+const captionerDir = join(out, quick ? 'captioner-small' : 'captioner')
+
+const addonPath = join(root, 'build', 'Release', 'semicap.node')
+const env = {
+  date: new Date().toISOString(),
+  quick,
+  models,
+  cpu: cpus()[0]?.model ?? '?',
+  cores: cpus().length,
+  blas: (() => {
+    try {
+      return realpathSync('/usr/lib/x86_64-linux-gnu/libblas.so.3')
+    } catch {
+      return '(none)'
+    }
+  })(),
+  blas_alternative: (() => {
+    try {
+      return readlinkSync('/etc/alternatives/libblas.so.3-x86_64-linux-gnu')
+    } catch {
+      return '(none)'
+    }
+  })(),
+  node: process.version,
+  torch_python: sh(PY, ['-c', 'import torch; print(torch.__version__)']),
+  eager_default_threads: Number(sh(PY, ['-c', 'import torch; print(torch.get_num_threads())'])),
+  addon: existsSync(addonPath) ? { sha256_16: sha(addonPath), mtime: statSync(addonPath).mtime.toISOString() } : null,
+  git: sh('git', ['-C', root, 'rev-parse', '--short', 'HEAD']),
+  omp_wait_policy: 'PASSIVE',
+  load_start: fmtLoad(),
+  load_end: '',
+}
+log('environment', JSON.stringify(env))
+console.log(`BLAS: libblas.so.3 -> ${env.blas}; eager default threads ${env.eager_default_threads}; load average ${env.load_start}`)
+
+const eagerKey = (t: number | null) => (t === null ? `default(${env.eager_default_threads})` : String(t))
+const sameThreads = (t: number): number | null => (t === env.eager_default_threads ? null : t)
+
+/** Addon at each thread count, each followed (or, in odd rounds, preceded) by eager at the same count; then eager
+ * at torch's default when no addon count equals it. */
+function pairSchedule(round: number): { side: 'addon' | 'eager'; T: number | null }[] {
+  const steps: { side: 'addon' | 'eager'; T: number | null }[] = []
+  const ts = round % 2 === 0 ? threadList : [...threadList].reverse()
+  for (const T of ts) {
+    const pair: { side: 'addon' | 'eager'; T: number | null }[] = [{ side: 'addon', T }, { side: 'eager', T: sameThreads(T) }]
+    steps.push(...(round % 2 === 0 ? pair : pair.reverse()))
+  }
+  if (!threadList.includes(env.eager_default_threads)) steps.push({ side: 'eager', T: null })
+  return steps
+}
+
+const results: Json = { env, config: { ...cfg, rounds, threads: threadList, tokens: TOKENS, batch: B, samples: SAMPLES, caption: CAPTION }, addon: {}, eager: {}, floors: {}, check: {} }
+
+// ------------------------------------------------------------------------------------------------
+// prepare: save the captioner (weights for the Python side), greedy ids for the cross-check, CLIP text length
+
+const prep = await addon({ kind: 'prepare', saveDir: captionerDir, caption: CAPTION, samples: SAMPLES, iters: 0, warmup: 0 }, null)
+const clipLen: number = prep.result.clip_len
+results.prepare = { clip_len: clipLen, sampled_tokens_mean: prep.result.sampled_tokens_mean, greedy_tokens_mean: prep.result.greedy_tokens_mean, gpt2_caption_tokens: prep.result.gpt2_caption_tokens }
+log('prepare', JSON.stringify(results.prepare))
+if (results.prepare.gpt2_caption_tokens !== TOKENS - 1) console.log(`WARNING: the training caption has ${results.prepare.gpt2_caption_tokens} GPT-2 tokens, not ${TOKENS - 1}: the addon's CE step is not the same size as eager's`)
+{
+  const checkFile = join(out, 'check-greedy-b8.json')
+  await eager(['--captioner', captionerDir, '--task', 'caption', '--batch', String(B), '--tokens', String(TOKENS), '--pixels', pixelsFile(B), '--warmup', '0', '--iters', '1', '--check-out', checkFile, '--self-check'], null, 'cross-check caption b8')
+  const ref = JSON.parse(readFileSync(checkFile, 'utf8')) as { ids: number[][]; no_cache_ids_match?: boolean }
+  const mine = prep.result.greedy_ids as number[][]
+  const same = mine.filter((row, i) => row.length === ref.ids[i]!.length && row.every((t, j) => t === ref.ids[i]![j])).length
+  const firstDiff = mine.map((row, i) => row.findIndex((t, j) => t !== ref.ids[i]![j]))
+  results.check = { greedy_rows_identical: same, rows: mine.length, first_differing_position: firstDiff, eager_kv_cache_matches_no_cache: ref.no_cache_ids_match }
+  console.log(`cross-check: greedy ids identical in ${same} / ${mine.length} rows (batch ${B}, ${TOKENS} tokens, same pixels and weights); eager KV cache vs no cache: ${ref.no_cache_ids_match}`)
+}
+
+// ------------------------------------------------------------------------------------------------
+// floors (per thread count: bandwidth and matmul rate measured at that count)
+
+for (const T of threadList) {
+  const f8 = await runChild(`floors threads=${T}`, PY, [join(here, 'floors.py'), '--threads', String(T), '--models', models, '--batch', String(B), '--tokens', String(TOKENS), '--samples', String(SAMPLES), '--clip-len', String(clipLen)], childEnv(), (s) => JSON.parse(s.trim().split('\n').pop()!))
+  const r8 = f8.result
+  const f1 = await runChild(`floors b1 threads=${T}`, PY, [join(here, 'floors.py'), '--models', models, '--batch', '1', '--tokens', String(TOKENS), '--bandwidth-gbs', String(r8.bandwidth_gbs), '--gflops', String(r8.gflops)], childEnv(), (s) => JSON.parse(s.trim().split('\n').pop()!))
+  const bytes = ['clip/model.safetensors', 'gpt2/model.safetensors', 'mapper.safetensors'].reduce((a, f) => a + statSync(join(models, f)).size, 0)
+  results.floors[T] = {
+    bandwidth_gbs: r8.bandwidth_gbs,
+    gflops: r8.gflops,
+    gflops_atmm: r8.gflops_atmm,
+    matmul: r8.measured?.[0]?.matmul,
+    onednn: r8.measured?.[0]?.onednn_matmul,
+    caption_b1_ms: f1.result.caption.floor_ms,
+    caption_b8_ms: r8.caption.floor_ms,
+    caption_b8_clip_ms: r8.caption.clip.ms,
+    caption_b8_decode_ms: r8.caption.decode.ms + r8.caption.prefill.ms + r8.caption.mapper.ms,
+    ce_ms: r8.ce_step.floor_ms,
+    scst_ms: r8.scst_step.floor_ms,
+    // loading: every weight byte read once from the page cache (a memory copy)
+    load_ms: (bytes / (r8.bandwidth_gbs * 1e9)) * 1e3,
+    weight_file_bytes: bytes,
+  }
+  log(`floors threads=${T}`, JSON.stringify(results.floors[T]))
+}
+
+// ------------------------------------------------------------------------------------------------
+// measurements
+
+if (only.includes('load')) {
+  const r = await addon({ kind: 'load', iters: 0, warmup: 0, saveDir: captionerDir }, null)
+  results.addon.load = r.result
+}
+
+if (only.includes('caption')) {
+  const addonSamples: Record<string, number[]> = {}
+  const eagerSamples: Record<string, number[]> = {}
+  const eagerLoad: number[] = []
+  results.addon.caption_profile = {}
+  results.eager.caption_profile = {}
+  const runAddon = async (T: number, round: number) => {
+    const r = await addon({ kind: 'caption', batches: [1, B], iters: cfg.captionIters, warmup: cfg.captionWarmup, profile: round === 0 }, T)
+    for (const [name, v] of Object.entries(r.result.tasks as Record<string, { samples_ms: number[] }>)) (addonSamples[`${name} t${T}`] ??= []).push(...v.samples_ms)
+    if (r.result.profile) results.addon.caption_profile[T] = r.result.profile
+  }
+  const runEager = async (T: number | null, round: number) => {
+    for (const b of [1, B]) {
+      const r = await eager(['--captioner', captionerDir, '--task', 'caption', '--batch', String(b), '--tokens', String(TOKENS), '--pixels', pixelsFile(b), '--warmup', String(cfg.captionWarmup), '--iters', String(cfg.captionIters), ...(round === 0 ? ['--profile'] : [])], T, `caption b${b}`)
+      ;(eagerSamples[`caption b${b} t${eagerKey(T)}`] ??= []).push(...r.result.samples_ms)
+      if (r.result.profile) results.eager.caption_profile[`b${b} t${eagerKey(T)}`] = r.result.profile
+      if (T === null) eagerLoad.push(r.result.load_ms)
+    }
+  }
+  for (let round = 0; round < rounds; round++) {
+    // Pairs (addon at T, eager at the same T) back to back; the order alternates between rounds.
+    for (const step of pairSchedule(round)) await (step.side === 'addon' ? runAddon(step.T as number, round) : runEager(step.T, round))
+  }
+  results.addon.caption = Object.fromEntries(Object.entries(addonSamples).map(([k, v]) => [k, { median_ms: median(v), samples_ms: v }]))
+  results.eager.caption = Object.fromEntries(Object.entries(eagerSamples).map(([k, v]) => [k, { median_ms: median(v), samples_ms: v }]))
+  results.eager.load_ms = median(eagerLoad)
+}
+
+async function trainTask(kind: 'ce' | 'scst'): Promise<void> {
+  const addonRes: Record<string, Json> = {}
+  const eagerRes: Record<string, Json> = {}
+  for (const step of pairSchedule(0)) {
+    if (step.side === 'addon') {
+      const T = step.T as number
+      const r = await addon({ kind, images, caption: CAPTION, featureCache, steps: kind === 'ce' ? cfg.ceSteps : cfg.scstSteps, samples: SAMPLES, iters: 0, warmup: 0 }, T)
+      addonRes[`t${T}`] = r.result
+    } else {
+      const T = step.T
+      const common = ['--captioner', captionerDir, '--batch', String(B), '--tokens', String(TOKENS), '--grad-clip', '1']
+      const args =
+        kind === 'ce'
+          ? [...common, '--task', 'ce-step', '--warmup', String(cfg.ceWarmup), '--iters', String(cfg.ceIters)]
+          : [...common, '--task', 'scst-step', '--samples', String(SAMPLES), '--clip-len', String(clipLen), '--warmup', String(cfg.scstWarmup), '--iters', String(cfg.scstIters)]
+      const r = await eager(args, T, kind === 'ce' ? 'ce-step' : 'scst-step')
+      eagerRes[`t${eagerKey(T)}`] = r.result
+    }
+  }
+  results.addon[kind] = addonRes
+  results.eager[kind] = eagerRes
+}
+if (only.includes('ce')) await trainTask('ce')
+if (only.includes('scst')) await trainTask('scst')
+
+// ------------------------------------------------------------------------------------------------
+// table
+
+env.load_end = fmtLoad()
+const addonAfter = existsSync(addonPath) ? sha(addonPath) : null
+if (env.addon && addonAfter !== env.addon.sha256_16) {
+  console.log(`WARNING: build/Release/semicap.node changed during the run (${env.addon.sha256_16} -> ${addonAfter}); rerun.`)
+  results.addon_changed = true
+}
+
+interface Row {
+  what: string
+  threads: number | string
+  addon: number
+  eagerDefault: number
+  eagerSame: number
+  /** Fastest sample of each side (same threads): less sensitive to other work on the machine. */
+  addonMin?: number
+  eagerSameMin?: number
+  target?: string
+  floor: number
+  note?: string
+}
+const rows: Row[] = []
+const eagerMs = (group: Json, key: (t: string) => string, T: number | null): number => group?.[key(eagerKey(T))]?.median_ms ?? NaN
+const minOf = (xs: number[] | undefined): number => (xs && xs.length ? Math.min(...xs) : NaN)
+
+if (results.addon.load) {
+  const f = results.floors[threadList[0]!]
+  rows.push({ what: 'load, cold (first Captioner.create in the process)', threads: 'default', addon: results.addon.load.cold_ms, eagerDefault: results.eager.load_ms ?? NaN, eagerSame: NaN, floor: f.load_ms, note: 'eager: reference.py reading the same files (fresh process)' })
+  rows.push({ what: 'load, warm (second create)', threads: 'default', addon: results.addon.load.warm_ms, eagerDefault: NaN, eagerSame: NaN, target: '< 1000 ms', floor: f.load_ms })
+  if (results.addon.load.captioner_load_ms !== undefined)
+    rows.push({ what: 'load, warm: Captioner.load(saved folder)', threads: 'default', addon: results.addon.load.captioner_load_ms, eagerDefault: NaN, eagerSame: NaN, target: '< 1000 ms', floor: f.load_ms })
+}
+if (results.addon.caption) {
+  for (const b of [1, B])
+    for (const T of threadList) {
+      rows.push({
+        what: `caption b${b} (greedy, 20 tokens)`,
+        threads: T,
+        addon: results.addon.caption[`caption b${b} t${T}`]?.median_ms ?? NaN,
+        eagerDefault: eagerMs(results.eager.caption, (t) => `caption b${b} t${t}`, null),
+        eagerSame: eagerMs(results.eager.caption, (t) => `caption b${b} t${t}`, sameThreads(T)),
+        addonMin: minOf(results.addon.caption[`caption b${b} t${T}`]?.samples_ms),
+        eagerSameMin: minOf(results.eager.caption[`caption b${b} t${eagerKey(sameThreads(T))}`]?.samples_ms),
+        target: b === 1 ? 'latency <= 0.67x eager (speedup >= 1.49)' : 'throughput >= 1.3x eager',
+        floor: results.floors[T][`caption_b${b}_ms`],
+      })
+    }
+}
+for (const kind of ['ce', 'scst'] as const) {
+  if (!results.addon[kind]) continue
+  for (const T of threadList) {
+    const get = (t: number | null) => results.eager[kind][`t${eagerKey(t)}`]?.median_ms ?? NaN
+    rows.push({
+      what: kind === 'ce' ? `CE step (b8 x 20 tokens, AdamW)` : `SCST step (b8, 5 samples + greedy, CLIP-S, AdamW)`,
+      threads: T,
+      addon: results.addon[kind][`t${T}`]?.median_ms ?? NaN,
+      eagerDefault: get(null),
+      eagerSame: get(sameThreads(T)),
+      addonMin: minOf((results.addon[kind][`t${T}`]?.steps_ms as number[] | undefined)?.slice(results.addon[kind][`t${T}`]?.skipped ?? 0)),
+      eagerSameMin: minOf(results.eager[kind][`t${eagerKey(sameThreads(T))}`]?.samples_ms),
+      target: kind === 'ce' ? '>= 1.1x eager' : undefined,
+      floor: results.floors[T][kind === 'ce' ? 'ce_ms' : 'scst_ms'],
+    })
+  }
+}
+
+const f0 = (x: number) => (Number.isFinite(x) ? (x >= 100 ? x.toFixed(0) : x.toFixed(1)) : '–')
+const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–')
+const header = '| what | addon threads | addon ms | eager ms (default threads) | eager ms (same threads) | speedup vs default | speedup vs same threads | speedup, fastest samples (same threads) | target | floor ms | addon / floor |'
+const lines = [header, '|---|---|---|---|---|---|---|---|---|---|---|']
+for (const r of rows) {
+  const best = r.addonMin !== undefined && r.eagerSameMin !== undefined ? `${f2(r.eagerSameMin / r.addonMin)} (${f0(r.addonMin)} vs ${f0(r.eagerSameMin)})` : ''
+  lines.push(`| ${r.what} | ${r.threads} | ${f0(r.addon)} | ${f0(r.eagerDefault)} | ${f0(r.eagerSame)} | ${f2(r.eagerDefault / r.addon)} | ${f2(r.eagerSame / r.addon)} | ${best} | ${r.target ?? ''} | ${f0(r.floor)} | ${f2(r.addon / r.floor)} |`)
+}
+const table = lines.join('\n')
+results.table = rows
+
+const prof = results.addon.caption_profile ?? {}
+const profLines: string[] = []
+for (const [T, p] of Object.entries(prof as Record<string, Record<string, number>>)) {
+  profLines.push(`- addon, ${T} thread(s): batch 8: CLIP ${f0(p.b8_clip_ms!)} ms, decoding 20 tokens from features ${f0(p.b8_decode20_ms!)} ms (mapper + prefix + 1st token ${f0(p.b8_decode1_ms!)} ms, then ${f0(p.b8_step_ms!)} ms per token); batch 1: CLIP ${f0(p.b1_clip_ms!)} ms, decoding ${f0(p.b1_decode20_ms!)} ms (${f0(p.b1_step_ms!)} ms per token)`)
+}
+for (const [k, p] of Object.entries((results.eager.caption_profile ?? {}) as Record<string, Record<string, number>>)) {
+  profLines.push(`- eager ${k.replace(' t', ', threads ')}: CLIP ${f0(p.clip_ms!)} ms, decoding 20 tokens from features ${f0(p.decode_ms!)} ms`)
+}
+for (const kind of ['ce', 'scst'] as const)
+  for (const [k, r] of Object.entries((results.eager[kind] ?? {}) as Record<string, Json>))
+    if (r.phases_ms) profLines.push(`- eager ${kind} step, threads ${k.slice(1)}: ${Object.entries(r.phases_ms as Record<string, number>).map(([n, v]) => `${n} ${f0(v)} ms`).join(', ')}`)
+for (const kind of ['ce', 'scst'] as const)
+  for (const [k, r] of Object.entries((results.addon[kind] ?? {}) as Record<string, Json>)) profLines.push(`- addon ${kind} step, threads ${k.slice(1)}: per-step ms ${(r.steps_ms as number[]).map(f0).join(', ')} (first ${r.skipped} skipped)`)
+
+if (results.addon.load?.breakdown_ms) {
+  const b = results.addon.load.breakdown_ms as Record<string, number>
+  profLines.unshift(`- addon load (warm): ${Object.entries(b).map(([k, v]) => `${k.replace(/_/g, ' ')} ${f0(v)} ms`).join(', ')}; create samples ${(results.addon.load.samples_ms as number[]).map(f0).join(', ')} ms`)
+}
+const floorLines = threadList.map((T) => {
+  const f = results.floors[T]
+  return `- ${T} thread(s): bandwidth ${f2(f.bandwidth_gbs)} GB/s, best matmul ${f0(f.gflops)} GFLOP/s (at::mm / BLAS best ${f0(f.gflops_atmm)}, oneDNN ${f0(f.onednn?.gflops ?? NaN)})`
+})
+
+const loadNote = `load average (1/5/15 min) at start ${env.load_start}, at end ${env.load_end}`
+const md = [
+  `# semicap CPU benchmark${quick ? ' (--quick, small models)' : ''}`,
+  '',
+  `${env.date}; ${env.cpu}, ${env.cores} cores; BLAS: libblas.so.3 -> \`${env.blas}\`; node ${env.node}; python torch ${env.torch_python} (default threads ${env.eager_default_threads}); addon ${env.addon?.sha256_16 ?? '?'} (built ${env.addon?.mtime ?? '?'}); git ${env.git}; OMP_WAIT_POLICY=PASSIVE.`,
+  `Machine load: ${loadNote} (2 cores; other work was running; per-child load averages are in results.json \`loads\`).`,
+  '',
+  'Speedup = eager ms / addon ms (> 1: the addon is faster). "default threads": eager PyTorch at torch\'s default; "same threads": eager at the addon\'s thread count. Medians over iterations (caption: pooled over rounds).',
+  '',
+  table,
+  '',
+  `Cross-check: addon and eager greedy ids identical in ${results.check.greedy_rows_identical} / ${results.check.rows} rows (batch 8, same pixels and weights; first differing positions ${JSON.stringify(results.check.first_differing_position)}).`,
+  '',
+  'Floors (max(bytes / bandwidth, FLOPs / best matmul rate) per phase, bench/floors.py):',
+  ...floorLines,
+  '',
+  'Where the time goes:',
+  ...profLines,
+  '',
+].join('\n')
+results.loads = loads
+
+console.log('\n' + table + '\n')
+console.log(`cross-check: ${results.check.greedy_rows_identical} / ${results.check.rows} greedy rows identical`)
+console.log(profLines.join('\n'))
+console.log(floorLines.join('\n'))
+console.log(loadNote)
+
+const resultsFile = join(out, quick ? 'results-quick.json' : 'results.json')
+writeFileSync(resultsFile, JSON.stringify(results, null, 1))
+log(`wrote ${resultsFile}`)
+const fullRun = !quick && ALL.every((t) => only.includes(t))
+const mdFile = fullRun ? join(here, 'results', 'cpu-latest.md') : join(out, quick ? 'cpu-quick.md' : 'cpu-partial.md')
+mkdirSync(dirname(mdFile), { recursive: true })
+writeFileSync(mdFile, md)
+log(`wrote ${mdFile}`)
