@@ -6,6 +6,7 @@ import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import { Captioner } from './captioner.js'
+import { demoCommand } from './cli-demo.js'
 import { evalCommand } from './cli-eval.js'
 import { trainCommand } from './cli-train.js'
 import type { DecodeOptions } from './decoding.js'
@@ -106,7 +107,7 @@ export const infoCommand: CommandModule = (program) => {
 }
 
 /** The commands of `semicap`, in help order. Add new command modules here. */
-export const commands: CommandModule[] = [captionCommand, infoCommand, trainCommand, evalCommand]
+export const commands: CommandModule[] = [captionCommand, infoCommand, trainCommand, evalCommand, demoCommand]
 
 /** A fresh program with `modules` registered; it throws CommanderError instead of exiting. */
 export function createProgram(modules: readonly CommandModule[] = commands): Command {

@@ -105,6 +105,23 @@ describe('scenes', () => {
     expect(colours.size).toBe(COLOURS.length)
     expect(() => generateScenes(1, -1)).toThrow(SemicapError)
   })
+
+  it('can be restricted to some backgrounds and a smaller object count', () => {
+    const plain = generateScenes(42, 300, { backgrounds: ['light'], maxObjects: 2 })
+    expect(plain.every((s) => s.background === 'light')).toBe(true)
+    expect(Math.max(...plain.map((s) => s.objects.length))).toBe(2)
+    // Capping keeps the objects a scene would have had: the first ones drawn, in the same cells.
+    plain.forEach((s, i) => {
+      const full = scenes[i]!
+      if (full.objects.length <= 2) expect(s.objects).toEqual(full.objects)
+    })
+    expect(generateScenes(42, 300, { backgrounds: ['light', 'dark'] })).toEqual(scenes.slice(0, 300))
+    expect(() => generateScenes(1, 1, { backgrounds: [] })).toThrow(SemicapError)
+    expect(() => generateScenes(1, 1, { maxObjects: 4 })).toThrow(SemicapError)
+    const w = buildWorld({ seed: 3, trainImages: 50, valImages: 5, testImages: 5, backgrounds: ['dark'], maxObjects: 1 })
+    expect([...w.train, ...w.test].every((e) => e.scene.background === 'dark' && e.scene.objects.length === 1)).toBe(true)
+    expect(lmCorpus(1, 50, { maxObjects: 1 }).every((c) => parseCaption(c).mentions.length === 1)).toBe(true)
+  })
 })
 
 describe('render', () => {
@@ -280,8 +297,11 @@ describe('dataset', () => {
     const dir = await mkdtemp(join(tmpdir(), 'semicap-world-'))
     dirs.push(dir)
     const w = buildWorld({ seed: 11, trainImages: 100, valImages: 5, testImages: 7, imageSize: 48 })
-    const files = await writeWorld(dir, w)
+    const progress: number[] = []
+    const files = await writeWorld(dir, w, { onProgress: (done, total) => progress.push(done / total) })
     expect(files.images).toBe(112)
+    expect(progress).toHaveLength(112)
+    expect(progress.at(-1)).toBe(1)
     expect(await readWorld(dir)).toEqual(w)
 
     const labeled = await readJsonl(files.jsonl.labeled)

@@ -15,6 +15,7 @@ import {
   type Relation,
   type Scene,
   type SceneObject,
+  type SceneOptions,
   type Shape,
   type Size,
 } from './scene.js'
@@ -204,10 +205,10 @@ export function altTexts(scene: Scene, rng: Rng, count = 5): string[] {
  * Caption-like sentences about random scenes (no images), for pretraining the tiny GPT-2:
  * mostly annotator captions, a fifth full-detail captions. Sentence i depends only on (seed, i).
  */
-export function lmCorpus(seed: number, n: number): string[] {
+export function lmCorpus(seed: number, n: number, sceneOptions: SceneOptions = {}): string[] {
   return Array.from({ length: n }, (_, i) => {
     const rng = new Rng(deriveSeed(seed, 'lm', i))
-    const scene = generateScene(deriveSeed(seed, 'lm-scene', i))
+    const scene = generateScene(deriveSeed(seed, 'lm-scene', i), sceneOptions)
     return rng.chance(0.2) ? fullCaption(scene) : annotate(scene, rng)
   })
 }

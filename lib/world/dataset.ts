@@ -10,7 +10,7 @@ import { SemicapError } from '../errors.js'
 import { referenceCaptions } from './captions.js'
 import { renderPng } from './render.js'
 import { Rng, deriveSeed } from './rng.js'
-import { BACKGROUNDS, COLOURS, SHAPES, SIZES, generateScene, type Scene } from './scene.js'
+import { BACKGROUNDS, COLOURS, SHAPES, SIZES, generateScene, type Background, type Scene, type SceneOptions } from './scene.js'
 
 export const SPLITS = ['train', 'val', 'test'] as const
 export type Split = (typeof SPLITS)[number]
@@ -33,6 +33,10 @@ export interface WorldOptions {
   labeledFraction?: number
   /** Image side in pixels; default 64. */
   imageSize?: number
+  /** Backgrounds scenes draw from (default both; see SceneOptions). */
+  backgrounds?: readonly Background[]
+  /** Most objects per scene (default 3; see SceneOptions). */
+  maxObjects?: number
 }
 
 export interface World {
@@ -55,9 +59,9 @@ function checkCount(name: string, value: number): void {
 }
 
 /** Example i of a split depends only on (seed, split, i): growing train leaves val/test alone. */
-function makeSplit(seed: number, split: Split, count: number): WorldExample[] {
+function makeSplit(seed: number, split: Split, count: number, sceneOptions: SceneOptions): WorldExample[] {
   return Array.from({ length: count }, (_, i) => {
-    const scene = generateScene(deriveSeed(seed, split, 'scene', i))
+    const scene = generateScene(deriveSeed(seed, split, 'scene', i), sceneOptions)
     const references = referenceCaptions(scene, new Rng(deriveSeed(seed, split, 'refs', i)))
     return { id: `${split}-${String(i).padStart(6, '0')}`, split, scene, references }
   })
@@ -71,7 +75,7 @@ function partition(train: WorldExample[], labeledIds: ReadonlySet<string>): Pick
 }
 
 export function buildWorld(options: WorldOptions): World {
-  const { seed, trainImages, valImages, testImages, labeledFraction = 0.02, imageSize = 64 } = options
+  const { seed, trainImages, valImages, testImages, labeledFraction = 0.02, imageSize = 64, backgrounds, maxObjects } = options
   if (!Number.isInteger(seed)) throw new SemicapError('E_CONFIG', `buildWorld: seed must be an integer, got ${seed}`)
   checkCount('trainImages', trainImages)
   checkCount('valImages', valImages)
@@ -82,7 +86,8 @@ export function buildWorld(options: WorldOptions): World {
   if (!Number.isInteger(imageSize) || imageSize < 8 || imageSize > 4096) {
     throw new SemicapError('E_CONFIG', `buildWorld: imageSize must be an integer in [8, 4096], got ${imageSize}`)
   }
-  const train = makeSplit(seed, 'train', trainImages)
+  const sceneOptions: SceneOptions = { ...(backgrounds ? { backgrounds } : {}), ...(maxObjects !== undefined ? { maxObjects } : {}) }
+  const train = makeSplit(seed, 'train', trainImages, sceneOptions)
   const labeledCount = Math.round(labeledFraction * trainImages)
   const picked = new Rng(deriveSeed(seed, 'labeled')).shuffle(train).slice(0, labeledCount)
   return {
@@ -90,8 +95,8 @@ export function buildWorld(options: WorldOptions): World {
     imageSize,
     labeledFraction,
     train,
-    val: makeSplit(seed, 'val', valImages),
-    test: makeSplit(seed, 'test', testImages),
+    val: makeSplit(seed, 'val', valImages, sceneOptions),
+    test: makeSplit(seed, 'test', testImages, sceneOptions),
     ...partition(train, new Set(picked.map((e) => e.id))),
   }
 }
@@ -128,17 +133,23 @@ async function io<T>(what: string, fn: () => Promise<T>): Promise<T> {
  * scenes.json. Unlabeled lines carry `captions: []`: their references exist only in scenes.json,
  * for evaluation, so stage 2 can't see them by accident.
  */
-export async function writeWorld(dir: string, world: World, options: { concurrency?: number } = {}): Promise<WorldFiles> {
+export async function writeWorld(
+  dir: string,
+  world: World,
+  options: { concurrency?: number; onProgress?: (done: number, total: number) => void } = {},
+): Promise<WorldFiles> {
   const concurrency = Math.max(1, options.concurrency ?? 4)
   await io(`writeWorld: creating ${dir}`, () => mkdir(join(dir, 'images'), { recursive: true }))
 
   const all = [...world.train, ...world.val, ...world.test]
   let next = 0
+  let done = 0
   const worker = async () => {
     while (next < all.length) {
       const example = all[next++] as WorldExample
       const png = await renderPng(example.scene, world.imageSize)
       await io(`writeWorld: writing ${imagePath(example)}`, () => writeFile(join(dir, imagePath(example)), png))
+      options.onProgress?.(++done, all.length)
     }
   }
   await Promise.all(Array.from({ length: concurrency }, worker))

@@ -21,6 +21,7 @@ export {
   type SceneObject,
   type Scene,
   type Relation,
+  type SceneOptions,
 } from './scene.js'
 export { renderScene, renderPng, insideShape, type RawImage } from './render.js'
 export {

@@ -82,11 +82,36 @@ function placeObject(rng: Rng, base: Omit<SceneObject, 'x' | 'y'>, jitter: numbe
   }
 }
 
+export interface SceneOptions {
+  /**
+   * Backgrounds to draw from (default both). The demo uses ['light']: a background flip is a whole-image nuisance
+   * the captions never mention, and it keeps a tiny contrastive CLIP at chance for thousands of CPU steps.
+   * The draw is made either way, so the objects of scene i don't depend on this option.
+   */
+  backgrounds?: readonly Background[]
+  /**
+   * At most this many objects (1-3, default 3): the drawn count is capped, so scenes under a cap keep the objects
+   * they would have had. The demo uses 2: a tiny CLIP's single embedding holds two objects' attributes far better
+   * than three, and the captioner can only describe what that embedding holds.
+   */
+  maxObjects?: number
+}
+
+function checkBackgrounds(backgrounds: readonly Background[], where: string): void {
+  if (!Array.isArray(backgrounds) || backgrounds.length === 0 || backgrounds.some((b) => !(BACKGROUNDS as readonly string[]).includes(b))) {
+    throw new SemicapError('E_VALUE', `${where}: backgrounds must be a non-empty list of ${BACKGROUNDS.join(', ')}`)
+  }
+}
+
 /** One scene from its own seed. (shape, colour) pairs are distinct within a scene. */
-export function generateScene(seed: number): Scene {
+export function generateScene(seed: number, options: SceneOptions = {}): Scene {
+  const backgrounds = options.backgrounds ?? BACKGROUNDS
+  checkBackgrounds(backgrounds, 'generateScene')
+  const maxObjects = options.maxObjects ?? 3
+  if (!Number.isInteger(maxObjects) || maxObjects < 1 || maxObjects > 3) throw new SemicapError('E_VALUE', `generateScene: maxObjects must be 1, 2 or 3, got ${maxObjects}`)
   const rng = new Rng(seed)
   const u = rng.next()
-  const count = u < 0.3 ? 1 : u < 0.7 ? 2 : 3
+  const count = Math.min(maxObjects, u < 0.3 ? 1 : u < 0.7 ? 2 : 3)
   const cells = rng.shuffle([0, 1, 2, 3, 4, 5, 6, 7, 8]).slice(0, count)
   const used = new Set<string>()
   const bases: Array<Omit<SceneObject, 'x' | 'y'>> = []
@@ -123,16 +148,16 @@ export function generateScene(seed: number): Scene {
     }
     objects.push(placed)
   }
-  return { background: rng.pick(BACKGROUNDS), objects }
+  return { background: rng.pick(backgrounds), objects }
 }
 
 /** `count` scenes; scene i depends only on (seed, i). */
-export function generateScenes(seed: number, count: number): Scene[] {
+export function generateScenes(seed: number, count: number, options: SceneOptions = {}): Scene[] {
   if (!Number.isInteger(seed)) throw new SemicapError('E_VALUE', `generateScenes: seed must be an integer, got ${seed}`)
   if (!Number.isInteger(count) || count < 0) {
     throw new SemicapError('E_VALUE', `generateScenes: count must be a non-negative integer, got ${count}`)
   }
-  return Array.from({ length: count }, (_, i) => generateScene(deriveSeed(seed, 'scene', i)))
+  return Array.from({ length: count }, (_, i) => generateScene(deriveSeed(seed, 'scene', i), options))
 }
 
 export type Relation = 'left of' | 'right of' | 'above' | 'below'
