@@ -165,7 +165,8 @@ describe('semicap train', () => {
     const ckStep = Number(latest.replace('step-', ''))
     expect(ckStep % 20).toBe(0)
     const before = readLog(log)
-    expect(before.at(-1)!.step).toBeGreaterThan(ckStep)
+    // The interrupt can land right at a checkpoint step, so the log ends at or after it.
+    expect(before.at(-1)!.step).toBeGreaterThanOrEqual(ckStep)
 
     // Resume to the checkpoint's step + 3: the steps after the checkpoint are logged once, in order.
     const r = await semicap(['train', '--clip', clipDir, '--gpt2', gpt2Dir, '--prefix-length', '4', '--labeled', data, '--steps', String(ckStep + 3), '--batch-size', '2', '--lr', '1e-4', '--checkpoint-dir', ck, '--resume', '--out', out, ...common])
