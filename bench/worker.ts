@@ -77,7 +77,7 @@ async function stepTimes(cap: Captioner, options: Parameters<Captioner['train']>
 
 async function main(): Promise<void> {
   const job = JSON.parse(process.argv[2] ?? '{}') as Job
-  const res: Record<string, unknown> = { kind: job.kind, threads: runtimeInfo().threads, env_threads: process.env.SEMICAP_THREADS ?? null }
+  const res: Record<string, unknown> = { kind: job.kind, threads: runtimeInfo().threads, env_threads: process.env.SEMICAP_THREADS ?? null, addon_dir: process.env.SEMICAP_PREBUILD ?? null }
 
   if (job.kind === 'load') {
     const times: number[] = []
