@@ -33,7 +33,6 @@ export function cliReporter(enabled: boolean): DemoReporter {
       else if (e.status === 'done') stderr(`demo: ${e.label}: done in ${formatDuration(e.seconds ?? 0)}\n`)
     },
     bar: enabled ? (label, total, unit) => new ProgressBar(label, total, { unit }) : undefined,
-    log: (text) => stderr(text.endsWith('\n') ? text : `${text}\n`),
   }
 }
 

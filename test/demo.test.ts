@@ -97,7 +97,7 @@ describe('demo pipeline (--quick)', () => {
     expect(html).toContain('(c) obj F1')
     const r = first.clip.retrieval!
     expect(r.images).toBe(first.config.world.valImages)
-    expect(r.fullTextToImage[0]).toBeGreaterThanOrEqual(0)
+    for (const v of [...r.fullTextToImage, ...r.referenceTextToImage, ...Object.values(r.prefersTrue)]) expect(v >= 0 && v <= 1).toBe(true)
   })
 
   it('a second run reuses every stage and gives the same table', async () => {

@@ -118,6 +118,13 @@ describe('scenes', () => {
     expect(generateScenes(42, 300, { backgrounds: ['light', 'dark'] })).toEqual(scenes.slice(0, 300))
     expect(() => generateScenes(1, 1, { backgrounds: [] })).toThrow(SemicapError)
     expect(() => generateScenes(1, 1, { maxObjects: 4 })).toThrow(SemicapError)
+    const palette = { circle: ['red', 'yellow'], star: ['pink'] } as const
+    const typical = generateScenes(42, 300, { palette })
+    for (const s of typical) {
+      for (const o of s.objects) if (o.shape === 'circle' || o.shape === 'star') expect(palette[o.shape] as readonly string[]).toContain(o.colour)
+    }
+    expect(typical.flatMap((s) => s.objects).some((o) => o.shape === 'square' && !['red', 'yellow', 'pink'].includes(o.colour))).toBe(true)
+    expect(() => generateScenes(1, 1, { palette: { circle: [] } })).toThrow(SemicapError)
     const w = buildWorld({ seed: 3, trainImages: 50, valImages: 5, testImages: 5, backgrounds: ['dark'], maxObjects: 1 })
     expect([...w.train, ...w.test].every((e) => e.scene.background === 'dark' && e.scene.objects.length === 1)).toBe(true)
     expect(lmCorpus(1, 50, { maxObjects: 1 }).every((c) => parseCaption(c).mentions.length === 1)).toBe(true)

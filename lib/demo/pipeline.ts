@@ -1,11 +1,11 @@
 // The demo's stages, each cached in its own folder under the output folder:
 //   world/      the synthetic captioning dataset (PNGs, JSONL, scenes.json with the ground truth)
-//   tokenizer/  a byte-level BPE trained on the world's text
-//   clip/       the stand-in CLIP, trained contrastively on alt texts of "web" scenes (never the references)
+//   tokenizer/  a byte-level BPE trained on the world's text (caption-like sentences and web alt texts)
+//   clip/       the stand-in CLIP, trained contrastively on web icons and alt texts of web scenes (never the references)
 //   gpt2/       the stand-in GPT-2, trained as a language model on caption-like text (no images)
 //   captioners/{full,small,reward}-seed<k>/   (a) stage 1 on all references, (b) stage 1 on the labeled 2%,
 //                                             (c) (b) + stage 2 (CLIP-S reward) on the unlabeled rest
-//   evaluations/<captioner>.json              test-split metrics of each captioner
+//   evaluations/{full,small,reward}-seed<k>/  test-split metrics and captions of each captioner (result.json)
 // A stage folder holds stage.json with its key (a hash of the settings it depends on, see stageKeys); a stage whose
 // folder has the right key is skipped. Stages are built in <name>.partial and renamed into place when complete.
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
@@ -15,8 +15,9 @@ import { Clip } from '../clip.js'
 import type { Example } from '../data/index.js'
 import { resolveDevice, type DeviceOption } from '../device.js'
 import { AbortError } from '../errors.js'
+import { CLIP_S_PREFIX } from '../evaluate.js'
 import { Gpt2 } from '../gpt2.js'
-import { retrievalRecallAtK } from '../metrics/index.js'
+import { cosine, retrievalRecallAtK } from '../metrics/index.js'
 import { setThreads } from '../runtime.js'
 import type { Tensor } from '../tensor.js'
 import { Gpt2Tokenizer, saveGpt2TokenizerFiles, trainByteLevelBpe } from '../tokenizers/index.js'
@@ -44,7 +45,7 @@ import {
 import { stageKeys, type DemoConfig, type StageKeys } from './config.js'
 
 /** The prompt CLIP-S puts before every caption (as the official clipscore code does). */
-export const CLIP_PROMPT = 'A photo depicts '
+export const CLIP_PROMPT = CLIP_S_PREFIX
 
 export type StageName = 'world' | 'tokenizer' | 'clip' | 'gpt2' | 'captioner' | 'evaluation'
 
@@ -69,7 +70,6 @@ export interface DemoBar {
 export interface DemoReporter {
   stage?(event: StageEvent): void
   bar?(label: string, total: number, unit?: string): DemoBar
-  log?(text: string): void
 }
 
 /** What stage.json records. */
@@ -225,7 +225,7 @@ export async function worldStage(ctx: PipelineContext): Promise<WorldStage> {
 
 /** The world's scene options (background, object count): the web and the text corpora follow them too. */
 export function sceneOptionsOf(cfg: DemoConfig): SceneOptions {
-  return { backgrounds: cfg.world.backgrounds, maxObjects: cfg.world.maxObjects }
+  return { backgrounds: cfg.world.backgrounds, maxObjects: cfg.world.maxObjects, palette: cfg.world.palette }
 }
 
 export interface WebPairs {
@@ -324,12 +324,6 @@ export interface ClipRetrieval {
    * first object's shape, colour or size changed, or (scenes with several objects) the last object left out.
    */
   prefersTrue: { shape: number; colour: number; size: number; complete: number }
-}
-
-function cosine(a: Float32Array, b: Float32Array): number {
-  let d = 0, na = 0, nb = 0
-  for (let i = 0; i < a.length; i++) (d += a[i]! * b[i]!), (na += a[i]! * a[i]!), (nb += b[i]! * b[i]!)
-  return d / Math.sqrt(na * nb || 1)
 }
 
 /** Scene variants with exactly one thing wrong (see ClipRetrieval.prefersTrue). */

@@ -37,6 +37,8 @@ export interface WorldOptions {
   backgrounds?: readonly Background[]
   /** Most objects per scene (default 3; see SceneOptions). */
   maxObjects?: number
+  /** The colours each shape comes in (default all; see SceneOptions). */
+  palette?: SceneOptions['palette']
 }
 
 export interface World {
@@ -75,7 +77,7 @@ function partition(train: WorldExample[], labeledIds: ReadonlySet<string>): Pick
 }
 
 export function buildWorld(options: WorldOptions): World {
-  const { seed, trainImages, valImages, testImages, labeledFraction = 0.02, imageSize = 64, backgrounds, maxObjects } = options
+  const { seed, trainImages, valImages, testImages, labeledFraction = 0.02, imageSize = 64, backgrounds, maxObjects, palette } = options
   if (!Number.isInteger(seed)) throw new SemicapError('E_CONFIG', `buildWorld: seed must be an integer, got ${seed}`)
   checkCount('trainImages', trainImages)
   checkCount('valImages', valImages)
@@ -86,7 +88,7 @@ export function buildWorld(options: WorldOptions): World {
   if (!Number.isInteger(imageSize) || imageSize < 8 || imageSize > 4096) {
     throw new SemicapError('E_CONFIG', `buildWorld: imageSize must be an integer in [8, 4096], got ${imageSize}`)
   }
-  const sceneOptions: SceneOptions = { ...(backgrounds ? { backgrounds } : {}), ...(maxObjects !== undefined ? { maxObjects } : {}) }
+  const sceneOptions: SceneOptions = { ...(backgrounds ? { backgrounds } : {}), ...(maxObjects !== undefined ? { maxObjects } : {}), ...(palette ? { palette } : {}) }
   const train = makeSplit(seed, 'train', trainImages, sceneOptions)
   const labeledCount = Math.round(labeledFraction * trainImages)
   const picked = new Rng(deriveSeed(seed, 'labeled')).shuffle(train).slice(0, labeledCount)

@@ -95,6 +95,11 @@ export interface SceneOptions {
    * than three, and the captioner can only describe what that embedding holds.
    */
   maxObjects?: number
+  /**
+   * The colours each shape comes in (default: every colour for every shape), like objects with typical colours.
+   * The draws are made either way; a shape's colour is picked from its own list.
+   */
+  palette?: Readonly<Partial<Record<Shape, readonly Colour[]>>>
 }
 
 function checkBackgrounds(backgrounds: readonly Background[], where: string): void {
@@ -109,6 +114,11 @@ export function generateScene(seed: number, options: SceneOptions = {}): Scene {
   checkBackgrounds(backgrounds, 'generateScene')
   const maxObjects = options.maxObjects ?? 3
   if (!Number.isInteger(maxObjects) || maxObjects < 1 || maxObjects > 3) throw new SemicapError('E_VALUE', `generateScene: maxObjects must be 1, 2 or 3, got ${maxObjects}`)
+  const palette = options.palette ?? {}
+  for (const [shape, colours] of Object.entries(palette)) {
+    const ok = (SHAPES as readonly string[]).includes(shape) && Array.isArray(colours) && colours.length > 0 && colours.every((c) => (COLOURS as readonly string[]).includes(c))
+    if (!ok) throw new SemicapError('E_VALUE', `generateScene: palette.${shape} must be a non-empty list of colours`)
+  }
   const rng = new Rng(seed)
   const u = rng.next()
   const count = Math.min(maxObjects, u < 0.3 ? 1 : u < 0.7 ? 2 : 3)
@@ -120,7 +130,7 @@ export function generateScene(seed: number, options: SceneOptions = {}): Scene {
     let colour: Colour
     do {
       shape = rng.pick(SHAPES)
-      colour = rng.pick(COLOURS)
+      colour = rng.pick(palette[shape] ?? COLOURS)
     } while (used.has(`${colour} ${shape}`))
     used.add(`${colour} ${shape}`)
     bases.push({
