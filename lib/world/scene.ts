@@ -91,8 +91,8 @@ export interface SceneOptions {
   backgrounds?: readonly Background[]
   /**
    * At most this many objects (1-3, default 3): the drawn count is capped, so scenes under a cap keep the objects
-   * they would have had. The demo uses 2: a tiny CLIP's single embedding holds two objects' attributes far better
-   * than three, and the captioner can only describe what that embedding holds.
+   * they would have had. The demo uses 2: a tiny CLIP's single embedding holds two objects' attributes better than
+   * three, and the captioner can only describe what that embedding holds.
    */
   maxObjects?: number
   /**
