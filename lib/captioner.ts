@@ -263,7 +263,7 @@ export class Captioner {
     if (this.ownsClip) this.clip.dispose()
   }
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.#serial.run(async () => undefined)
+    await this.#serial.drain()
     this.dispose()
   }
 }

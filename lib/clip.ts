@@ -183,7 +183,7 @@ export class Clip {
     this.addon.dispose()
   }
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.#serial.run(async () => undefined)
+    await this.#serial.drain()
     this.dispose()
   }
 }

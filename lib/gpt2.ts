@@ -97,7 +97,7 @@ export class Gpt2 {
     this.addon.dispose()
   }
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.#serial.run(async () => undefined)
+    await this.#serial.drain()
     this.dispose()
   }
 }

@@ -8,6 +8,11 @@ export class Serial {
     return this.#pending
   }
 
+  /** Resolves once every job queued so far has settled (what async disposal waits for). */
+  drain(): Promise<void> {
+    return this.run(async () => undefined)
+  }
+
   run<T>(job: () => Promise<T>): Promise<T> {
     this.#pending++
     const result = this.#tail.then(job, job)
