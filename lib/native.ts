@@ -107,6 +107,19 @@ export interface NativeInfo {
   interopThreads: number
   parallelInfo: string
   bridge: { external: number; copied: number }
+  cpuCache: CpuCacheStats
+}
+
+/** The CPU caching allocator's counters (blocks of 1 MiB and more are kept on free and reused). */
+export interface CpuCacheStats {
+  installed: boolean
+  /** Large allocations served from the cache / from the system. */
+  hits: number
+  misses: number
+  /** Free bytes held for reuse, large blocks in use, and the most free bytes kept. */
+  cachedBytes: number
+  inUseBytes: number
+  limitBytes: number
 }
 
 export interface Addon {
@@ -118,6 +131,8 @@ export interface Addon {
   losses: LossesAddon
   setNumThreads(n: number): void
   info(): NativeInfo
+  setCpuCacheLimit(bytes: number): CpuCacheStats
+  emptyCpuCache(): CpuCacheStats
   readSafetensorsHeader(path: string): Promise<SafetensorsHeader>
   loadSafetensors(path: string): Promise<Record<string, WireTensor>>
   writeSafetensors(path: string, tensors: Record<string, WireTensor>, metadata?: Record<string, string>): Promise<void>

@@ -4,9 +4,14 @@
 #include <ATen/Parallel.h>
 #include <napi.h>
 #include <torch/version.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
 
 #include "addon_state.h"
 #include "bridge.h"
+#include "cpu_allocator.h"
 #include "errors.h"
 #include "models_binding.h"
 #include "safetensors.h"
@@ -27,6 +32,45 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   });
 }
 
+// Default cap on free CPU memory kept for reuse: SEMICAP_CPU_CACHE_MB, else a quarter of RAM, at most 4 GiB.
+size_t default_cpu_cache_limit() {
+  if (const char* e = std::getenv("SEMICAP_CPU_CACHE_MB")) {
+    char* end = nullptr;
+    unsigned long long mb = std::strtoull(e, &end, 10);
+    if (end != e && *end == '\0') return static_cast<size_t>(mb) << 20;
+  }
+  const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+  return static_cast<size_t>(std::min(ram / 4, 4.0 * (1 << 30)));
+}
+
+Napi::Object cpu_cache_object(Napi::Env env) {
+  CpuCacheStats s = cpu_cache_stats();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("installed", s.installed);
+  o.Set("hits", static_cast<double>(s.hits));
+  o.Set("misses", static_cast<double>(s.misses));
+  o.Set("cachedBytes", static_cast<double>(s.cached_bytes));
+  o.Set("inUseBytes", static_cast<double>(s.in_use_bytes));
+  o.Set("limitBytes", static_cast<double>(s.limit_bytes));
+  return o;
+}
+
+// setCpuCacheLimit(bytes): 0 turns caching off and frees what is cached.
+Napi::Value SetCpuCacheLimit(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsNumber()) fail("E_CONFIG", "limit must be a number of bytes");
+    double bytes = info[0].As<Napi::Number>().DoubleValue();
+    if (!(bytes >= 0) || bytes > 9.0e15) fail("E_CONFIG", "limit must lie in [0, 9e15] bytes");
+    set_cpu_cache_limit(static_cast<size_t>(bytes));
+    return cpu_cache_object(info.Env());
+  });
+}
+
+Napi::Value EmptyCpuCache(const Napi::CallbackInfo& info) {
+  empty_cpu_cache();
+  return cpu_cache_object(info.Env());
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -39,6 +83,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   b.Set("external", static_cast<double>(bridge_stats().external));
   b.Set("copied", static_cast<double>(bridge_stats().copied));
   o.Set("bridge", b);
+  o.Set("cpuCache", cpu_cache_object(env));
   return o;
 }
 
@@ -148,6 +193,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // results match the CPU's to float32 precision. bf16 autocast is the opt-in fast path.
   at::globalContext().setAllowTF32CuDNN(false);
   at::globalContext().setAllowTF32CuBLAS(false);
+  install_cpu_cache(default_cpu_cache_limit());
   auto* state = new AddonState();
   env.SetInstanceData<AddonState>(state);  // deleted with the environment
   Napi::Function tensor = AddonTensor::Init(env);
@@ -166,6 +212,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("losses", losses_exports(env));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("setCpuCacheLimit", Napi::Function::New(env, SetCpuCacheLimit));
+  exports.Set("emptyCpuCache", Napi::Function::New(env, EmptyCpuCache));
   exports.Set("readSafetensorsHeader", Napi::Function::New(env, ReadSafetensorsHeader));
   exports.Set("loadSafetensors", Napi::Function::New(env, LoadSafetensors));
   exports.Set("writeSafetensors", Napi::Function::New(env, WriteSafetensors));

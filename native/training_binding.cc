@@ -1,5 +1,7 @@
 #include "training_binding.h"
 
+#include "cpu_allocator.h"
+
 #include <future>
 
 #include "addon_state.h"
@@ -305,6 +307,7 @@ Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
         done->code = "E_NATIVE";
         done->message = e.what();
       }
+      empty_cpu_cache();  // the run's reusable buffers are of no use to whatever the process does next
       if (tsfn_.BlockingCall(done) != napi_ok) delete done;
       tsfn_.Release();
     });

@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Clip, Gpt2, Tensor, int64, loadSafetensors, runtimeInfo, tensor, writeSafetensors, type DType, type TypedArray } from '../lib/index.js'
+import { Clip, Gpt2, Tensor, cpuCacheStats, emptyCpuCache, int64, loadSafetensors, runtimeInfo, setCpuCacheLimit, tensor, writeSafetensors, type DType, type TypedArray } from '../lib/index.js'
 import { goldenDir, repoRoot, tempDir } from './helpers/paths.js'
 
 const run = promisify(execFile)
@@ -248,5 +248,43 @@ console.log(JSON.stringify({ before, after, features: Array.from(out.features.da
     await expect(clip.imageFeatures(lying)).rejects.toMatchObject({ code: 'E_SHAPE' })
     const wrongArray = new Tensor('float32', [3], new Int32Array(3) as unknown as Float32Array)
     await expect(writeSafetensors(join(tmp, 'bad.safetensors'), { x: wrongArray })).rejects.toMatchObject({ code: 'E_DTYPE' })
+  })
+})
+
+describe('the CPU caching allocator', () => {
+  it('reuses freed blocks of 1 MiB and more across calls; with caching off the results are identical', async () => {
+    // 4 x 64 tokens, n_embd 512: each layer's MLP activations are 2 MiB, freed within the call.
+    const g = await Gpt2.create({ vocab_size: 4096, n_positions: 64, n_embd: 512, n_layer: 2, n_head: 4 }, { device: 'cpu', seed: 3 })
+    try {
+      const ids = int64(Array.from({ length: 4 }, (_, r) => Array.from({ length: 64 }, (_, i) => ((r * 64 + i) * 7919) % 4096)))
+      const limit = cpuCacheStats().limitBytes
+      expect(cpuCacheStats().installed).toBe(true)
+      expect(limit).toBeGreaterThan(0)
+      const first = (await g.logits(ids)).data as Float32Array
+      const before = cpuCacheStats()
+      for (let i = 0; i < 3; i++) await g.logits(ids)
+      const after = cpuCacheStats()
+      // Every large intermediate of a repeated call comes from the cache; only each call's output (4 MiB of logits,
+      // alive in JS until collected) may need a new block.
+      expect(after.hits - before.hits).toBeGreaterThanOrEqual(3)
+      expect(after.misses - before.misses).toBeLessThanOrEqual(3)
+      expect(after.cachedBytes).toBeGreaterThanOrEqual(1 << 20)
+      expect(after.cachedBytes).toBeLessThanOrEqual(limit)
+      // Off: nothing is kept, and the numbers do not change.
+      expect(setCpuCacheLimit(0).cachedBytes).toBe(0)
+      const off0 = cpuCacheStats()
+      const uncached = (await g.logits(ids)).data as Float32Array
+      expect(cpuCacheStats().hits).toBe(off0.hits)
+      expect(cpuCacheStats().cachedBytes).toBe(0)
+      expect(uncached).toEqual(first)
+      setCpuCacheLimit(limit)
+      await g.logits(ids)
+      expect(cpuCacheStats().cachedBytes).toBeGreaterThan(0)
+      expect(emptyCpuCache().cachedBytes).toBe(0)
+      expect(() => setCpuCacheLimit(-1)).toThrow(RangeError)
+      expect(() => setCpuCacheLimit(Number.NaN)).toThrow(RangeError)
+    } finally {
+      g.dispose()
+    }
   })
 })
