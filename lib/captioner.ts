@@ -132,8 +132,7 @@ export class Captioner {
     const seed = options.seed ?? 0
     if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError('seed must be a non-negative integer')
     const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix, seed }))
-    await call(() => addon.loadGpt2(join(options.gpt2, 'model.safetensors'), clip.device))
-    const tokenizer = await loadGpt2Tokenizer(options.gpt2, g)
+    const [, tokenizer] = await Promise.all([call(() => addon.loadGpt2(join(options.gpt2, 'model.safetensors'), clip.device)), loadGpt2Tokenizer(options.gpt2, g)])
     return new Captioner(clip, addon, g, raw, mapper, normalizePrefix, tokenizer, options.gpt2, ownsClip)
   }
 
@@ -152,8 +151,7 @@ export class Captioner {
       const mapper = mapperWire(s.mapper as MapperOptions, clip.projectionDim, g.nEmbd)
       const normalizePrefix = s.normalizePrefix === true
       const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix }))
-      await call(() => addon.load(join(dir, 'model.safetensors'), clip.device))
-      const tokenizer = await loadGpt2Tokenizer(dir, g)
+      const [, tokenizer] = await Promise.all([call(() => addon.load(join(dir, 'model.safetensors'), clip.device)), loadGpt2Tokenizer(dir, g)])
       return new Captioner(clip, addon, g, rawGpt2, mapper, normalizePrefix, tokenizer, dir, true)
     } catch (err) {
       clip.dispose()

@@ -1,5 +1,7 @@
 #include "models_binding.h"
 
+#include "cpu_allocator.h"
+
 #include <ATen/Context.h>
 #include <c10/core/InferenceMode.h>
 
@@ -188,7 +190,7 @@ Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty()) {
         auto file = SafetensorsFile::open(path);
-        h->model->params().load(*file, [](const std::string& k) {
+        h->model->params().load(file, [](const std::string& k) {
           auto ends = [&](const char* s) { size_t n = strlen(s); return k.size() >= n && k.compare(k.size() - n, n, s) == 0; };
           return ends("position_ids") ? std::string() : k;
         });
@@ -245,6 +247,7 @@ Napi::Value AddonClip::Dispose(const Napi::CallbackInfo& info) {
   if (clip_) {
     std::lock_guard<std::mutex> lock(clip_->mu);  // waits for a running job; queued ones then fail with E_DISPOSED
     clip_->model.reset();
+    empty_cpu_cache();  // dispose() gives the memory back now, cached blocks included
   }
   return info.Env().Undefined();
 }
@@ -274,7 +277,7 @@ Napi::Value AddonGpt2::Load(const Napi::CallbackInfo& info) {
     at::Device device = parse_device(str_arg(info, 1, "device"));
     return run_async(info.Env(), [h, path, device]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
-      if (!path.empty()) h->model->params().load(*SafetensorsFile::open(path), Gpt2Model::checkpoint_key);
+      if (!path.empty()) h->model->params().load(SafetensorsFile::open(path), Gpt2Model::checkpoint_key);
       h->model->params().to(device);
       return [](Napi::Env env) { return env.Undefined(); };
     });
@@ -347,6 +350,7 @@ Napi::Value AddonGpt2::Dispose(const Napi::CallbackInfo& info) {
   if (gpt_) {
     std::lock_guard<std::mutex> lock(gpt_->mu);
     gpt_->model.reset();
+    empty_cpu_cache();  // dispose() gives the memory back now, cached blocks included
   }
   return info.Env().Undefined();
 }
@@ -393,7 +397,7 @@ Napi::Value AddonCaptioner::LoadGpt2(const Napi::CallbackInfo& info) {
     return run_async(info.Env(), [h, path, device]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty())
-        h->model->params.load(*SafetensorsFile::open(path), [](const std::string& k) {
+        h->model->params.load(SafetensorsFile::open(path), [](const std::string& k) {
           std::string n = Gpt2Model::checkpoint_key(k);
           return n.empty() ? n : "gpt." + n;
         }, "gpt.");
@@ -411,7 +415,7 @@ Napi::Value AddonCaptioner::Load(const Napi::CallbackInfo& info) {
     at::Device device = parse_device(str_arg(info, 1, "device"));
     return run_async(info.Env(), [h, path, device]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
-      h->model->params.load(*SafetensorsFile::open(path), CaptionerModel::checkpoint_key);
+      h->model->params.load(SafetensorsFile::open(path), CaptionerModel::checkpoint_key);
       h->model->params.to(device);
       return [](Napi::Env env) { return env.Undefined(); };
     });
@@ -500,6 +504,7 @@ Napi::Value AddonCaptioner::Dispose(const Napi::CallbackInfo& info) {
   if (cap_) {
     std::lock_guard<std::mutex> lock(cap_->mu);
     cap_->model.reset();
+    empty_cpu_cache();  // dispose() gives the memory back now, cached blocks included
   }
   return info.Env().Undefined();
 }

@@ -1,6 +1,9 @@
 #include "nn.h"
 
+#include <cstdlib>
+
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <torch/version.h>
 
 #include <set>
@@ -8,6 +11,7 @@
 
 #include "errors.h"
 #include "safetensors.h"
+#include "skinny_gemm.h"
 
 namespace semicap {
 
@@ -105,7 +109,56 @@ at::Tensor view_as_tensor(const TensorView& v) {
   return at::from_blob(const_cast<uint8_t*>(v.data), v.shape, opts);
 }
 
-void ParamStore::load(const SafetensorsFile& file, const std::function<std::string(const std::string&)>& rename, const std::string& scope) {
+bool skinny_rows_cpu(const at::Tensor& x) {
+  if (!x.is_cpu() || x.scalar_type() != at::kFloat || c10::GradMode::is_enabled() || x.dim() == 0) return false;
+  const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
+  return rows >= 2 && rows <= kSkinnyMaxRows;
+}
+
+at::Tensor skinny_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  const int64_t K = x.size(-1), rows = x.numel() / K;
+  check(w.dim() == 2 && w.size(0) == K && w.is_contiguous() && w.scalar_type() == at::kFloat && w.is_cpu(), "E_NATIVE",
+        "skinny_matmul: weight must be a contiguous float32 CPU [K, N]");
+  const int64_t N = w.size(1);
+  check(rows >= 1 && rows <= kSkinnyMaxRows, "E_NATIVE", "skinny_matmul: 1 to 16 rows");
+  at::Tensor b = bias.defined() ? bias.contiguous() : bias;
+  check(!b.defined() || (b.numel() == N && b.scalar_type() == at::kFloat && b.is_cpu()), "E_NATIVE", "skinny_matmul: bias must be float32 [N]");
+  at::Tensor xc = x.reshape({rows, K}).contiguous();
+  at::Tensor y = at::empty({rows, N}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  // Threads split the columns in whole 64-column tiles.
+  at::parallel_for(0, (N + 63) / 64, 16, [&](int64_t t0, int64_t t1) {
+    skinny_gemm(xp, rows, K, wp, N, bp, yp, N, t0 * 64, std::min(N, t1 * 64));
+  });
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y.view(shape);
+}
+
+// The parameter's storage becomes the mapped bytes when they are float32, aligned, and the parameter is on the CPU.
+// Every page is read once here so that the page-table work happens in load(), not in the first forward pass.
+static bool adopt_mapping(at::Tensor& param, const TensorView& v, const std::shared_ptr<SafetensorsFile>& file) {
+  static const bool disabled = [] {
+    const char* e = std::getenv("SEMICAP_NO_MMAP");
+    return e && *e && std::string(e) != "0";
+  }();
+  if (disabled || v.dtype != DType::F32 || !param.is_cpu() || param.scalar_type() != at::kFloat || v.nbytes == 0 ||
+      reinterpret_cast<uintptr_t>(v.data) % alignof(float) != 0)
+    return false;
+  volatile uint8_t sink = 0;
+  for (size_t off = 0; off < v.nbytes; off += 4096) sink ^= v.data[off];
+  (void)sink;
+  at::Tensor mapped = at::from_blob(const_cast<uint8_t*>(v.data), v.shape, [file](void*) {},
+                                    at::TensorOptions().dtype(at::kFloat));
+  param.set_data(mapped);  // same TensorImpl: every handle the model holds sees the new storage
+  return true;
+}
+
+void ParamStore::load(const std::shared_ptr<SafetensorsFile>& file_ptr, const std::function<std::string(const std::string&)>& rename, const std::string& scope) {
+  const SafetensorsFile& file = *file_ptr;
   std::vector<std::string> unexpected, misshaped;
   std::set<std::string> filled;
   c10::NoGradGuard no_grad;
@@ -127,7 +180,7 @@ void ParamStore::load(const SafetensorsFile& file, const std::function<std::stri
       continue;
     }
     // bf16/f16 checkpoints compute in float32 by default: copy_ converts.
-    it->second.copy_(view_as_tensor(v));
+    if (!adopt_mapping(it->second, v, file_ptr)) it->second.copy_(view_as_tensor(v));
     pending_.erase(name);
     filled.insert(name);
   }

@@ -37,8 +37,10 @@ class ParamStore {
 
   // Fills parameters from `file`. Keys are mapped through `rename` (return "" to ignore a key, e.g. buffers);
   // only parameters whose names start with `scope` are expected (pass "" for all). Throws E_CHECKPOINT naming
-  // missing, unexpected and mis-shaped keys.
-  void load(const SafetensorsFile& file, const std::function<std::string(const std::string&)>& rename,
+  // missing, unexpected and mis-shaped keys. Aligned float32 tensors of CPU parameters are not copied: the
+  // parameter's storage becomes the file's (private, copy-on-write) mapping, which it keeps alive
+  // (SEMICAP_NO_MMAP=1 copies instead).
+  void load(const std::shared_ptr<SafetensorsFile>& file, const std::function<std::string(const std::string&)>& rename,
             const std::string& scope = "");
 
   // Moves every parameter (in place, keeping references valid). Parameters that no checkpoint filled are
@@ -62,6 +64,11 @@ inline bool single_row_cpu(const at::Tensor& x) {
   return x.is_cpu() && x.numel() == x.size(-1) && x.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
 }
 
+// 2 to kSkinnyMaxRows input rows on the CPU without autograd (batched decoding): see skinny_gemm.h.
+bool skinny_rows_cpu(const at::Tensor& x);
+// x [..., K] times w [K, N] (row-major, contiguous) plus bias [N] (or undefined) -> [..., N], by the skinny kernel.
+at::Tensor skinny_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+
 struct Linear {
   at::Tensor weight, bias;  // weight [out, in] (PyTorch layout), bias optional
   at::Tensor operator()(const at::Tensor& x) const {
@@ -80,6 +87,7 @@ struct Conv1D {
   at::Tensor weight, bias;
   at::Tensor operator()(const at::Tensor& x) const {
     if (single_row_cpu(x)) return at::addmv(bias, weight.t(), x.reshape({-1})).view(out_shape(x));
+    if (skinny_rows_cpu(x)) return skinny_matmul(x, weight, bias);
     return at::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape(x));
   }
   std::vector<int64_t> out_shape(const at::Tensor& x) const {

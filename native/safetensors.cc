@@ -314,7 +314,9 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   f->path_ = path;
   f->size_ = static_cast<size_t>(st.st_size);
   if (f->size_ > 0) {
-    f->map_ = mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    // Private and writable: parameters can live on these pages (copy-on-write when training changes them; the
+    // file is never written through this mapping).
+    f->map_ = mmap(nullptr, f->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     if (f->map_ == MAP_FAILED) { f->map_ = nullptr; ::close(fd); fail("E_CHECKPOINT", path + ": mmap failed: " + std::strerror(errno)); }
   }
   ::close(fd);

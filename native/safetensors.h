@@ -37,7 +37,8 @@ struct ParsedSafetensors {
 };
 ParsedSafetensors parse_safetensors(const uint8_t* bytes, size_t size, const std::string& what);
 
-// A read-only mapping of a file, parsed. Views stay valid while the object lives.
+// A private (copy-on-write) mapping of a file, parsed. Views stay valid while the object lives; writes to them never
+// reach the file.
 class SafetensorsFile {
  public:
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);

@@ -350,7 +350,7 @@ class Loop {
     fs::path dir(cfg_.resume_dir);
     {
       c10::NoGradGuard no_grad;
-      m_.params.load(*SafetensorsFile::open((dir / "model.safetensors").string()), CaptionerModel::checkpoint_key);
+      m_.params.load(SafetensorsFile::open((dir / "model.safetensors").string()), CaptionerModel::checkpoint_key);
     }
     auto file = SafetensorsFile::open((dir / "optimizer.safetensors").string());
     std::vector<std::pair<std::string, at::Tensor>> named;
