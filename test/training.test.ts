@@ -1,5 +1,6 @@
 // Both training stages on tiny models: the losses learn what they should, resume repeats a run exactly, abort
 // stops within a step, checkpoints survive a failed save.
+import { createHash } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -95,7 +96,9 @@ describe('SCST', () => {
     const run = cap.train({
       stage: 'clip-reward',
       unlabeled: examples.map((e) => ({ ...e, captions: [] })),
-      steps: 40,
+      // 40 steps sufficed for some sampling seeds only (measured over 6 trainer seeds); 80 reach 'red' in nearly
+      // every token for all 5 seeds tried.
+      steps: 80,
       batchSize: 4,
       samples: 4,
       lr: 5e-3,
@@ -107,7 +110,7 @@ describe('SCST', () => {
     const progress = collect(run)
     await run
     const after = await count()
-    expect(after).toBeGreaterThan(before + 4)
+    expect(after).toBeGreaterThan(before + 20)
     expect(progress.at(-1)!.reward!).toBeGreaterThan(progress[0].reward!)
   })
 
@@ -205,6 +208,26 @@ describe('checkpoints, resume, abort', () => {
     const loaded = await Captioner.load(join(dir, 'step-00000002'), { device: 'cpu' })
     created.push(loaded)
     expect(await loaded.caption([examples[1].image], { maxTokens: 4 })).toHaveLength(1)
+  })
+
+  it('training a loaded captioner never writes its weight file (parameters are copy-on-write pages of it)', async () => {
+    const dir = join(work, 'cow')
+    const base = await fresh()
+    await base.save(dir)
+    const file = join(dir, 'model.safetensors')
+    const digest = () => createHash('sha256').update(readFileSync(file)).digest('hex')
+    const before = digest()
+    const loaded = await Captioner.load(dir, { device: 'cpu' })
+    created.push(loaded)
+    const images = examples.map((e) => e.image)
+    const original = await loaded.caption(images, { maxTokens: 8 })
+    await loaded.train({ stage: 'supervised', labeled: examples, steps: 10, batchSize: 4, lr: 3e-3, schedule: 'constant', featureCache: join(work, 'cache') })
+    const trained = await loaded.caption(images, { maxTokens: 8 })
+    expect(trained.map((c) => c.score)).not.toEqual(original.map((c) => c.score))
+    expect(digest()).toBe(before)
+    const reloaded = await Captioner.load(dir, { device: 'cpu' })
+    created.push(reloaded)
+    expect(await reloaded.caption(images, { maxTokens: 8 })).toEqual(original)
   })
 
   it('rejects bad options with clear errors', async () => {
