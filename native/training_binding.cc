@@ -31,16 +31,11 @@ static at::Tensor opt_tensor(const Napi::Object& data, const char* key, KeepAliv
   return tensor_from_js(v, key, keep).clone();
 }
 
-static TrainConfig train_config_from_js(const Napi::Object& o) {
-  TrainConfig c;
-  c.stage = get_string(o, "stage", c.stage);
-  c.objective = get_string(o, "objective", c.objective);
+// Steps, batch and the optimizer / schedule fields: the same JS names and member names in both configs.
+template <class Config>
+static void read_optimizer_fields(const Napi::Object& o, Config& c) {
   c.steps = get_int(o, "steps", c.steps);
   c.batch_size = get_int(o, "batchSize", c.batch_size);
-  c.grad_accum = get_int(o, "gradAccumulation", c.grad_accum);
-  c.samples = get_int(o, "samples", c.samples);
-  c.max_tokens = get_int(o, "maxTokens", c.max_tokens);
-  c.ce_steps = get_int(o, "ceSteps", c.ce_steps);
   c.lr = get_number(o, "lr", c.lr);
   c.weight_decay = get_number(o, "weightDecay", c.weight_decay);
   c.beta1 = get_number(o, "beta1", c.beta1);
@@ -49,6 +44,17 @@ static TrainConfig train_config_from_js(const Napi::Object& o) {
   c.grad_clip = get_number(o, "gradClip", c.grad_clip);
   c.warmup = get_int(o, "warmupSteps", c.warmup);
   c.schedule = get_string(o, "schedule", c.schedule);
+}
+
+static TrainConfig train_config_from_js(const Napi::Object& o) {
+  TrainConfig c;
+  c.stage = get_string(o, "stage", c.stage);
+  c.objective = get_string(o, "objective", c.objective);
+  read_optimizer_fields(o, c);
+  c.grad_accum = get_int(o, "gradAccumulation", c.grad_accum);
+  c.samples = get_int(o, "samples", c.samples);
+  c.max_tokens = get_int(o, "maxTokens", c.max_tokens);
+  c.ce_steps = get_int(o, "ceSteps", c.ce_steps);
   c.temperature = get_number(o, "temperature", c.temperature);
   c.reward = get_string(o, "reward", c.reward);
   c.ref_max = get_bool(o, "refMax", c.ref_max);
@@ -105,16 +111,7 @@ static TrainConfig train_config_from_js(const Napi::Object& o) {
 
 static PretrainConfig pretrain_config_from_js(const Napi::Object& o) {
   PretrainConfig c;
-  c.steps = get_int(o, "steps", c.steps);
-  c.batch_size = get_int(o, "batchSize", c.batch_size);
-  c.lr = get_number(o, "lr", c.lr);
-  c.weight_decay = get_number(o, "weightDecay", c.weight_decay);
-  c.beta1 = get_number(o, "beta1", c.beta1);
-  c.beta2 = get_number(o, "beta2", c.beta2);
-  c.adam_eps = get_number(o, "adamEps", c.adam_eps);
-  c.grad_clip = get_number(o, "gradClip", c.grad_clip);
-  c.warmup = get_int(o, "warmupSteps", c.warmup);
-  c.schedule = get_string(o, "schedule", c.schedule);
+  read_optimizer_fields(o, c);
   c.seed = static_cast<uint64_t>(get_int(o, "seed", 0));
   return c;
 }
