@@ -108,6 +108,8 @@ export interface NativeInfo {
   parallelInfo: string
   bridge: { external: number; copied: number }
   cpuCache: CpuCacheStats
+  /** Whether CPU inference products use the addon's AVX-512 kernels (native/cpu_gemm.h) instead of BLAS. */
+  cpuGemm: boolean
 }
 
 /** The CPU caching allocator's counters (blocks of 1 MiB and more are kept on free and reused). */

@@ -12,6 +12,7 @@
 #include "addon_state.h"
 #include "bridge.h"
 #include "cpu_allocator.h"
+#include "cpu_gemm.h"
 #include "errors.h"
 #include "models_binding.h"
 #include "safetensors.h"
@@ -84,6 +85,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   b.Set("copied", static_cast<double>(bridge_stats().copied));
   o.Set("bridge", b);
   o.Set("cpuCache", cpu_cache_object(env));
+  o.Set("cpuGemm", cpu_gemm_available());
   return o;
 }
 

@@ -62,7 +62,7 @@ at::Tensor Gpt2Model::logits(const at::Tensor& hidden) const {
     wte_t_version_ = version;
     wte_t_ptr_ = wte_.data_ptr();
   }
-  if (skinny_rows_cpu(hidden)) return skinny_matmul(hidden, wte_t_, at::Tensor());
+  if (cpu_gemm_rows(hidden)) return cpu_matmul(hidden, wte_t_, at::Tensor(), true);
   return at::mm(hidden.reshape({-1, cfg_.n_embd}), wte_t_).view(shape);
 }
 

@@ -41,7 +41,7 @@ class Gpt2Model {
   // Returns final hidden states after ln_f.
   at::Tensor forward(const at::Tensor& embeds, KvCache* cache) const;
   // hidden [..., C] -> [..., V] against the tied embedding. CPU inference uses a gemv for one row and a cached
-  // [C, V] copy of wte otherwise (a row-major right-hand side makes OpenBLAS's skinny gemm ~1.35x faster).
+  // [C, V] copy of wte otherwise (the [K, N] layout cpu_gemm.h streams; with OpenBLAS a row-major right-hand side is ~1.35x faster too).
   at::Tensor logits(const at::Tensor& hidden) const;
   const at::Tensor& wte() const { return wte_; }
   static std::string checkpoint_key(const std::string& file_key);  // drops "transformer.", ignores buffers

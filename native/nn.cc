@@ -11,7 +11,7 @@
 
 #include "errors.h"
 #include "safetensors.h"
-#include "skinny_gemm.h"
+#include "cpu_gemm.h"
 
 namespace semicap {
 
@@ -109,30 +109,42 @@ at::Tensor view_as_tensor(const TensorView& v) {
   return at::from_blob(const_cast<uint8_t*>(v.data), v.shape, opts);
 }
 
-bool skinny_rows_cpu(const at::Tensor& x) {
-  if (!x.is_cpu() || x.scalar_type() != at::kFloat || c10::GradMode::is_enabled() || x.dim() == 0) return false;
-  const int64_t rows = x.numel() / std::max<int64_t>(1, x.size(-1));
-  return rows >= 2 && rows <= kSkinnyMaxRows;
+bool cpu_gemm_rows(const at::Tensor& x) {
+  if (!x.is_cpu() || x.scalar_type() != at::kFloat || c10::GradMode::is_enabled() || x.dim() == 0 || x.size(-1) == 0)
+    return false;
+#ifndef _OPENMP
+  // at::parallel_for is serial in a file built without OpenMP (see CMakeLists.txt): leave threaded runs to BLAS.
+  if (at::get_num_threads() > 1) return false;
+#endif
+  return x.numel() / x.size(-1) >= 2 && cpu_gemm_available();
 }
 
-at::Tensor skinny_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+at::Tensor cpu_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool w_is_kn) {
   const int64_t K = x.size(-1), rows = x.numel() / K;
-  check(w.dim() == 2 && w.size(0) == K && w.is_contiguous() && w.scalar_type() == at::kFloat && w.is_cpu(), "E_NATIVE",
-        "skinny_matmul: weight must be a contiguous float32 CPU [K, N]");
-  const int64_t N = w.size(1);
-  check(rows >= 1 && rows <= kSkinnyMaxRows, "E_NATIVE", "skinny_matmul: 1 to 16 rows");
+  check(w.dim() == 2 && w.size(w_is_kn ? 0 : 1) == K && w.is_contiguous() && w.scalar_type() == at::kFloat && w.is_cpu(),
+        "E_NATIVE", "cpu_matmul: the weight must be a contiguous float32 CPU matrix matching the input");
+  const int64_t N = w.size(w_is_kn ? 1 : 0);
   at::Tensor b = bias.defined() ? bias.contiguous() : bias;
-  check(!b.defined() || (b.numel() == N && b.scalar_type() == at::kFloat && b.is_cpu()), "E_NATIVE", "skinny_matmul: bias must be float32 [N]");
+  check(!b.defined() || (b.numel() == N && b.scalar_type() == at::kFloat && b.is_cpu()), "E_NATIVE", "cpu_matmul: bias must be float32 [N]");
   at::Tensor xc = x.reshape({rows, K}).contiguous();
   at::Tensor y = at::empty({rows, N}, x.options());
   const float* xp = xc.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  // Threads split the columns in whole 64-column tiles.
-  at::parallel_for(0, (N + 63) / 64, 16, [&](int64_t t0, int64_t t1) {
-    skinny_gemm(xp, rows, K, wp, N, bp, yp, N, t0 * 64, std::min(N, t1 * 64));
-  });
+  auto run = [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+    if (w_is_kn) gemm_kn(xp + r0 * K, r1 - r0, K, wp, N, bp, yp + r0 * N, N, n0, n1);
+    else gemm_nk(xp + r0 * K, r1 - r0, K, wp, bp, yp + r0 * N, N, n0, n1);
+  };
+  // Threads take whole 64-column panels when there are enough of them, else blocks of 8 rows.
+  const int64_t panels = (N + 63) / 64, blocks = (rows + 7) / 8;
+  if (at::get_num_threads() <= 1) {
+    run(0, rows, 0, N);
+  } else if (panels >= 2 * at::get_num_threads() || blocks < 2) {
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) { run(0, rows, p0 * 64, std::min(N, p1 * 64)); });
+  } else {
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { run(b0 * 8, std::min(rows, b1 * 8), 0, N); });
+  }
   auto shape = x.sizes().vec();
   shape.back() = N;
   return y.view(shape);

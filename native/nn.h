@@ -64,10 +64,11 @@ inline bool single_row_cpu(const at::Tensor& x) {
   return x.is_cpu() && x.numel() == x.size(-1) && x.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
 }
 
-// 2 to kSkinnyMaxRows input rows on the CPU without autograd (batched decoding): see skinny_gemm.h.
-bool skinny_rows_cpu(const at::Tensor& x);
-// x [..., K] times w [K, N] (row-major, contiguous) plus bias [N] (or undefined) -> [..., N], by the skinny kernel.
-at::Tensor skinny_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias);
+// float32 CPU inference (no autograd) with 2 or more rows, on a CPU that runs the kernels of cpu_gemm.h.
+bool cpu_gemm_rows(const at::Tensor& x);
+// x [..., K] times w plus bias [N] (or undefined) -> [..., N] through cpu_gemm.h. w is [K, N] when w_is_kn (GPT-2's
+// Conv1D, wte^T), else [N, K] (Linear); contiguous float32 either way.
+at::Tensor cpu_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool w_is_kn);
 
 struct Linear {
   at::Tensor weight, bias;  // weight [out, in] (PyTorch layout), bias optional
@@ -78,6 +79,8 @@ struct Linear {
       at::Tensor v = x.reshape({-1});
       return (bias.defined() ? at::addmv(bias, weight, v) : at::mv(weight, v)).view(s);
     }
+    // Up to 16 rows (the mapper during decoding) BLAS reads a [N, K] weight as fast as repacking it would.
+    if (cpu_gemm_rows(x) && x.numel() / x.size(-1) > 16) return cpu_matmul(x, weight, bias, false);
     return at::linear(x, weight, bias);
   }
 };
@@ -87,7 +90,7 @@ struct Conv1D {
   at::Tensor weight, bias;
   at::Tensor operator()(const at::Tensor& x) const {
     if (single_row_cpu(x)) return at::addmv(bias, weight.t(), x.reshape({-1})).view(out_shape(x));
-    if (skinny_rows_cpu(x)) return skinny_matmul(x, weight, bias);
+    if (cpu_gemm_rows(x)) return cpu_matmul(x, weight, bias, true);
     return at::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape(x));
   }
   std::vector<int64_t> out_shape(const at::Tensor& x) const {

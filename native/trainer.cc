@@ -301,11 +301,9 @@ class Loop {
     at::Tensor loss = scst_loss(logp, mask, r, baseline);
     if (dist_) loss = loss * (mask.sum().item<double>() / global_count(mask));  // global token normalisation
     if (cfg_.kl_coef > 0) {
-      at::Tensor ref_logits;
-      {
-        c10::NoGradGuard no_grad;
-        ref_logits = ref_->sequence_logits(sample_feats, samples);
-      }
+      // Grad mode stays on (nothing here requires grad, so no graph is recorded): the reference then takes the same
+      // matmul path as the policy, and the KL of identical models is exactly 0, not BLAS-vs-kernel rounding.
+      at::Tensor ref_logits = ref_->sequence_logits(sample_feats, samples).detach();
       at::Tensor kl = kl_penalty(logits, ref_logits, mask);
       p.kl = kl.item<double>();
       loss = loss + cfg_.kl_coef * kl;

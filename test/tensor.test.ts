@@ -288,3 +288,43 @@ describe('the CPU caching allocator', () => {
     }
   })
 })
+
+describe('the CPU matmul kernels (native/cpu_gemm.h)', () => {
+  it('give BLAS results to float32 rounding: GPT-2 logits (the [K, N] path) and the CLIP vision tower (the [N, K] path)', async () => {
+    const tmp = tempDir('semicap-gemm-')
+    const script = join(tmp, 'gemm.mts')
+    // Widths that exercise full 64-column panels, the column tail (1000 = 15 x 64 + 40) and a row remainder
+    // (60 rows = 7 x 8 + 4; CLIP: 2 x 65 = 130 rows). Same seeds in both processes: same weights.
+    writeFileSync(
+      script,
+      `import { Clip, Gpt2, Tensor, int64, runtimeInfo } from ${JSON.stringify(pathToFileURL(join(repoRoot, 'lib', 'index.ts')).href)}
+const g = await Gpt2.create({ vocab_size: 1000, n_positions: 32, n_embd: 256, n_layer: 2, n_head: 4 }, { device: 'cpu', seed: 5 })
+const ids = int64(Array.from({ length: 3 }, (_, r) => Array.from({ length: 20 }, (_, i) => (r * 131 + i * 17) % 1000)))
+const logits = Array.from((await g.logits(ids)).data as Float32Array)
+const clip = await Clip.create({ projection_dim: 64,
+  text_config: { hidden_size: 64, intermediate_size: 128, num_attention_heads: 2, num_hidden_layers: 1, vocab_size: 100, max_position_embeddings: 8 },
+  vision_config: { hidden_size: 128, intermediate_size: 512, num_attention_heads: 4, num_hidden_layers: 2, image_size: 64, patch_size: 8 } }, { device: 'cpu', seed: 6 })
+const px = new Float32Array(2 * 3 * 64 * 64).map((_, i) => Math.sin(i * 0.37))
+const features = Array.from((await clip.imageFeatures(new Tensor('float32', [2, 3, 64, 64], px))).data as Float32Array)
+console.log(JSON.stringify({ cpuGemm: runtimeInfo().cpuGemm, logits, features }))
+`,
+    )
+    const runWith = async (env: Record<string, string>) => {
+      const child = await run(process.execPath, ['--import', 'tsx', script], { cwd: repoRoot, env: { ...process.env, ...env }, maxBuffer: 64 << 20 })
+      return JSON.parse(child.stdout.trim().split('\n').pop()!) as { cpuGemm: boolean; logits: number[]; features: number[] }
+    }
+    const kernels = await runWith({ SEMICAP_THREADS: '1' })
+    const blas = await runWith({ SEMICAP_THREADS: '1', SEMICAP_NO_CPU_GEMM: '1' })
+    expect(blas.cpuGemm).toBe(false)
+    console.log(`cpu_gemm kernels in use on this machine: ${kernels.cpuGemm}`)
+    for (const key of ['logits', 'features'] as const) {
+      const a = kernels[key]
+      const b = blas[key]
+      expect(a).toHaveLength(key === 'logits' ? 3 * 20 * 1000 : 2 * 64)
+      const scale = Math.max(...b.map(Math.abs))
+      const worst = Math.max(...a.map((x, i) => Math.abs(x - b[i]!)))
+      expect(worst / scale, key).toBeLessThan(1e-5)
+      if (kernels.cpuGemm) expect(worst, `${key}: the kernels really ran (different rounding from BLAS)`).toBeGreaterThan(0)
+    }
+  }, 60_000)
+})
