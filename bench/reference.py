@@ -113,6 +113,23 @@ def _act(name):
     raise ValueError(f"unsupported activation {name}")
 
 
+def _clip_layer(x, sd, lp, heads, eps, act, mask=None):
+    """One pre-LN CLIP encoder layer (both towers; the text tower passes its causal mask)."""
+    B, n, d = x.shape
+    hd = d // heads
+    h = _ln(x, sd, lp + "layer_norm1", eps)
+    q = F.linear(h, sd[lp + "self_attn.q_proj.weight"], sd[lp + "self_attn.q_proj.bias"]) * hd ** -0.5
+    k = F.linear(h, sd[lp + "self_attn.k_proj.weight"], sd[lp + "self_attn.k_proj.bias"])
+    v = F.linear(h, sd[lp + "self_attn.v_proj.weight"], sd[lp + "self_attn.v_proj.bias"])
+    q, k, v = (t.view(B, n, heads, hd).transpose(1, 2) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2)
+    w = torch.softmax(scores if mask is None else scores + mask, dim=-1)
+    a = (w @ v).transpose(1, 2).reshape(B, n, d)
+    x = x + F.linear(a, sd[lp + "self_attn.out_proj.weight"], sd[lp + "self_attn.out_proj.bias"])
+    h = act(F.linear(_ln(x, sd, lp + "layer_norm2", eps), sd[lp + "mlp.fc1.weight"], sd[lp + "mlp.fc1.bias"]))
+    return x + F.linear(h, sd[lp + "mlp.fc2.weight"], sd[lp + "mlp.fc2.bias"])
+
+
 class ClipVision:
     """CLIPModel.get_image_features: conv patch embedding (no bias), class token, learned positions,
     pre_layrnorm, pre-LN encoder (quick_gelu MLP), post_layernorm on the class token,
@@ -140,29 +157,8 @@ class ClipVision:
         cls = sd[p + "embeddings.class_embedding"].expand(B, 1, d)
         x = torch.cat([cls, x], dim=1) + sd[p + "embeddings.position_embedding.weight"]
         x = _ln(x, sd, p + "pre_layrnorm", eps)
-        H = self.heads
-        hd = d // H
-        scale = hd ** -0.5
-        n = x.shape[1]
         for i in range(self.layers):
-            lp = f"{p}encoder.layers.{i}."
-            r = x
-            h = _ln(x, sd, lp + "layer_norm1", eps)
-            q = F.linear(h, sd[lp + "self_attn.q_proj.weight"], sd[lp + "self_attn.q_proj.bias"]) * scale
-            k = F.linear(h, sd[lp + "self_attn.k_proj.weight"], sd[lp + "self_attn.k_proj.bias"])
-            v = F.linear(h, sd[lp + "self_attn.v_proj.weight"], sd[lp + "self_attn.v_proj.bias"])
-            q = q.view(B, n, H, hd).transpose(1, 2)
-            k = k.view(B, n, H, hd).transpose(1, 2)
-            v = v.view(B, n, H, hd).transpose(1, 2)
-            w = torch.softmax(q @ k.transpose(-1, -2), dim=-1)
-            a = (w @ v).transpose(1, 2).reshape(B, n, d)
-            a = F.linear(a, sd[lp + "self_attn.out_proj.weight"], sd[lp + "self_attn.out_proj.bias"])
-            x = r + a
-            r = x
-            h = _ln(x, sd, lp + "layer_norm2", eps)
-            h = self.act(F.linear(h, sd[lp + "mlp.fc1.weight"], sd[lp + "mlp.fc1.bias"]))
-            h = F.linear(h, sd[lp + "mlp.fc2.weight"], sd[lp + "mlp.fc2.bias"])
-            x = r + h
+            x = _clip_layer(x, sd, f"{p}encoder.layers.{i}.", self.heads, eps, self.act)
         pooled = _ln(x[:, 0, :], sd, p + "post_layernorm", eps)
         return F.linear(pooled, self.proj)
 
@@ -182,31 +178,13 @@ class ClipText:
         self.sd = sd
 
     def __call__(self, ids):
-        sd, d, eps = self.sd, self.d, self.eps
+        sd, eps = self.sd, self.eps
         p = "text_model."
         B, n = ids.shape
         x = F.embedding(ids, sd[p + "embeddings.token_embedding.weight"]) + sd[p + "embeddings.position_embedding.weight"][:n]
-        H = self.heads
-        hd = d // H
-        scale = hd ** -0.5
         mask = torch.full((n, n), torch.finfo(x.dtype).min).triu(1)
         for i in range(self.layers):
-            lp = f"{p}encoder.layers.{i}."
-            r = x
-            h = _ln(x, sd, lp + "layer_norm1", eps)
-            q = F.linear(h, sd[lp + "self_attn.q_proj.weight"], sd[lp + "self_attn.q_proj.bias"]) * scale
-            k = F.linear(h, sd[lp + "self_attn.k_proj.weight"], sd[lp + "self_attn.k_proj.bias"])
-            v = F.linear(h, sd[lp + "self_attn.v_proj.weight"], sd[lp + "self_attn.v_proj.bias"])
-            q = q.view(B, n, H, hd).transpose(1, 2)
-            k = k.view(B, n, H, hd).transpose(1, 2)
-            v = v.view(B, n, H, hd).transpose(1, 2)
-            w = torch.softmax(q @ k.transpose(-1, -2) + mask, dim=-1)
-            a = (w @ v).transpose(1, 2).reshape(B, n, d)
-            x = r + F.linear(a, sd[lp + "self_attn.out_proj.weight"], sd[lp + "self_attn.out_proj.bias"])
-            r = x
-            h = _ln(x, sd, lp + "layer_norm2", eps)
-            h = self.act(F.linear(h, sd[lp + "mlp.fc1.weight"], sd[lp + "mlp.fc1.bias"]))
-            x = r + F.linear(h, sd[lp + "mlp.fc2.weight"], sd[lp + "mlp.fc2.bias"])
+            x = _clip_layer(x, sd, f"{p}encoder.layers.{i}.", self.heads, eps, self.act, mask)
         x = _ln(x, sd, p + "final_layer_norm", eps)
         pos = ids.argmax(1) if self.eos == 2 else (ids == self.eos).int().argmax(1)
         return F.linear(x[torch.arange(B), pos], sd["text_projection.weight"])
@@ -375,19 +353,8 @@ def to_clip_ids(ids, clip_len):
     return torch.cat([sot, body, eot], dim=1)
 
 
-def seq_logprobs(mapper, gpt, feats, ids):
-    """log p(ids[:, t] | prefix, ids[:, :t]) for every t: [B,T]."""
-    prefix = mapper(feats)
-    P = prefix.shape[1]
-    T = ids.shape[1]
-    # The last token is only a target: the model reads prefix + ids[:, :T-1] (P+T-1 positions).
-    x = torch.cat([prefix, F.embedding(ids[:, :-1], gpt.wte)], dim=1) + gpt.wpe[: P + T - 1]
-    h, _ = gpt.forward(x)
-    logits = gpt.logits(h[:, P - 1 :, :])
-    return torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-
-
-def ce_loss(mapper, gpt, feats, ids):
+def teacher_forced_logits(mapper, gpt, feats, ids):
+    """Logits for every id: position P-1+t of the prefix + ids sequence predicts ids[:, t]: [B,T,V]."""
     prefix = mapper(feats)
     P = prefix.shape[1]
     T = ids.shape[1]
@@ -395,7 +362,17 @@ def ce_loss(mapper, gpt, feats, ids):
     # the loss is the same as over P+T positions (causal attention: later positions do not change earlier ones).
     x = torch.cat([prefix, F.embedding(ids[:, :-1], gpt.wte)], dim=1) + gpt.wpe[: P + T - 1]
     h, _ = gpt.forward(x)
-    logits = gpt.logits(h[:, P - 1 :, :])  # position P-1+t predicts token t
+    return gpt.logits(h[:, P - 1 :, :])
+
+
+def seq_logprobs(mapper, gpt, feats, ids):
+    """log p(ids[:, t] | prefix, ids[:, :t]) for every t: [B,T]."""
+    logits = teacher_forced_logits(mapper, gpt, feats, ids)
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+def ce_loss(mapper, gpt, feats, ids):
+    logits = teacher_forced_logits(mapper, gpt, feats, ids)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1))
 
 

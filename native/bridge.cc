@@ -1,9 +1,9 @@
 #include "bridge.h"
 
-#include <cstdlib>
 #include <cstring>
 
 #include "addon_state.h"
+#include "env.h"
 #include "errors.h"
 
 namespace semicap {
@@ -33,7 +33,7 @@ const DtypeInfo* by_scalar(at::ScalarType st) {
 }
 
 bool force_copy() {
-  static const bool on = [] { const char* v = std::getenv("SEMICAP_NO_EXTERNAL_BUFFERS"); return v && *v && std::strcmp(v, "0") != 0; }();
+  static const bool on = env_flag("SEMICAP_NO_EXTERNAL_BUFFERS");
   return on;
 }
 

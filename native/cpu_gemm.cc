@@ -1,8 +1,8 @@
 #include "cpu_gemm.h"
 
+#include "env.h"
+
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <vector>
 
 namespace semicap {
@@ -59,8 +59,7 @@ void tail_columns(const float* x, int64_t rows, int64_t K, At w_at, const float*
 
 bool cpu_gemm_available() {
   // SEMICAP_NO_CPU_GEMM=1 keeps every product on BLAS (to compare, or to rule these kernels out).
-  static const bool ok = __builtin_cpu_supports("avx512f") && !(std::getenv("SEMICAP_NO_CPU_GEMM") &&
-                                                               std::string(std::getenv("SEMICAP_NO_CPU_GEMM")) != "0");
+  static const bool ok = __builtin_cpu_supports("avx512f") && !env_flag("SEMICAP_NO_CPU_GEMM");
   return ok;
 }
 

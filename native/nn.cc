@@ -1,7 +1,5 @@
 #include "nn.h"
 
-#include <cstdlib>
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/version.h>
@@ -12,6 +10,7 @@
 #include "errors.h"
 #include "safetensors.h"
 #include "cpu_gemm.h"
+#include "env.h"
 
 namespace semicap {
 
@@ -109,14 +108,14 @@ at::Tensor view_as_tensor(const TensorView& v) {
   return at::from_blob(const_cast<uint8_t*>(v.data), v.shape, opts);
 }
 
-bool cpu_gemm_rows(const at::Tensor& x) {
+bool cpu_gemm_rows(const at::Tensor& x, int64_t min_rows) {
   if (!x.is_cpu() || x.scalar_type() != at::kFloat || c10::GradMode::is_enabled() || x.dim() == 0 || x.size(-1) == 0)
     return false;
 #ifndef _OPENMP
   // at::parallel_for is serial in a file built without OpenMP (see CMakeLists.txt): leave threaded runs to BLAS.
   if (at::get_num_threads() > 1) return false;
 #endif
-  return x.numel() / x.size(-1) >= 2 && cpu_gemm_available();
+  return x.numel() / x.size(-1) >= min_rows && cpu_gemm_available();
 }
 
 at::Tensor cpu_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool w_is_kn) {
@@ -153,10 +152,7 @@ at::Tensor cpu_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor
 // The parameter's storage becomes the mapped bytes when they are float32, aligned, and the parameter is on the CPU.
 // Every page is read once here so that the page-table work happens in load(), not in the first forward pass.
 static bool adopt_mapping(at::Tensor& param, const TensorView& v, const std::shared_ptr<SafetensorsFile>& file) {
-  static const bool disabled = [] {
-    const char* e = std::getenv("SEMICAP_NO_MMAP");
-    return e && *e && std::string(e) != "0";
-  }();
+  static const bool disabled = env_flag("SEMICAP_NO_MMAP");
   if (disabled || v.dtype != DType::F32 || !param.is_cpu() || param.scalar_type() != at::kFloat || v.nbytes == 0 ||
       reinterpret_cast<uintptr_t>(v.data) % alignof(float) != 0)
     return false;

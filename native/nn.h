@@ -64,8 +64,8 @@ inline bool single_row_cpu(const at::Tensor& x) {
   return x.is_cpu() && x.numel() == x.size(-1) && x.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
 }
 
-// float32 CPU inference (no autograd) with 2 or more rows, on a CPU that runs the kernels of cpu_gemm.h.
-bool cpu_gemm_rows(const at::Tensor& x);
+// float32 CPU inference (no autograd) with at least min_rows rows, on a CPU that runs the kernels of cpu_gemm.h.
+bool cpu_gemm_rows(const at::Tensor& x, int64_t min_rows = 2);
 // x [..., K] times w plus bias [N] (or undefined) -> [..., N] through cpu_gemm.h. w is [K, N] when w_is_kn (GPT-2's
 // Conv1D, wte^T), else [N, K] (Linear); contiguous float32 either way.
 at::Tensor cpu_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool w_is_kn);
@@ -80,7 +80,7 @@ struct Linear {
       return (bias.defined() ? at::addmv(bias, weight, v) : at::mv(weight, v)).view(s);
     }
     // Up to 16 rows (the mapper during decoding) BLAS reads a [N, K] weight as fast as repacking it would.
-    if (cpu_gemm_rows(x) && x.numel() / x.size(-1) > 16) return cpu_matmul(x, weight, bias, false);
+    if (cpu_gemm_rows(x, 17)) return cpu_matmul(x, weight, bias, false);
     return at::linear(x, weight, bias);
   }
 };

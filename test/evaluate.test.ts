@@ -1,7 +1,7 @@
 // evaluate() and renderEvaluationReport() on a tiny captioner trained until it reproduces its references, and on an
 // untrained one (arbitrary captions): exact-match values, a cross-check against lib/metrics called directly, the
 // feature-cache path, and the HTML report.
-import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -11,7 +11,7 @@ import { AbortError, SemicapError } from '../lib/errors.js'
 import { CLIP_S_PREFIX, evaluate, makeThumbnails, renderEvaluationReport, type EvaluationResult } from '../lib/evaluate.js'
 import { ciderDocumentFrequency, diversityStats, refClipScore, retrievalRecallAtK, scoreCaptions, tokenizeCaption } from '../lib/metrics/index.js'
 import type { Tensor } from '../lib/tensor.js'
-import { makeTinyCaptionModels } from './helpers/models.js'
+import { makeColourSquares, makeTinyCaptionModels } from './helpers/models.js'
 import { tempDir } from './helpers/paths.js'
 
 const COLOURS: [string, [number, number, number]][] = [
@@ -32,15 +32,8 @@ beforeAll(async () => {
   work = tempDir('semicap-eval-')
   const tiny = await makeTinyCaptionModels(work)
   const clipDir = tiny.clipDir
-  examples = []
-  for (const [i, [name, rgb]] of COLOURS.entries()) {
-    const file = join(work, `${name}.png`)
-    const raw = Buffer.alloc(40 * 40 * 3, 128)
-    for (let y = 5 + i * 3; y < 25 + i * 3; y++) for (let x = 8; x < 30; x++) raw.set(rgb, (y * 40 + x) * 3)
-    await sharp(raw, { raw: { width: 40, height: 40, channels: 3 } }).png().toFile(file)
-    // Five words: every n-gram order up to 4 has a match, so an exact copy scores BLEU-4 = 1.
-    examples.push({ id: name, image: file, captions: [`a ${name} square on grey.`] })
-  }
+  // Five words: every n-gram order up to 4 has a match, so an exact copy scores BLEU-4 = 1.
+  examples = await makeColourSquares(work, COLOURS, (name) => `a ${name} square on grey.`)
   const create = () => Captioner.create({ clip: clipDir, gpt2: tiny.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
   trained = await create()
   await trained.train({ stage: 'supervised', labeled: examples, steps: 80, batchSize: 4, lr: 3e-3, schedule: 'constant', featureCache: join(work, 'train-cache'), seed: 1 })

@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { ClipTokenizer, Gpt2Tokenizer, SemicapError, loadSafetensors, readSafetensorsHeader } from '../lib/index.js'
 import { readClipConfig, readGpt2Config } from '../lib/config.js'
+import { mulberry32 } from '../lib/data/split.js' // seeded, so every run mutates the same way
 import { makeTinyModels, type TinyModels } from './helpers/models.js'
 import { goldenDir, repoRoot, tempDir } from './helpers/paths.js'
 
@@ -75,18 +76,6 @@ describe('safetensors: the fuzz corpus replayed through the addon', () => {
 })
 
 // ------------------------------------------------------------------ JS loaders
-
-/** mulberry32: a small seeded PRNG, so every run mutates the same way. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const HOSTILE_VALUES: unknown[] = [
   null, true, false, 0, -1, 1.5, -0.5, 1e308, -1e308, 2 ** 31, 2 ** 32, 2 ** 53, 2 ** 53 + 2, 1e9, 65536, '', 'x', '12',
@@ -212,7 +201,7 @@ describe('config and tokenizer loaders under random mutations (seeded, bounded)'
   }
 
   it('config.json (GPT-2 and CLIP): loads or E_CONFIG', async () => {
-    const r = rng(0xc0ff1c)
+    const r = mulberry32(0xc0ff1c)
     const tally = { ok: 0, refused: 0 }
     for (let i = 0; i < ITERATIONS; i++) {
       for (const [kind, seed, read] of [
@@ -237,7 +226,7 @@ describe('config and tokenizer loaders under random mutations (seeded, bounded)'
   })
 
   it('vocab.json + merges.txt, and tokenizer.json (GPT-2 and CLIP tokenizers): loads or E_TOKENIZER; a loaded one encodes and decodes', async () => {
-    const r = rng(0x70c3)
+    const r = mulberry32(0x70c3)
     const tally = { ok: 0, refused: 0 }
     for (let i = 0; i < ITERATIONS; i++) {
       const dir = join(tmp, `tok-${i}`)

@@ -3,15 +3,15 @@
 // Whatever must die or be measured alone runs in a child process (node --import tsx, the same library sources).
 import { spawn, type ChildProcess } from 'node:child_process'
 import { request } from 'node:http'
-import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Captioner, Tensor, readSafetensorsHeader, type Caption, type DecodeOptions } from '../lib/index.js'
 import type { Example } from '../lib/data/index.js'
 import type { TrainProgress } from '../lib/training.js'
 import { createCaptionServer } from '../examples/server/server.js'
-import { makePngs, makeTinyModels, type TinyModels } from './helpers/models.js'
+import { mulberry32 } from '../lib/data/split.js'
+import { makeColourSquares, makePngs, makeTinyCaptionModels, type TinyModels } from './helpers/models.js'
 import { repoRoot, tempDir } from './helpers/paths.js'
 
 let models: TinyModels
@@ -149,41 +149,16 @@ const COLOURS: [string, [number, number, number]][] = [
   ['yellow', [240, 230, 30]],
 ]
 
-/** A seeded PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-
 let memChild: ReturnType<typeof startChild> | undefined
 
 /** Under scripts/asan.sh (ASan preloaded): freed memory sits in ASan's quarantine, and everything runs 3-5x slower. */
 const underAsan = /libasan/.test(process.env.LD_PRELOAD ?? '')
 
 beforeAll(async () => {
-  const tiny = await makeTinyModels()
   work = tempDir('semicap-rel-')
   // The tiny CLIP reads text with the GPT-2 tokenizer, as in test/training.test.ts.
-  const clipDir = join(work, 'clip')
-  cpSync(tiny.clipDir, clipDir, { recursive: true })
-  for (const f of ['vocab.json', 'merges.txt']) cpSync(join(tiny.gpt2Dir, f), join(clipDir, f))
-  const cfg = JSON.parse(readFileSync(join(clipDir, 'config.json'), 'utf8'))
-  writeFileSync(join(clipDir, 'config.json'), JSON.stringify({ ...cfg, semicap: { tokenizer: 'gpt2' } }))
-  models = { clipDir, gpt2Dir: tiny.gpt2Dir }
-  examples = []
-  for (const [i, [name, rgb]] of COLOURS.entries()) {
-    const file = join(work, `${name}.png`)
-    const raw = Buffer.alloc(40 * 40 * 3, 128)
-    for (let y = 5 + i * 3; y < 25 + i * 3; y++) for (let x = 8; x < 30; x++) raw.set(rgb, (y * 40 + x) * 3)
-    await sharp(raw, { raw: { width: 40, height: 40, channels: 3 } }).png().toFile(file)
-    examples.push({ id: name, image: file, captions: [`a ${name} square.`] })
-  }
+  models = await makeTinyCaptionModels(work)
+  examples = await makeColourSquares(work, COLOURS, (name) => `a ${name} square.`)
   childFile = join(work, 'child.mts')
   writeFileSync(childFile, CHILD)
   cap = await Captioner.create({ clip: models.clipDir, gpt2: models.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
@@ -298,7 +273,7 @@ describe('faults', () => {
   it('kill -9 at random points during checkpoint saves (checkpointEvery: 1): latest always loads; the next run resumes', async () => {
     const ckDir = join(work, 'ck-kill')
     const rounds = Number(process.env.SEMICAP_KILL_ROUNDS ?? (underAsan ? 3 : 8))
-    const random = rng(0x5eed)
+    const random = mulberry32(0x5eed)
     const log: string[] = []
     let lastStep = 0
     for (let round = 0; round < rounds; round++) {

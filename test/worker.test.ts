@@ -2,14 +2,14 @@
 // processes that end with work still in flight. Each scenario runs in a child process (node --import tsx, the same
 // library sources), so that a crash shows up as the child's exit signal instead of taking the test runner down.
 import { spawn } from 'node:child_process'
-import { cpSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { Example } from '../lib/data/index.js'
-import { makeTinyModels } from './helpers/models.js'
+import { makeTinyCaptionModels } from './helpers/models.js'
 import { repoRoot, tempDir } from './helpers/paths.js'
 
 let work: string
@@ -178,20 +178,15 @@ function expectNoCrashOutput(r: ChildResult): void {
 }
 
 beforeAll(async () => {
-  const tiny = await makeTinyModels()
   work = tempDir('semicap-worker-')
-  const clipDir = join(work, 'clip')
-  cpSync(tiny.clipDir, clipDir, { recursive: true })
-  for (const f of ['vocab.json', 'merges.txt']) cpSync(join(tiny.gpt2Dir, f), join(clipDir, f))
-  const cfg = JSON.parse(readFileSync(join(clipDir, 'config.json'), 'utf8'))
-  writeFileSync(join(clipDir, 'config.json'), JSON.stringify({ ...cfg, semicap: { tokenizer: 'gpt2' } }))
+  const { clipDir, gpt2Dir } = await makeTinyCaptionModels(work)
   const examples: Example[] = []
   for (const [i, name] of ['red', 'green', 'blue', 'yellow'].entries()) {
     const file = join(work, `${name}.png`)
     await sharp({ create: { width: 36, height: 36, channels: 3, background: { r: 60 * i, g: 200 - 40 * i, b: 30 + 50 * i } } }).png().toFile(file)
     examples.push({ id: name, image: file, captions: [`a ${name} square.`] })
   }
-  setup = { clipDir, gpt2Dir: tiny.gpt2Dir, examples, cache: join(work, 'cache') }
+  setup = { clipDir, gpt2Dir, examples, cache: join(work, 'cache') }
   childFile = join(work, 'child.mjs')
   writeFileSync(childFile, CHILD)
 })

@@ -1,9 +1,8 @@
 // The demo's configuration: every size, step count and learning rate of the end-to-end run, in one plain object.
-// `demoConfig()` gives the default (tuned to finish in about ten minutes on two CPU cores), `--quick` a toy version
+// `demoConfig()` gives the default (about three minutes on two CPU cores: 2m59s measured), `--quick` a toy version
 // for tests (seconds), `--scale n` a bigger world and bigger models. Stages are cached by a hash of the parts of this
 // object they depend on (see stageKeys), so changing one learning rate retrains only what it affects.
 import { createHash } from 'node:crypto'
-import type { DeviceOption } from '../device.js'
 import type { Background, Colour, Shape } from '../world/index.js'
 
 export interface DemoWorldConfig {
