@@ -5,15 +5,15 @@ import { join, resolve } from 'node:path'
 import { Clip, type ModelLoadOptions } from './clip.js'
 import { gpt2ConfigFromJson, readGpt2Config, readJson } from './config.js'
 import { decodeWire, type DecodeOptions } from './decoding.js'
-import type { DeviceOption } from './device.js'
+import { loadedWeights, resolveDtype, type DeviceOption, type InferenceDtype, type LoadedWeights } from './device.js'
 import { SemicapError } from './errors.js'
 import { loadGpt2Tokenizer } from './gpt2.js'
 import type { ImageInput } from './image.js'
 import { call, native, type AddonCaptioner, type Gpt2ConfigWire, type MapperConfigWire } from './native.js'
-import { Serial } from './serial.js'
 import { Tensor } from './tensor.js'
 import type { Gpt2Tokenizer } from './tokenizers/gpt2.js'
-import { startTraining, type TrainOptions, type TrainingRun } from './training.js'
+import { Lifecycle } from './lifecycle.js'
+import { trainingBackend, type TrainOptions, type TrainingRun } from './trainable.js'
 
 export interface MapperOptions {
   type?: 'mlp' | 'transformer'
@@ -34,6 +34,8 @@ export interface CaptionerCreateOptions {
   /** L2-normalise CLIP features before the mapper. Default false (ClipCap feeds raw features). */
   normalizePrefix?: boolean
   device?: DeviceOption
+  /** CPU inference weights of CLIP, the mapper and GPT-2 (see ModelLoadOptions.dtype). */
+  dtype?: InferenceDtype
   /** Seed of the mapper's random initialisation (default 0: every new captioner starts the same). */
   seed?: number
 }
@@ -99,8 +101,9 @@ async function writeFileAtomic(path: string, text: string): Promise<void> {
 }
 
 export class Captioner {
-  readonly #serial = new Serial()
-  #disposed = false
+  /** How the mapper's and GPT-2's weights are held for CPU inference (set by create / load; CLIP's: clip.weights). */
+  weights: LoadedWeights = { dtype: 'float32', isa: 'none', packedBytes: 0 }
+  readonly #life: Lifecycle
 
   private constructor(
     readonly clip: Clip,
@@ -113,7 +116,13 @@ export class Captioner {
     /** Where GPT-2's tokenizer files are (copied on save). */
     private readonly tokenizerDir: string | undefined,
     private readonly ownsClip: boolean,
-  ) {}
+  ) {
+    // Released once nothing native holds the model (see dispose()); an owned CLIP after the captioner.
+    this.#life = new Lifecycle('Captioner', () => {
+      this.addon.dispose()
+      if (this.ownsClip) return this.clip.dispose()
+    })
+  }
 
   get device(): string {
     return this.clip.device
@@ -125,15 +134,18 @@ export class Captioner {
     if (typeof options.gpt2 !== 'string') throw new TypeError('Captioner.create: gpt2 must be a folder path')
     if (options.normalizePrefix !== undefined && typeof options.normalizePrefix !== 'boolean') throw new TypeError('normalizePrefix must be a boolean')
     const ownsClip = !(options.clip instanceof Clip)
-    const clip = options.clip instanceof Clip ? options.clip : await Clip.load(options.clip, { device: options.device })
+    const clip = options.clip instanceof Clip ? options.clip : await Clip.load(options.clip, { device: options.device, dtype: options.dtype })
+    const dtype = resolveDtype(options.dtype, clip.device)
     const { wire: g, raw } = await readGpt2Config(options.gpt2)
     const mapper = mapperWire(options.mapper, clip.projectionDim, g.nEmbd)
     const normalizePrefix = options.normalizePrefix ?? false
     const seed = options.seed ?? 0
     if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError('seed must be a non-negative integer')
     const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix, seed }))
-    const [, tokenizer] = await Promise.all([call(() => addon.loadGpt2(join(options.gpt2, 'model.safetensors'), clip.device)), loadGpt2Tokenizer(options.gpt2, g)])
-    return new Captioner(clip, addon, g, raw, mapper, normalizePrefix, tokenizer, options.gpt2, ownsClip)
+    const [loaded, tokenizer] = await Promise.all([call(() => addon.loadGpt2(join(options.gpt2, 'model.safetensors'), clip.device, dtype)), loadGpt2Tokenizer(options.gpt2, g)])
+    const captioner = new Captioner(clip, addon, g, raw, mapper, normalizePrefix, tokenizer, options.gpt2, ownsClip)
+    captioner.weights = loadedWeights(loaded, dtype)
+    return captioner
   }
 
   /** Loads a folder written by `save()`. */
@@ -147,12 +159,15 @@ export class Captioner {
     if (!rawGpt2 || typeof rawGpt2 !== 'object') throw new SemicapError('E_CONFIG', `${path}: missing section 'gpt2'`)
     const g = gpt2ConfigFromJson(rawGpt2, `${path} gpt2`)
     const clip = await Clip.load(join(dir, typeof s.clip === 'string' ? s.clip : 'clip'), options)
+    const dtype = resolveDtype(options.dtype, clip.device)
     try {
       const mapper = mapperWire(s.mapper as MapperOptions, clip.projectionDim, g.nEmbd)
       const normalizePrefix = s.normalizePrefix === true
       const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix }))
-      const [, tokenizer] = await Promise.all([call(() => addon.load(join(dir, 'model.safetensors'), clip.device)), loadGpt2Tokenizer(dir, g)])
-      return new Captioner(clip, addon, g, rawGpt2, mapper, normalizePrefix, tokenizer, dir, true)
+      const [loaded, tokenizer] = await Promise.all([call(() => addon.load(join(dir, 'model.safetensors'), clip.device, dtype)), loadGpt2Tokenizer(dir, g)])
+      const captioner = new Captioner(clip, addon, g, rawGpt2, mapper, normalizePrefix, tokenizer, dir, true)
+      captioner.weights = loadedWeights(loaded, dtype)
+      return captioner
     } catch (err) {
       clip.dispose()
       throw err
@@ -166,12 +181,12 @@ export class Captioner {
     await mkdir(dir, { recursive: true })
     if (this.clip.dir) await linkFiles(this.clip.dir, join(dir, 'clip'), CLIP_FILES)
     if (this.tokenizerDir) await linkFiles(this.tokenizerDir, dir, TOKENIZER_FILES)
-    await call(() => this.#serial.run(() => this.addon.save(join(dir, 'model.safetensors'), { format: 'pt', semicap: String(FORMAT) })))
+    await call(() => this.#life.job(() => this.addon.save(join(dir, 'model.safetensors'), { format: 'pt', semicap: String(FORMAT) })))
     await writeFileAtomic(join(dir, 'config.json'), JSON.stringify(this.#configJson(), null, 2) + '\n')
   }
 
   #live(): void {
-    if (this.#disposed) throw new SemicapError('E_DISPOSED', 'Captioner was disposed')
+    this.#life.live()
   }
 
   /** Decoded token rows -> captions. */
@@ -199,9 +214,11 @@ export class Captioner {
   async caption(images: ImageInput[] | Tensor, options: DecodeOptions = {}): Promise<Caption[]> {
     this.#live()
     const wire = decodeWire(options, this.tokenizer, this.gpt2Config)
+    // A caller's tensor is copied now (see Tensor.toAsyncWire); pixels made here are borrowed (nobody else holds them).
     const pixels = images instanceof Tensor ? images : await this.clip.preprocess(images)
     if (pixels.dtype !== 'float32') throw new SemicapError('E_DTYPE', `pixels must be float32, got ${pixels.dtype}`)
-    const out = await call(() => this.#serial.run(() => this.addon.caption(pixels.toWire(), wire)))
+    const w = images instanceof Tensor ? pixels.toAsyncWire() : pixels.toWire()
+    const out = await call(() => this.#life.job(() => this.addon.caption(w, wire)))
     return this.#texts(Tensor.fromWire(out.ids), Tensor.fromWire(out.scores))
   }
 
@@ -210,7 +227,8 @@ export class Captioner {
     this.#live()
     if (!(features instanceof Tensor)) throw new TypeError('features must be a Tensor')
     const wire = decodeWire(options, this.tokenizer, this.gpt2Config)
-    const out = await call(() => this.#serial.run(() => this.addon.captionFeatures(features.toWire(), wire)))
+    const w = features.toAsyncWire()
+    const out = await call(() => this.#life.job(() => this.addon.captionFeatures(w, wire)))
     return this.#texts(Tensor.fromWire(out.ids), Tensor.fromWire(out.scores))
   }
 
@@ -218,16 +236,20 @@ export class Captioner {
   logits(ids: Tensor, features: Tensor): Promise<Tensor> {
     this.#live()
     if (!(ids instanceof Tensor) || !(features instanceof Tensor)) throw new TypeError('ids and features must be Tensors')
-    return call(() => this.#serial.run(() => this.addon.logits(ids.toWire(), features.toWire()))).then(Tensor.fromWire)
+    return call(() => {
+      const i = ids.toAsyncWire()
+      const f = features.toAsyncWire()
+      return this.#life.job(() => this.addon.logits(i, f))
+    }).then(Tensor.fromWire)
   }
 
   /**
    * Trains the mapper (and GPT-2 unless trainLm is false) on its own native thread. Captioning calls made
-   * meanwhile wait until the run ends (they are queued behind it).
+   * meanwhile wait until the run ends (they are queued behind it). dispose() during the run aborts it.
    */
   train(options: TrainOptions): TrainingRun {
     this.#live()
-    return startTraining(this, options, (job) => this.#serial.run(job))
+    return this.#life.track(trainingBackend().captioner(this as never, options, (job) => this.#life.job(job)))
   }
 
   /** @internal what a training checkpoint folder holds besides the weights: config.json text, files to link. */
@@ -254,14 +276,19 @@ export class Captioner {
     return this.addon.numParams()
   }
 
-  dispose(): void {
-    if (this.#disposed) return
-    this.#disposed = true
-    this.addon.dispose()
-    if (this.ownsClip) this.clip.dispose()
+  /**
+   * Frees the captioner (and its CLIP when it loaded that itself). Never blocks the JS thread, so it is safe
+   * anywhere, a training run's 'progress' handler included: later calls fail with E_DISPOSED at once, a training run
+   * in progress is aborted (its promise rejects with E_DISPOSED), calls queued behind the running one fail with
+   * E_DISPOSED, and native memory is released once the running call or run has stopped (at once when idle).
+   * Idempotent; the promise resolves after the release (awaiting it is optional).
+   */
+  dispose(): Promise<void> {
+    return this.#life.dispose()
   }
+  /** `await using`: waits for the calls queued so far, then disposes. */
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.#serial.drain()
-    this.dispose()
+    await this.#life.drain()
+    await this.dispose()
   }
 }

@@ -4,8 +4,7 @@
 // Every stage is cached under --out, so a second run only redoes what changed.
 import { availableParallelism } from 'node:os'
 import { type Command } from 'commander'
-import { intOption, print } from './cli.js'
-import { deviceOption, positiveNumber } from './cli-train.js'
+import { deviceOption, intOption, positiveNumber, print } from './cli-options.js'
 import { demoConfig } from './demo/config.js'
 import { formatClaims, runDemo } from './demo/experiment.js'
 import type { DemoReporter, StageEvent } from './demo/pipeline.js'

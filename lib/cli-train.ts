@@ -7,32 +7,12 @@ import { createServer } from 'node:net'
 import { join, resolve } from 'node:path'
 import { CommanderError, InvalidArgumentError, Option, type Command } from 'commander'
 import { Captioner, type MapperOptions } from './captioner.js'
-import { intOption, numberOption, print } from './cli.js'
+import { deviceOption, intOption, nonNegativeNumber, numberOption, positiveNumber, print } from './cli-options.js'
 import { dataset, KARPATHY_SPLITS, splitLabeled, type Example, type KarpathySplit } from './data/index.js'
 import type { DeviceOption } from './device.js'
 import { SemicapError } from './errors.js'
 import { formatDuration, ProgressBar } from './progress.js'
-import { resolveDistributed, type TrainOptions, type TrainProgress, type TrainSummary } from './training.js'
-
-/** Commander parser for --device: cpu, cuda, cuda:N or auto. */
-export function deviceOption(value: string): DeviceOption {
-  if (!/^(cpu|cuda|auto|cuda:\d+)$/.test(value)) throw new InvalidArgumentError(`expected cpu, cuda, cuda:N or auto, got '${value}'`)
-  return value as DeviceOption
-}
-
-/** Commander parser for positive finite numbers. */
-export function positiveNumber(value: string): number {
-  const n = numberOption(value)
-  if (!(n > 0)) throw new InvalidArgumentError(`expected a number > 0, got '${value}'`)
-  return n
-}
-
-/** Commander parser for non-negative finite numbers. */
-export function nonNegativeNumber(value: string): number {
-  const n = numberOption(value)
-  if (!(n >= 0)) throw new InvalidArgumentError(`expected a number >= 0, got '${value}'`)
-  return n
-}
+import { resolveDistributed, type TrainOptions, type TrainProgress, type TrainSummary } from './training/index.js'
 
 /** Commander parser for a fraction in [0, 1]. */
 function fraction(value: string): number {

@@ -4,38 +4,17 @@
 // listed in `commands` below. Errors print `semicap: <message>` and exit with status 1 (the stack with SEMICAP_DEBUG=1).
 import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
+import { Command, CommanderError, Option } from 'commander'
 import { Captioner } from './captioner.js'
 import { demoCommand } from './cli-demo.js'
 import { evalCommand } from './cli-eval.js'
 import { trainCommand } from './cli-train.js'
+import { intOption, numberOption, print, type CommandModule } from './cli-options.js'
 import type { DecodeOptions } from './decoding.js'
 import type { DeviceOption } from './device.js'
 import { runtimeInfo } from './runtime.js'
 
-/** Adds one subcommand (with its options and action) to the program. */
-export type CommandModule = (program: Command) => void
-
-/** Commander argument parser for integers >= `min`. */
-export function intOption(min = 1): (value: string) => number {
-  return (value) => {
-    const n = Number(value)
-    if (!/^\s*-?\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`expected an integer >= ${min}, got '${value}'`)
-    return n
-  }
-}
-
-/** Commander argument parser for finite numbers. */
-export function numberOption(value: string): number {
-  const n = Number(value)
-  if (value.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError(`expected a number, got '${value}'`)
-  return n
-}
-
-/** Writes to stdout and resolves once the text is handed to the OS (pipes included). */
-export function print(text: string): Promise<void> {
-  return new Promise((resolve, reject) => process.stdout.write(text, (err) => (err ? reject(err) : resolve())))
-}
+export { intOption, numberOption, print, type CommandModule } from './cli-options.js'
 
 interface CaptionCliOptions {
   model: string

@@ -2,19 +2,25 @@
 import { access } from 'node:fs/promises'
 import { join } from 'node:path'
 import { clipConfigFromJson, readClipConfig, type ClipFolderConfig } from './config.js'
-import { resolveDevice, type DeviceOption } from './device.js'
+import { loadedWeights, resolveDevice, resolveDtype, type DeviceOption, type InferenceDtype, type LoadedWeights } from './device.js'
 import { SemicapError } from './errors.js'
 import { preprocessImages, type ImageInput } from './image.js'
 import { call, callSync, native, type AddonClip, type TowerOutputWire } from './native.js'
-import { pretrainConfig, pretrainRun, saveHfFolder, type PretrainOptions } from './pretraining.js'
-import { Serial } from './serial.js'
+import { saveHfFolder } from './hf-folder.js'
+import { Lifecycle } from './lifecycle.js'
 import { Tensor } from './tensor.js'
 import { ClipTokenizer } from './tokenizers/clip.js'
 import { Gpt2Tokenizer } from './tokenizers/gpt2.js'
-import type { TrainingRun } from './training.js'
+import { trainingBackend, type PretrainOptions, type TrainingRun } from './trainable.js'
 
 export interface ModelLoadOptions {
   device?: DeviceOption
+  /**
+   * CPU inference weights: 'float32' (default), 'bfloat16' (half the bytes, float32 arithmetic) or 'int8'
+   * (weight-only, one scale per output channel: a quarter of the bytes). Converted once at load; training a model
+   * uses its float32 weights and the converted copy follows. A CPU without AVX2 keeps float32 and says so.
+   */
+  dtype?: InferenceDtype
 }
 
 export interface TowerOutput {
@@ -44,10 +50,13 @@ export class Clip {
   readonly dir: string | undefined
   readonly config: ClipFolderConfig
   readonly device: string
+  /** How the weights are held for CPU inference (set by load). */
+  weights: LoadedWeights = { dtype: 'float32', isa: 'none', packedBytes: 0 }
   /** @internal */ readonly addon: AddonClip
-  readonly #serial = new Serial()
+  readonly #life: Lifecycle
   #tokenizer: ClipTokenizer | Gpt2Tokenizer | undefined
-  #disposed = false
+  /** exp(logit_scale), read on the JS thread only when no native job can hold the model (see #readLogitScale). */
+  #logitScale: number
 
   private constructor(dir: string | undefined, config: ClipFolderConfig, device: string, addon: AddonClip, tokenizer: ClipTokenizer | Gpt2Tokenizer | undefined) {
     this.dir = dir
@@ -55,12 +64,21 @@ export class Clip {
     this.device = device
     this.addon = addon
     this.#tokenizer = tokenizer
+    this.#life = new Lifecycle('Clip', () => addon.dispose())
+    this.#logitScale = Clip.#readLogitScale(addon)
+  }
+
+  // Native logitScale() takes the model's lock, which a job or a whole training run holds: read it only where none can
+  // run (right after loading, and inside the queue slot of a pretraining run once it has stopped).
+  static #readLogitScale(addon: AddonClip): number {
+    return callSync(() => addon.logitScale())
   }
 
   /** Loads `config.json` + `model.safetensors` (and the tokenizer files, when present) from a Hugging Face folder. */
   static async load(dir: string, options: ModelLoadOptions = {}): Promise<Clip> {
     if (typeof dir !== 'string') throw new TypeError('Clip.load: dir must be a string')
     const device = resolveDevice(options.device)
+    const dtype = resolveDtype(options.dtype, device)
     const config = await readClipConfig(dir)
     const addon = await call(() => new (native().AddonClip)(config.wire))
     // The weights load on a worker thread while this thread parses the tokenizer (~0.3 s for CLIP's BPE).
@@ -69,8 +87,10 @@ export class Clip {
       if ((await exists(join(dir, 'tokenizer.json'))) || (await exists(join(dir, 'vocab.json')))) return ClipTokenizer.load(dir)
       return undefined
     }
-    const [, tokenizer] = await Promise.all([call(() => addon.load(join(dir, 'model.safetensors'), device)), loadTokenizer()])
-    return new Clip(dir, config, device, addon, tokenizer)
+    const [loaded, tokenizer] = await Promise.all([call(() => addon.load(join(dir, 'model.safetensors'), device, dtype)), loadTokenizer()])
+    const clip = new Clip(dir, config, device, addon, tokenizer)
+    clip.weights = loadedWeights(loaded, dtype)
+    return clip
   }
 
   /**
@@ -89,8 +109,8 @@ export class Clip {
 
   /** Writes a Hugging Face CLIP folder: config.json, model.safetensors and the tokenizer files. */
   async save(dir: string): Promise<void> {
-    if (this.#disposed) throw new SemicapError('E_DISPOSED', 'Clip was disposed')
-    await saveHfFolder(dir, this.config.raw, (p) => this.#serial.run(() => call(() => this.addon.save(p, { format: 'pt' }))), this.#tokenizer)
+    this.#life.live()
+    await saveHfFolder(dir, this.config.raw, (p) => this.#life.job(() => call(() => this.addon.save(p, { format: 'pt' }))), this.#tokenizer)
   }
 
   /**
@@ -98,10 +118,21 @@ export class Clip {
    * [N,3,S,S] and one text per image.
    */
   train(data: { pixels: Tensor; texts: string[] }, options: PretrainOptions): TrainingRun {
-    if (!data || !(data.pixels instanceof Tensor) || !Array.isArray(data.texts)) throw new TypeError('train: data needs pixels (a Tensor) and texts')
-    if (data.pixels.shape[0] !== data.texts.length) throw new RangeError('train: one text per image')
-    const config = pretrainConfig(options, { batchSize: 64, lr: 5e-4 })
-    return pretrainRun(this.addon, config, async () => ({ pixels: data.pixels, ids: this.tokenize(data.texts) }), options.signal, (job) => this.#serial.run(job))
+    this.#life.live()
+    // The run's queue slot re-reads the logit scale once the native run has stopped (it is what pretraining learns).
+    const enqueue = <T>(job: () => Promise<T>) =>
+      this.#life.job(async () => {
+        try {
+          return await job()
+        } finally {
+          try {
+            this.#logitScale = Clip.#readLogitScale(this.addon)
+          } catch {
+            // the run's own error says what went wrong; the cached value stays
+          }
+        }
+      })
+    return this.#life.track(trainingBackend().clip(this as never, data, options, enqueue))
   }
 
   get imageSize(): number {
@@ -110,8 +141,10 @@ export class Clip {
   get projectionDim(): number {
     return this.config.wire.projectionDim
   }
+  /** exp of the learned logit scale (cached: read at load and after pretraining, never while a job runs). */
   get logitScale(): number {
-    return callSync(() => this.addon.logitScale())
+    this.#life.live()
+    return this.#logitScale
   }
   get tokenizer(): ClipTokenizer | Gpt2Tokenizer {
     if (!this.#tokenizer) throw new SemicapError('E_TOKENIZER', `${this.dir ?? 'CLIP'}: the folder has no tokenizer files (tokenizer.json or vocab.json + merges.txt)`)
@@ -119,7 +152,7 @@ export class Clip {
   }
 
   #check(t: unknown, what: string): Tensor {
-    if (this.#disposed) throw new SemicapError('E_DISPOSED', 'Clip was disposed')
+    this.#life.live()
     if (!(t instanceof Tensor)) throw new TypeError(`${what} must be a Tensor`)
     return t
   }
@@ -128,14 +161,20 @@ export class Clip {
   vision(pixels: Tensor): Promise<TowerOutput> {
     const p = this.#check(pixels, 'pixels')
     if (p.dtype !== 'float32') return Promise.reject(new SemicapError('E_DTYPE', `pixels must be float32, got ${p.dtype}`))
-    return call(() => this.#serial.run(() => this.addon.vision(p.toWire()))).then(towerOut)
+    return call(() => {
+      const w = p.toAsyncWire() // copied now: the caller may reuse or transfer its buffer once this returns
+      return this.#life.job(() => this.addon.vision(w))
+    }).then(towerOut)
   }
 
   /** Text tower: last hidden state (after final_layer_norm), pooled at the end token, projected features. */
   text(ids: Tensor): Promise<TowerOutput> {
     const t = this.#check(ids, 'ids')
     if (t.dtype !== 'int64' && t.dtype !== 'int32') return Promise.reject(new SemicapError('E_DTYPE', `ids must be int64, got ${t.dtype}`))
-    return call(() => this.#serial.run(() => this.addon.text(t.toWire()))).then(towerOut)
+    return call(() => {
+      const w = t.toAsyncWire()
+      return this.#life.job(() => this.addon.text(w))
+    }).then(towerOut)
   }
 
   /** [B,3,H,W] float32 -> [B, projection_dim], like Hugging Face get_image_features. */
@@ -181,12 +220,18 @@ export class Clip {
     return this.textFeatures(this.tokenize(texts))
   }
 
-  dispose(): void {
-    this.#disposed = true
-    this.addon.dispose()
+  /**
+   * Frees the model. Never blocks the JS thread: later calls fail with E_DISPOSED, a pretraining run in progress is
+   * aborted (it rejects with E_DISPOSED), calls queued behind the running one fail with E_DISPOSED, and native memory
+   * is released once the running call or run has stopped (at once when idle). A Captioner using this Clip fails
+   * with E_DISPOSED from then on. Idempotent; the promise resolves after the release.
+   */
+  dispose(): Promise<void> {
+    return this.#life.dispose()
   }
+  /** `await using`: waits for the calls queued so far, then disposes. */
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.#serial.drain()
-    this.dispose()
+    await this.#life.drain()
+    await this.dispose()
   }
 }

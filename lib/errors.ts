@@ -14,6 +14,8 @@ export type ErrorCode =
   | 'E_DISPOSED'
   | 'E_NATIVE'
   | 'E_IO'
+  /** A tensor's memory went away: its ArrayBuffer was detached (transferred) or shrunk below the tensor's size. */
+  | 'E_DETACHED'
 
 /** The one error class of the library: a message that says what and where, and a stable `.code`. */
 export class SemicapError extends Error {

@@ -1,14 +1,14 @@
 // GPT-2 from a Hugging Face folder: logits (with an optional prefix of embeddings) and batched generation.
 import { join } from 'node:path'
 import { gpt2ConfigFromJson, readGpt2Config } from './config.js'
-import { resolveDevice } from './device.js'
+import { loadedWeights, resolveDevice, resolveDtype, type LoadedWeights } from './device.js'
 import type { ModelLoadOptions } from './clip.js'
 import { decodeWire, type DecodeOptions } from './decoding.js'
 import { SemicapError } from './errors.js'
 import { call, native, type AddonGpt2, type Gpt2ConfigWire } from './native.js'
-import { pretrainConfig, pretrainRun, saveHfFolder, textRows, type PretrainOptions } from './pretraining.js'
-import { Serial } from './serial.js'
-import type { TrainingRun } from './training.js'
+import { saveHfFolder } from './hf-folder.js'
+import { Lifecycle } from './lifecycle.js'
+import { trainingBackend, type PretrainOptions, type TrainingRun } from './trainable.js'
 import { Tensor } from './tensor.js'
 import { Gpt2Tokenizer } from './tokenizers/gpt2.js'
 
@@ -20,8 +20,9 @@ export interface Generation {
 }
 
 export class Gpt2 {
-  readonly #serial = new Serial()
-  #disposed = false
+  readonly #life: Lifecycle
+  /** How the weights are held for CPU inference (set by load). */
+  weights: LoadedWeights = { dtype: 'float32', isa: 'none', packedBytes: 0 }
 
   private constructor(
     readonly dir: string | undefined,
@@ -31,7 +32,9 @@ export class Gpt2 {
     /** Undefined when the folder has no tokenizer files and the vocabulary is not GPT-2's own. */
     readonly tokenizer: Gpt2Tokenizer | undefined,
     readonly rawConfig: Record<string, unknown> = {},
-  ) {}
+  ) {
+    this.#life = new Lifecycle('Gpt2', () => this.addon.dispose())
+  }
 
   /** A new, randomly initialised GPT-2 from a Hugging Face config object (for pretraining a small one). */
   static async create(rawConfig: Record<string, unknown>, options: ModelLoadOptions & { seed?: number; tokenizer?: Gpt2Tokenizer } = {}): Promise<Gpt2> {
@@ -45,33 +48,31 @@ export class Gpt2 {
   /** Writes a Hugging Face GPT-2 folder: config.json, model.safetensors and the tokenizer files. */
   async save(dir: string): Promise<void> {
     this.#live()
-    await saveHfFolder(dir, this.rawConfig, (p) => this.#serial.run(() => call(() => this.addon.save(p, { format: 'pt' }))), this.tokenizer)
+    await saveHfFolder(dir, this.rawConfig, (p) => this.#life.job(() => call(() => this.addon.save(p, { format: 'pt' }))), this.tokenizer)
   }
 
   /** Language-model pretraining on texts (each becomes eos + tokens + eos; next-token cross-entropy). */
   train(data: { texts: string[]; maxLength?: number }, options: PretrainOptions): TrainingRun {
     this.#live()
-    const tok = this.tokenizer
-    if (!tok) throw new SemicapError('E_TOKENIZER', 'pretraining needs a tokenizer')
-    if (!data || !Array.isArray(data.texts)) throw new TypeError('train: data needs texts')
-    const config = pretrainConfig(options, { batchSize: 32, lr: 1e-3 })
-    const maxLength = data.maxLength ?? this.config.nPositions
-    return pretrainRun(this.addon, config, async () => ({ ids: textRows(data.texts, (t) => tok.encode(t), tok.eosId, tok.eosId, maxLength, -1) }), options.signal, (job) => this.#serial.run(job))
+    return this.#life.track(trainingBackend().gpt2(this as never, data, options, (job) => this.#life.job(job)))
   }
 
   /** Loads `config.json` + `model.safetensors` and the tokenizer (folder files, else GPT-2's own vocabulary). */
   static async load(dir: string, options: ModelLoadOptions = {}): Promise<Gpt2> {
     if (typeof dir !== 'string') throw new TypeError('Gpt2.load: dir must be a string')
     const device = resolveDevice(options.device)
+    const dtype = resolveDtype(options.dtype, device)
     const { wire, raw } = await readGpt2Config(dir)
     const addon = await call(() => new (native().AddonGpt2)(wire))
-    await call(() => addon.load(join(dir, 'model.safetensors'), device))
+    const loaded = await call(() => addon.load(join(dir, 'model.safetensors'), device, dtype))
     const tokenizer = await loadGpt2Tokenizer(dir, wire)
-    return new Gpt2(dir, wire, device, addon, tokenizer, raw)
+    const gpt2 = new Gpt2(dir, wire, device, addon, tokenizer, raw)
+    gpt2.weights = loadedWeights(loaded, dtype)
+    return gpt2
   }
 
   #live(): void {
-    if (this.#disposed) throw new SemicapError('E_DISPOSED', 'Gpt2 was disposed')
+    this.#life.live()
   }
 
   /** ids [B,T] int64 (T may be 0 with a prefix), optional prefix [B,P,n_embd] float32 -> logits [B,P+T,vocab]. */
@@ -80,7 +81,12 @@ export class Gpt2 {
     if (!(ids instanceof Tensor)) throw new TypeError('ids must be a Tensor')
     const prefix = options.prefix
     if (prefix !== undefined && !(prefix instanceof Tensor)) throw new TypeError('prefix must be a Tensor')
-    return call(() => this.#serial.run(() => this.addon.logits(ids.toWire(), prefix?.toWire() ?? null))).then(Tensor.fromWire)
+    return call(() => {
+      // Copied now (see Tensor.toAsyncWire): the caller may reuse or transfer its buffers once this returns.
+      const w = ids.toAsyncWire()
+      const p = prefix?.toAsyncWire() ?? null
+      return this.#life.job(() => this.addon.logits(w, p))
+    }).then(Tensor.fromWire)
   }
 
   /** Generates from a prefix of embeddings [B,P,n_embd]; batched over B. */
@@ -88,17 +94,23 @@ export class Gpt2 {
     this.#live()
     if (!(prefix instanceof Tensor)) throw new TypeError('prefix must be a Tensor')
     const wire = decodeWire(options, this.tokenizer, this.config)
-    const out = await call(() => this.#serial.run(() => this.addon.generate(prefix.toWire(), wire)))
+    const w = prefix.toAsyncWire()
+    const out = await call(() => this.#life.job(() => this.addon.generate(w, wire)))
     return { ids: Tensor.fromWire(out.ids), scores: Tensor.fromWire(out.scores) }
   }
 
-  dispose(): void {
-    this.#disposed = true
-    this.addon.dispose()
+  /**
+   * Frees the model. Never blocks: later calls fail with E_DISPOSED, a training run in progress is aborted (it
+   * rejects with E_DISPOSED), calls queued behind the running one fail with E_DISPOSED, and native memory is released
+   * once the running call or run has stopped (at once when idle). The promise resolves after the release.
+   */
+  dispose(): Promise<void> {
+    return this.#life.dispose()
   }
+  /** `await using`: waits for the calls queued so far, then disposes. */
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.#serial.drain()
-    this.dispose()
+    await this.#life.drain()
+    await this.dispose()
   }
 }
 

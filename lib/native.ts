@@ -2,6 +2,7 @@
 import { createRequire } from 'node:module'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { chooseBlasCore, type BlasCoreChoice } from './cpu.js'
 import { SemicapError, type ErrorCode } from './errors.js'
 
 /** A tensor as it crosses the boundary: host data (borrowed, not copied) or a handle to device memory. */
@@ -49,11 +50,13 @@ export interface DecodeWire {
   eosId: number
   bf16: boolean
 }
+/** What a load reports: the CPU inference type actually used (a fallback says why in `note`), the kernels, packed bytes. */
+export interface LoadedWeightsWire { dtype: 'float32' | 'bfloat16' | 'int8'; isa: string; packedBytes: number; note?: string }
 export interface TowerOutputWire { lastHidden: WireTensor; pooled: WireTensor; features: WireTensor }
 export interface DecodeOutputWire { ids: WireTensor; scores: WireTensor; features?: WireTensor }
 
 export interface AddonClip {
-  load(path: string | null, device: string): Promise<void>
+  load(path: string | null, device: string, dtype?: string): Promise<LoadedWeightsWire>
   vision(pixels: WireTensor): Promise<TowerOutputWire>
   text(ids: WireTensor): Promise<TowerOutputWire>
   logitScale(): number
@@ -61,15 +64,15 @@ export interface AddonClip {
   dispose(): void
 }
 export interface AddonGpt2 {
-  load(path: string | null, device: string): Promise<void>
+  load(path: string | null, device: string, dtype?: string): Promise<LoadedWeightsWire>
   logits(ids: WireTensor, prefix?: WireTensor | null): Promise<WireTensor>
   generate(prefix: WireTensor, opts: DecodeWire): Promise<DecodeOutputWire>
   save(path: string, metadata?: Record<string, string>): Promise<void>
   dispose(): void
 }
 export interface AddonCaptioner {
-  loadGpt2(path: string | null, device: string): Promise<void>
-  load(path: string, device: string): Promise<void>
+  loadGpt2(path: string | null, device: string, dtype?: string): Promise<LoadedWeightsWire>
+  load(path: string, device: string, dtype?: string): Promise<LoadedWeightsWire>
   save(path: string, metadata: Record<string, string>): Promise<void>
   caption(pixels: WireTensor, opts: DecodeWire): Promise<DecodeOutputWire>
   captionFeatures(features: WireTensor, opts: DecodeWire): Promise<DecodeOutputWire>
@@ -79,8 +82,115 @@ export interface AddonCaptioner {
 }
 
 export interface AddonTrainer {
-  start(): Promise<unknown>
+  start(): Promise<TrainSummaryWire>
   abort(): void
+}
+
+// The trainer's configs: every field native/training_binding.cc reads (a missing one takes the native default; a
+// misspelled one is a compile error in an object literal typed with these).
+/** Steps, batch and the optimizer / schedule fields both trainer configs share (read_optimizer_fields). */
+export interface OptimizerConfigWire {
+  steps: number
+  batchSize: number
+  lr: number
+  weightDecay: number
+  beta1?: number
+  beta2?: number
+  adamEps?: number
+  gradClip: number
+  warmupSteps: number
+  schedule: 'linear' | 'cosine' | 'constant'
+}
+/** CLIP contrastive / GPT-2 language-model pretraining (pretrain_config_from_js). */
+export interface PretrainConfigWire extends OptimizerConfigWire {
+  seed: number
+}
+/** c10d process group of a data-parallel run. */
+export interface DistributedConfigWire {
+  rank: number
+  worldSize: number
+  masterAddr: string
+  masterPort: number
+  backend: 'gloo' | 'nccl'
+  timeoutMs: number
+}
+/** A captioner training stage (train_config_from_js; native/trainer.h TrainConfig). */
+export interface TrainConfigWire extends OptimizerConfigWire {
+  stage: 'supervised' | 'clip-reward'
+  objective: 'ce' | 'scst'
+  gradAccumulation: number
+  samples: number
+  maxTokens: number
+  ceSteps: number
+  temperature: number
+  reward: 'refText' | 'refContrastive' | 'clipS' | 'custom'
+  refMax: boolean
+  clipW: number
+  rewardScale: number
+  contrastiveTau: number
+  klCoef: number
+  repetitionPenalty: number
+  repetitionNgram: number
+  ceWeight: number
+  ceMixWeight: number
+  seed: number
+  trainLm: boolean
+  bf16: boolean
+  eosId: number
+  stopIds: number[]
+  checkpointDir: string
+  checkpointEvery: number
+  checkpointKeep: number
+  checkpointConfigJson: string
+  checkpointStateJson: string
+  /** (source path, name in the checkpoint folder) */
+  checkpointLinks: [string, string][]
+  resumeDir: string
+  startStep: number
+  distributed?: DistributedConfigWire
+}
+/** A captioner stage's data (cloned by the trainer's constructor, on the JS thread). Index tensors are int64. */
+export interface TrainDataWire {
+  /** [N, D] cached CLIP image features */
+  features: WireTensor
+  /** images stage-1 SCST samples from, and the stage-2 pool */
+  labeledImages: WireTensor
+  unlabeledImages: WireTensor
+  /** [M, L] GPT-2 ids of labeled captions, -1-padded, and each caption's image [M] */
+  captionIds?: WireTensor
+  captionImages?: WireTensor
+  /** [R, D] CLIP text features of reference captions and each one's image [R] */
+  referenceFeatures?: WireTensor
+  referenceImages?: WireTensor
+}
+export interface ClipPretrainDataWire { pixels: WireTensor; ids: WireTensor }
+export interface LmPretrainDataWire { ids: WireTensor }
+/** One progress event (undefined where the native value is NaN). */
+export interface ProgressWire {
+  stage: string
+  step: number
+  totalSteps: number
+  loss: number
+  ce?: number
+  reward?: number
+  baselineReward?: number
+  kl?: number
+  lr: number
+  gradNorm: number
+  examplesPerSec: number
+  seconds: number
+  checkpoint?: string
+}
+export interface TrainSummaryWire { steps: number; lastLoss?: number; meanReward?: number; seconds: number; checkpoint?: string }
+/**
+ * The reward callback, called synchronously on the JS thread once per SCST step while the trainer thread waits:
+ * sampled GPT-2 ids [N, L] (-1-padded) and their images [N] -> CLIP ids [N, T] to score natively, or rewards [N].
+ */
+export type ScoreCallback = (ids: WireTensor, images: WireTensor) => { clipIds?: WireTensor; rewards?: WireTensor }
+export interface AddonTrainerConstructor {
+  new (model: AddonCaptioner, config: TrainConfigWire, data: TrainDataWire, onProgress: (p: ProgressWire) => void, onScore: ScoreCallback): AddonTrainer
+  new (model: AddonClip, config: PretrainConfigWire, data: ClipPretrainDataWire, onProgress: (p: ProgressWire) => void, onScore: ScoreCallback): AddonTrainer
+  new (model: AddonGpt2, config: PretrainConfigWire, data: LmPretrainDataWire, onProgress: (p: ProgressWire) => void, onScore: ScoreCallback): AddonTrainer
 }
 
 export interface LossesAddon {
@@ -108,9 +218,18 @@ export interface NativeInfo {
   parallelInfo: string
   bridge: { external: number; copied: number }
   cpuCache: CpuCacheStats
-  /** Whether CPU inference products use the addon's AVX-512 kernels (native/cpu_gemm.h) instead of BLAS. */
+  /** Whether CPU inference products may use the addon's packed-weight kernels (native/cpu_kernels.h) instead of BLAS. */
   cpuGemm: boolean
+  /** The BLAS libtorch calls, as that library reports itself (OpenBLAS: its config and the core it runs). */
+  blas: { library: string; core: string }
+  /** CPU features detected at run time and the kernels' instruction set (SEMICAP_CPU_ISA lowers it). */
+  cpu: { isa: 'portable' | 'avx2' | 'avx512'; features: string[] }
+  /** The per-shape choices made so far between the addon's kernels and BLAS for float32 products. */
+  kernelChoices: Array<{ rows: string; K: number; N: number; threads: number; choice: 'kernel' | 'blas'; kernelUs: number; blasUs: number }>
 }
+
+/** What the library decided about OpenBLAS's core type before libtorch loaded (see lib/cpu.ts). */
+export let blasCoreChoice: BlasCoreChoice = { coreType: null, source: 'none' }
 
 /** The CPU caching allocator's counters (blocks of 1 MiB and more are kept on free and reused). */
 export interface CpuCacheStats {
@@ -128,8 +247,7 @@ export interface Addon {
   AddonClip: new (config: ClipConfigWire & { seed?: number }) => AddonClip
   AddonGpt2: new (config: Gpt2ConfigWire & { seed?: number }) => AddonGpt2
   AddonCaptioner: new (clip: AddonClip, config: { gpt2: Gpt2ConfigWire; mapper: MapperConfigWire; normalizePrefix: boolean; seed?: number }) => AddonCaptioner
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  AddonTrainer: new (model: AddonCaptioner | AddonClip | AddonGpt2, config: object, data: Record<string, WireTensor>, onProgress: (p: any) => void, onScore: (ids: WireTensor, images: WireTensor) => object) => AddonTrainer
+  AddonTrainer: AddonTrainerConstructor
   losses: LossesAddon
   setNumThreads(n: number): void
   info(): NativeInfo
@@ -150,6 +268,8 @@ export function native(): Addon {
   // Spinning OpenMP workers starve OpenBLAS's threads (measured 2-4x slower on 2 cores): wait passively unless
   // the user chose otherwise.
   process.env.OMP_WAIT_POLICY ??= 'PASSIVE'
+  // OpenBLAS reads its core type once, when libtorch loads it: unknown CPUs would get SSE3 kernels.
+  blasCoreChoice = chooseBlasCore()
   const require = createRequire(import.meta.url)
   const load = require('node-gyp-build') as (dir: string) => Addon
   try {

@@ -1,10 +1,15 @@
 // Process-wide runtime controls and safetensors file access.
-import { call, native, type CpuCacheStats, type NativeInfo, type SafetensorsHeader } from './native.js'
+import { blasCoreChoice, call, native, type CpuCacheStats, type NativeInfo, type SafetensorsHeader } from './native.js'
+import type { BlasCoreChoice } from './cpu.js'
 import { Tensor } from './tensor.js'
 
-/** libtorch's version, CUDA availability, thread counts, and how tensors crossed the boundary so far. */
-export function runtimeInfo(): NativeInfo {
-  return native().info()
+/**
+ * libtorch's version, CUDA availability, thread counts, how tensors crossed the boundary so far, the BLAS and its
+ * core type (and whether semicap chose it: `blas.coreType`), the CPU's features and the kernels' choices.
+ */
+export function runtimeInfo(): NativeInfo & { blasCoreType: BlasCoreChoice } {
+  const info = native().info()
+  return { ...info, blasCoreType: blasCoreChoice }
 }
 
 /** Intra-op threads for libtorch (process-wide). `SEMICAP_THREADS` sets it at load time. */
@@ -45,13 +50,13 @@ export async function loadSafetensors(path: string): Promise<Record<string, Tens
   return Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, Tensor.fromWire(v)]))
 }
 
-/** Writes tensors atomically (temp file + rename). */
+/** Writes tensors atomically (temp file + rename). Host data is copied when the call starts (see Tensor.toAsyncWire). */
 export function writeSafetensors(path: string, tensors: Record<string, Tensor>, metadata: Record<string, string> = {}): Promise<void> {
   if (typeof path !== 'string') throw new TypeError('path must be a string')
   const wire = Object.fromEntries(
     Object.entries(tensors).map(([k, t]) => {
       if (!(t instanceof Tensor)) throw new TypeError(`tensor '${k}' must be a Tensor`)
-      return [k, t.toWire()]
+      return [k, t.toAsyncWire()]
     }),
   )
   return call(() => native().writeSafetensors(path, wire, metadata))

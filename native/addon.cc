@@ -12,7 +12,10 @@
 #include "addon_state.h"
 #include "bridge.h"
 #include "cpu_allocator.h"
-#include "cpu_gemm.h"
+#include "cpu_kernels.h"
+#include "env.h"
+#include "packed.h"
+#include <dlfcn.h>
 #include "errors.h"
 #include "models_binding.h"
 #include "safetensors.h"
@@ -72,6 +75,23 @@ Napi::Value EmptyCpuCache(const Napi::CallbackInfo& info) {
   return cpu_cache_object(info.Env());
 }
 
+// The BLAS libtorch calls, as it describes itself: OpenBLAS exports its config and the core it picked.
+static Napi::Object blas_object(Napi::Env env) {
+  Napi::Object o = Napi::Object::New(env);
+  using Str = char* (*)();
+  auto config = reinterpret_cast<Str>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
+  auto core = reinterpret_cast<Str>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  o.Set("library", config ? std::string(config()) : std::string("unknown (not OpenBLAS)"));
+  o.Set("core", core ? std::string(core()) : std::string(""));
+  return o;
+}
+
+// Whether float32 products may use the kernels (SEMICAP_NO_CPU_GEMM=1 / SEMICAP_CPU_GEMM=blas: never).
+static bool cpu_gemm_enabled() {
+  const char* v = std::getenv("SEMICAP_CPU_GEMM");
+  return !env_flag("SEMICAP_NO_CPU_GEMM") && !(v && std::string(v) == "blas");
+}
+
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -85,7 +105,33 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   b.Set("copied", static_cast<double>(bridge_stats().copied));
   o.Set("bridge", b);
   o.Set("cpuCache", cpu_cache_object(env));
-  o.Set("cpuGemm", cpu_gemm_available());
+  o.Set("cpuGemm", cpu_gemm_enabled());
+  o.Set("blas", blas_object(env));
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("isa", kernels::isa_name(kernels::active_isa()));
+  const kernels::CpuFeatures f = kernels::cpu_features();
+  Napi::Array feats = Napi::Array::New(env);
+  uint32_t n = 0;
+  auto add = [&](bool on, const char* name) { if (on) feats.Set(n++, name); };
+  add(f.avx2, "avx2"), add(f.fma, "fma"), add(f.f16c, "f16c"), add(f.avx512f, "avx512f"), add(f.avx512bw, "avx512bw");
+  add(f.avx512vl, "avx512vl"), add(f.avx512dq, "avx512dq"), add(f.avx512_bf16, "avx512_bf16"), add(f.avx512_vnni, "avx512_vnni");
+  add(f.avx_vnni, "avx_vnni"), add(f.amx_tile, "amx_tile"), add(f.amx_bf16, "amx_bf16"), add(f.amx_int8, "amx_int8");
+  c.Set("features", feats);
+  o.Set("cpu", c);
+  Napi::Array choices = Napi::Array::New(env);
+  uint32_t i = 0;
+  for (const auto& k : kernel_choices()) {
+    Napi::Object e = Napi::Object::New(env);
+    e.Set("rows", k.rows);
+    e.Set("K", static_cast<double>(k.K));
+    e.Set("N", static_cast<double>(k.N));
+    e.Set("threads", k.threads);
+    e.Set("choice", k.kernel ? "kernel" : "blas");
+    e.Set("kernelUs", k.kernel_us);
+    e.Set("blasUs", k.blas_us);
+    choices.Set(i++, e);
+  }
+  o.Set("kernelChoices", choices);
   return o;
 }
 

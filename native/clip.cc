@@ -18,7 +18,7 @@ std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, 
   for (int64_t i = 0; i < c.layers; ++i) {
     std::string p = prefix + ".encoder.layers." + std::to_string(i) + ".";
     auto lin = [&](const std::string& n, int64_t out, int64_t in) {
-      return Linear{params_.normal(p + n + ".weight", {out, in}), params_.zeros(p + n + ".bias", {out})};
+      return Linear{params_.normal(p + n + ".weight", {out, in}), params_.zeros(p + n + ".bias", {out}), params_.slot(p + n + ".weight", false)};
     };
     ClipEncoderLayer l;
     l.ln1 = {params_.ones(p + "layer_norm1.weight", {c.hidden}), params_.zeros(p + "layer_norm1.bias", {c.hidden}), c.eps};

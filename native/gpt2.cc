@@ -21,10 +21,11 @@ Gpt2Model::Gpt2Model(const Gpt2Config& cfg, ParamStore* store, const std::string
   const int64_t C = cfg.n_embd, inner = cfg.n_inner > 0 ? cfg.n_inner : 4 * cfg.n_embd;
   const std::string& p = prefix;
   wte_ = store->normal(p + "wte.weight", {cfg.vocab_size, C});
+  logits_slot_ = store->slot(p + "wte.weight", false);  // the tied logits read wte as a [V, C] Linear weight
   wpe_ = store->normal(p + "wpe.weight", {cfg.n_positions, C}, 0.01);
   auto ln = [&](const std::string& n) { return LayerNorm{store->ones(n + ".weight", {C}), store->zeros(n + ".bias", {C}), cfg.eps}; };
   auto conv = [&](const std::string& n, int64_t in, int64_t out) {
-    return Conv1D{store->normal(n + ".weight", {in, out}), store->zeros(n + ".bias", {out})};
+    return Conv1D{store->normal(n + ".weight", {in, out}), store->zeros(n + ".bias", {out}), store->slot(n + ".weight", true)};
   };
   for (int64_t i = 0; i < cfg.n_layer; ++i) {
     std::string b = p + "h." + std::to_string(i) + ".";
@@ -51,19 +52,16 @@ std::string Gpt2Model::checkpoint_key(const std::string& key) {
 }
 
 at::Tensor Gpt2Model::logits(const at::Tensor& hidden) const {
-  if (!hidden.is_cpu() || c10::GradMode::is_enabled() || hidden.scalar_type() != at::kFloat) return at::matmul(hidden, wte_.t());
-  auto shape = hidden.sizes().vec();
-  shape.back() = cfg_.vocab_size;
-  if (single_row_cpu(hidden)) return at::mv(wte_, hidden.reshape({-1})).view(shape);
-  const int64_t version = static_cast<int64_t>(wte_._version());
-  if (!wte_t_.defined() || wte_t_version_ != version || wte_t_ptr_ != wte_.data_ptr()) {
-    c10::InferenceMode guard;
-    wte_t_ = wte_.t().contiguous();
-    wte_t_version_ = version;
-    wte_t_ptr_ = wte_.data_ptr();
-  }
-  if (cpu_gemm_rows(hidden)) return cpu_matmul(hidden, wte_t_, at::Tensor(), true);
-  return at::mm(hidden.reshape({-1, cfg_.n_embd}), wte_t_).view(shape);
+  auto blas = [&] {
+    if (single_row_cpu(hidden)) {
+      auto shape = hidden.sizes().vec();
+      shape.back() = cfg_.vocab_size;
+      return at::mv(wte_, hidden.reshape({-1})).view(shape);
+    }
+    return at::matmul(hidden, wte_.t());
+  };
+  if (packed_usable(hidden, wte_, logits_slot_.get())) return packed_product(hidden, wte_, at::Tensor(), *logits_slot_, blas);
+  return blas();
 }
 
 at::Tensor Gpt2Model::embed_tokens(const at::Tensor& ids_in) const {

@@ -40,8 +40,7 @@ class Gpt2Model {
   // Runs the transformer over `embeds` [B,T,C] at positions cache.length().., appends to `cache` when given.
   // Returns final hidden states after ln_f.
   at::Tensor forward(const at::Tensor& embeds, KvCache* cache) const;
-  // hidden [..., C] -> [..., V] against the tied embedding. CPU inference uses a gemv for one row and a cached
-  // [C, V] copy of wte otherwise (the [K, N] layout cpu_gemm.h streams; with OpenBLAS a row-major right-hand side is ~1.35x faster too).
+  // hidden [..., C] -> [..., V] against the tied embedding (CPU inference: through wte's packed slot).
   at::Tensor logits(const at::Tensor& hidden) const;
   const at::Tensor& wte() const { return wte_; }
   static std::string checkpoint_key(const std::string& file_key);  // drops "transformer.", ignores buffers
@@ -51,9 +50,7 @@ class Gpt2Model {
   std::unique_ptr<ParamStore> own_;
   ParamStore* store_;
   at::Tensor wte_, wpe_;
-  mutable at::Tensor wte_t_;          // CPU inference cache of wte^T, rebuilt when wte changes
-  mutable int64_t wte_t_version_ = -1;
-  mutable const void* wte_t_ptr_ = nullptr;
+  std::shared_ptr<PackedSlot> logits_slot_;
   std::vector<Gpt2Block> blocks_;
   LayerNorm ln_f_;
 };

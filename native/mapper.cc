@@ -14,6 +14,7 @@ Mapper::Mapper(const MapperConfig& cfg, ParamStore* s) : cfg_(cfg) {
     Linear l;
     l.weight = s->add(n + ".weight", {out, in}, [s, bound](at::Tensor& t) { t.uniform_(-bound, bound, s->generator()); });
     if (bias) l.bias = s->add(n + ".bias", {out}, [s, bound](at::Tensor& t) { t.uniform_(-bound, bound, s->generator()); });
+    l.packed = s->slot(n + ".weight", false);
     return l;
   };
   if (cfg.type == "mlp") {

@@ -180,13 +180,48 @@ AddonClip::AddonClip(const Napi::CallbackInfo& info) : Napi::ObjectWrap<AddonCli
 
 std::shared_ptr<Locked<ClipModel>> AddonClip::handle() const { return live(clip_); }
 
+// The optional dtype argument of the load methods: CPU inference weights in float32, bfloat16 or int8.
+static kernels::WType dtype_arg(const Napi::CallbackInfo& info, size_t i, const at::Device& device) {
+  if (info.Length() <= i || info[i].IsUndefined() || info[i].IsNull()) return kernels::WType::F32;
+  if (!info[i].IsString()) fail("E_CONFIG", "dtype must be a string");
+  kernels::WType t = parse_wtype(info[i].As<Napi::String>().Utf8Value());
+  check(t == kernels::WType::F32 || device.is_cpu(), "E_CONFIG",
+        "dtype 'bfloat16' / 'int8' converts weights for CPU inference; on CUDA load float32 (and decode with bf16 autocast)");
+  return t;
+}
+
+// After a load: lays the CPU weights out for the kernels in the asked type. Without AVX2 the reduced types have
+// no fast kernels, so float32 is used instead and the result says so.
+static Finish prepared(ParamStore& params, const at::Device& device, kernels::WType want) {
+  std::string dtype = kernels::wtype_name(want), note;
+  size_t bytes = 0;
+  if (device.is_cpu()) {
+    kernels::WType use = want;
+    if (want != kernels::WType::F32 && kernels::active_isa() == kernels::Isa::Portable) {
+      use = kernels::WType::F32;
+      note = std::string("this CPU has no AVX2 + FMA: ") + kernels::wtype_name(want) + " weights would run slower than float32, so float32 is used";
+    }
+    dtype = kernels::wtype_name(use);
+    bytes = params.prepare_inference(use);
+  }
+  return [dtype, note, bytes](Napi::Env env) -> Napi::Value {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("dtype", dtype);
+    o.Set("isa", kernels::isa_name(kernels::active_isa()));
+    o.Set("packedBytes", static_cast<double>(bytes));
+    if (!note.empty()) o.Set("note", note);
+    return o;
+  };
+}
+
 // load(path | null, device): fills the weights from a safetensors file (or keeps the random init) and moves them.
 Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     auto h = handle();
     std::string path = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
     at::Device device = parse_device(str_arg(info, 1, "device"));
-    return run_async(info.Env(), [h, path, device]() -> Finish {
+    kernels::WType dtype = dtype_arg(info, 2, device);
+    return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty()) {
         auto file = SafetensorsFile::open(path);
@@ -196,7 +231,7 @@ Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
         });
       }
       h->model->params().to(device);
-      return [](Napi::Env env) { return env.Undefined(); };
+      return prepared(h->model->params(), device, dtype);
     });
   });
 }
@@ -275,11 +310,12 @@ Napi::Value AddonGpt2::Load(const Napi::CallbackInfo& info) {
     auto h = live(gpt_);
     std::string path = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
     at::Device device = parse_device(str_arg(info, 1, "device"));
-    return run_async(info.Env(), [h, path, device]() -> Finish {
+    kernels::WType dtype = dtype_arg(info, 2, device);
+    return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty()) h->model->params().load(SafetensorsFile::open(path), Gpt2Model::checkpoint_key);
       h->model->params().to(device);
-      return [](Napi::Env env) { return env.Undefined(); };
+      return prepared(h->model->params(), device, dtype);
     });
   });
 }
@@ -394,7 +430,8 @@ Napi::Value AddonCaptioner::LoadGpt2(const Napi::CallbackInfo& info) {
     auto h = handle();
     std::string path = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
     at::Device device = parse_device(str_arg(info, 1, "device"));
-    return run_async(info.Env(), [h, path, device]() -> Finish {
+    kernels::WType dtype = dtype_arg(info, 2, device);
+    return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty())
         h->model->params.load(SafetensorsFile::open(path), [](const std::string& k) {
@@ -402,7 +439,7 @@ Napi::Value AddonCaptioner::LoadGpt2(const Napi::CallbackInfo& info) {
           return n.empty() ? n : "gpt." + n;
         }, "gpt.");
       h->model->params.to(device);
-      return [](Napi::Env env) { return env.Undefined(); };
+      return prepared(h->model->params, device, dtype);
     });
   });
 }
@@ -413,11 +450,12 @@ Napi::Value AddonCaptioner::Load(const Napi::CallbackInfo& info) {
     auto h = handle();
     std::string path = str_arg(info, 0, "path");
     at::Device device = parse_device(str_arg(info, 1, "device"));
-    return run_async(info.Env(), [h, path, device]() -> Finish {
+    kernels::WType dtype = dtype_arg(info, 2, device);
+    return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       h->model->params.load(SafetensorsFile::open(path), CaptionerModel::checkpoint_key);
       h->model->params.to(device);
-      return [](Napi::Env env) { return env.Undefined(); };
+      return prepared(h->model->params, device, dtype);
     });
   });
 }

@@ -9,7 +9,6 @@
 
 #include "errors.h"
 #include "safetensors.h"
-#include "cpu_gemm.h"
 #include "env.h"
 
 namespace semicap {
@@ -108,47 +107,6 @@ at::Tensor view_as_tensor(const TensorView& v) {
   return at::from_blob(const_cast<uint8_t*>(v.data), v.shape, opts);
 }
 
-bool cpu_gemm_rows(const at::Tensor& x, int64_t min_rows) {
-  if (!x.is_cpu() || x.scalar_type() != at::kFloat || c10::GradMode::is_enabled() || x.dim() == 0 || x.size(-1) == 0)
-    return false;
-#ifndef _OPENMP
-  // at::parallel_for is serial in a file built without OpenMP (see CMakeLists.txt): leave threaded runs to BLAS.
-  if (at::get_num_threads() > 1) return false;
-#endif
-  return x.numel() / x.size(-1) >= min_rows && cpu_gemm_available();
-}
-
-at::Tensor cpu_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool w_is_kn) {
-  const int64_t K = x.size(-1), rows = x.numel() / K;
-  check(w.dim() == 2 && w.size(w_is_kn ? 0 : 1) == K && w.is_contiguous() && w.scalar_type() == at::kFloat && w.is_cpu(),
-        "E_NATIVE", "cpu_matmul: the weight must be a contiguous float32 CPU matrix matching the input");
-  const int64_t N = w.size(w_is_kn ? 1 : 0);
-  at::Tensor b = bias.defined() ? bias.contiguous() : bias;
-  check(!b.defined() || (b.numel() == N && b.scalar_type() == at::kFloat && b.is_cpu()), "E_NATIVE", "cpu_matmul: bias must be float32 [N]");
-  at::Tensor xc = x.reshape({rows, K}).contiguous();
-  at::Tensor y = at::empty({rows, N}, x.options());
-  const float* xp = xc.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  auto run = [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
-    if (w_is_kn) gemm_kn(xp + r0 * K, r1 - r0, K, wp, N, bp, yp + r0 * N, N, n0, n1);
-    else gemm_nk(xp + r0 * K, r1 - r0, K, wp, bp, yp + r0 * N, N, n0, n1);
-  };
-  // Threads take whole 64-column panels when there are enough of them, else blocks of 8 rows.
-  const int64_t panels = (N + 63) / 64, blocks = (rows + 7) / 8;
-  if (at::get_num_threads() <= 1) {
-    run(0, rows, 0, N);
-  } else if (panels >= 2 * at::get_num_threads() || blocks < 2) {
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) { run(0, rows, p0 * 64, std::min(N, p1 * 64)); });
-  } else {
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { run(b0 * 8, std::min(rows, b1 * 8), 0, N); });
-  }
-  auto shape = x.sizes().vec();
-  shape.back() = N;
-  return y.view(shape);
-}
-
 // The parameter's storage becomes the mapped bytes when they are float32, aligned, and the parameter is on the CPU.
 // Every page is read once here so that the page-table work happens in load(), not in the first forward pass.
 static bool adopt_mapping(at::Tensor& param, const TensorView& v, const std::shared_ptr<SafetensorsFile>& file) {
@@ -188,7 +146,8 @@ void ParamStore::load(const std::shared_ptr<SafetensorsFile>& file_ptr, const st
       continue;
     }
     // bf16/f16 checkpoints compute in float32 by default: copy_ converts.
-    if (!adopt_mapping(it->second, v, file_ptr)) it->second.copy_(view_as_tensor(v));
+    if (adopt_mapping(it->second, v, file_ptr)) mapped_.insert(name);
+    else it->second.copy_(view_as_tensor(v)), mapped_.erase(name);
     pending_.erase(name);
     filled.insert(name);
   }
@@ -227,8 +186,38 @@ void ParamStore::to(const at::Device& device) {
     bool rg = t.requires_grad();
     // set_data keeps the TensorImpl (and every copy of the handle models hold) while moving its storage.
     t.set_data(t.to(device));
+    mapped_.erase(name);
     t.requires_grad_(rg);
   }
+}
+
+std::shared_ptr<PackedSlot> ParamStore::slot(const std::string& weight_name, bool w_is_kn) {
+  auto& s = slots_[weight_name];
+  if (!s) {
+    s = std::make_shared<PackedSlot>(w_is_kn);
+    s->set_type(inference_type_);
+  }
+  return s;
+}
+
+size_t ParamStore::prepare_inference(kernels::WType type) {
+  inference_type_ = type;
+  size_t bytes = 0;
+  c10::NoGradGuard no_grad;
+  for (auto& [name, s] : slots_) {
+    s->set_type(type);
+    auto it = tensors_.find(name);
+    if (it == tensors_.end() || !it->second.is_cpu() || it->second.scalar_type() != at::kFloat || !packing_used(type)) {
+      s->drop();
+      continue;
+    }
+    bytes += s->get(it->second)->bytes();
+    // A weight still in its file mapping is clean: the kernel can drop its pages and read them back if needed.
+    const bool mapped = mapped_.count(name) > 0 && it->second._version() == 0;
+    s->set_file_backed(mapped);
+    if (mapped) page_out(it->second);
+  }
+  return bytes;
 }
 
 void ParamStore::set_requires_grad(bool on) {

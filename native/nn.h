@@ -8,8 +8,11 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
+
+#include "packed.h"
 
 namespace semicap {
 
@@ -52,11 +55,22 @@ class ParamStore {
   void seed(uint64_t s);
   void set_requires_grad(bool on);
 
+  // The packed-weight slot of a matrix parameter (created on first request). w_is_kn: stored [in, out].
+  std::shared_ptr<PackedSlot> slot(const std::string& weight_name, bool w_is_kn);
+  // CPU inference in `type` from now on: every slot's weight is laid out now (so the first call is fast), and the
+  // float32 originals that came from a file mapping are paged out (the packed copies stand for them; they read
+  // back in only if BLAS or training needs them). Returns the packed bytes.
+  size_t prepare_inference(kernels::WType type);
+  kernels::WType inference_type() const { return inference_type_; }
+
  private:
   std::vector<std::string> names_;
   std::map<std::string, at::Tensor> tensors_;
   std::map<std::string, std::function<void(at::Tensor&)>> pending_;  // init not yet run
   at::Generator gen_;
+  std::map<std::string, std::shared_ptr<PackedSlot>> slots_;
+  std::set<std::string> mapped_;  // parameters whose storage is the checkpoint file's mapping
+  kernels::WType inference_type_ = kernels::WType::F32;
 };
 
 // One input row on the CPU without autograd (batch-1 decoding): BLAS gemv is 3-4x faster than a one-row gemm.
@@ -64,23 +78,20 @@ inline bool single_row_cpu(const at::Tensor& x) {
   return x.is_cpu() && x.numel() == x.size(-1) && x.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
 }
 
-// float32 CPU inference (no autograd) with at least min_rows rows, on a CPU that runs the kernels of cpu_gemm.h.
-bool cpu_gemm_rows(const at::Tensor& x, int64_t min_rows = 2);
-// x [..., K] times w plus bias [N] (or undefined) -> [..., N] through cpu_gemm.h. w is [K, N] when w_is_kn (GPT-2's
-// Conv1D, wte^T), else [N, K] (Linear); contiguous float32 either way.
-at::Tensor cpu_matmul(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool w_is_kn);
-
 struct Linear {
   at::Tensor weight, bias;  // weight [out, in] (PyTorch layout), bias optional
+  std::shared_ptr<PackedSlot> packed;  // CPU inference through cpu_kernels.h (null: BLAS only)
   at::Tensor operator()(const at::Tensor& x) const {
+    if (packed_usable(x, weight, packed.get())) return packed_product(x, weight, bias, *packed, [&] { return blas(x); });
+    return blas(x);
+  }
+  at::Tensor blas(const at::Tensor& x) const {
     if (single_row_cpu(x)) {
       auto s = x.sizes().vec();
       s.back() = weight.size(0);
       at::Tensor v = x.reshape({-1});
       return (bias.defined() ? at::addmv(bias, weight, v) : at::mv(weight, v)).view(s);
     }
-    // Up to 16 rows (the mapper during decoding) BLAS reads a [N, K] weight as fast as repacking it would.
-    if (cpu_gemm_rows(x, 17)) return cpu_matmul(x, weight, bias, false);
     return at::linear(x, weight, bias);
   }
 };
@@ -88,9 +99,13 @@ struct Linear {
 // GPT-2's Conv1D: weight stored [in, out].
 struct Conv1D {
   at::Tensor weight, bias;
+  std::shared_ptr<PackedSlot> packed;
   at::Tensor operator()(const at::Tensor& x) const {
+    if (packed_usable(x, weight, packed.get())) return packed_product(x, weight, bias, *packed, [&] { return blas(x); });
+    return blas(x);
+  }
+  at::Tensor blas(const at::Tensor& x) const {
     if (single_row_cpu(x)) return at::addmv(bias, weight.t(), x.reshape({-1})).view(out_shape(x));
-    if (cpu_gemm_rows(x)) return cpu_matmul(x, weight, bias, true);
     return at::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape(x));
   }
   std::vector<int64_t> out_shape(const at::Tensor& x) const {

@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Clip, Gpt2, Gpt2Tokenizer, Tensor } from '../lib/index.js'
-import type { TrainProgress } from '../lib/training.js'
+import type { TrainProgress } from '../lib/index.js'
 import { makeTinyModels } from './helpers/models.js'
 import { tempDir } from './helpers/paths.js'
 

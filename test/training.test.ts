@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Captioner, Tensor } from '../lib/index.js'
 import type { Example } from '../lib/data/index.js'
 import { AbortError } from '../lib/errors.js'
-import type { TrainProgress } from '../lib/training.js'
+import type { TrainProgress } from '../lib/index.js'
 import { makeColourSquares, makeTinyCaptionModels, type TinyModels } from './helpers/models.js'
 import { tempDir } from './helpers/paths.js'
 
@@ -114,41 +114,104 @@ describe('SCST', () => {
     expect(progress.at(-1)!.reward!).toBeGreaterThan(progress[0].reward!)
   })
 
-  it('CLIP-S reward stage runs with a KL penalty that starts at zero', async () => {
-    const cap = await fresh()
-    const run = cap.train({
-      stage: 'clip-reward',
-      unlabeled: examples,
-      steps: 3,
-      batchSize: 2,
-      samples: 3,
-      klCoef: 0.1,
-      repetitionPenalty: 0.1,
-      lr: 1e-3,
-      featureCache: join(work, 'cache'),
+  /** Records the texts the run asks CLIP to tokenise (one call per SCST step: greedy rows, then samples). */
+  function spyTokenize(cap: Captioner): { calls: string[][]; tokenize: Captioner['clip']['tokenize'] } {
+    const tokenize = cap.clip.tokenize.bind(cap.clip)
+    const calls: string[][] = []
+    cap.clip.tokenize = (texts, o) => (calls.push([...texts]), tokenize(texts, o))
+    return { calls, tokenize }
+  }
+  const unit = (t: Tensor): Float64Array[] => {
+    const [N, D] = t.shape as [number, number]
+    const d = t.data as Float32Array
+    return Array.from({ length: N }, (_, i) => {
+      const row = Float64Array.from(d.subarray(i * D, (i + 1) * D))
+      const n = Math.hypot(...row)
+      return row.map((x) => x / n)
     })
+  }
+  const dot = (a: Float64Array, b: Float64Array): number => a.reduce((s, x, i) => s + x * b[i]!, 0)
+  const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length
+
+  it('CLIP-S reward stage: reward and baseline are w * max(cos, 0) of the scored captions; KL starts at zero', async () => {
+    const cap = await fresh()
+    const K = 3
+    const { calls, tokenize } = spyTokenize(cap)
+    // One image, one per batch: every scored caption belongs to it. The tiny random CLIP gives most texts a negative
+    // cosine with most images (clipped to 0); a white square with this prefix gives positive ones, so the check
+    // below compares real values.
+    const [white] = await makeColourSquares(work, [['white', [255, 255, 255]]], () => 'a white square.')
+    const prefix = 'kitchen '
+    const run = cap.train({ stage: 'clip-reward', unlabeled: [white!], steps: 3, batchSize: 1, samples: K, klCoef: 0.1, lr: 1e-3, reward: { w: 2, prefix }, featureCache: join(work, 'cache') })
     const progress = collect(run)
     await run
     expect(progress[0].kl).toBe(0)
     expect(progress[2].kl!).toBeGreaterThan(0)
-    // CLIP-S rewards lie in [0, 2.5] before the repetition penalty.
-    for (const p of progress) expect(p.reward!).toBeLessThanOrEqual(2.5)
+    expect(calls).toHaveLength(3)
+    const image = unit(await cap.clip.imageFeatures(await cap.clip.preprocess([white!.image])))[0]!
+    const all: number[] = []
+    for (const [step, texts] of calls.entries()) {
+      expect(texts).toHaveLength(1 + K)
+      for (const t of texts) expect(t.startsWith(prefix)).toBe(true)
+      const r = unit(await cap.clip.textFeatures(tokenize(texts))).map((t) => 2 * Math.max(dot(t, image), 0))
+      all.push(...r)
+      expect(progress[step].baselineReward!).toBeCloseTo(r[0]!, 4)
+      expect(progress[step].reward!).toBeCloseTo(mean(r.slice(1)), 4)
+    }
+    expect(all.some((x) => x > 0.01)).toBe(true) // not every cosine clipped to 0: the check compares real values
   })
 
-  it('stage-1 SCST with reference rewards (text-text and contrastive)', async () => {
-    for (const type of ['refText', 'refContrastive'] as const) {
+  it('stage-1 SCST with reference rewards: refText is the mean (or max) cosine to the image\'s references', async () => {
+    const refs = ['a red square.', 'a small red box on grey.']
+    for (const aggregate of ['mean', 'max'] as const) {
       const cap = await fresh()
-      const run = cap.train({ stage: 'supervised', objective: 'scst', labeled: examples, steps: 2, batchSize: 2, samples: 2, ceWeight: 0.5, reward: { type }, featureCache: join(work, 'cache') })
+      const { calls, tokenize } = spyTokenize(cap)
+      const steps = 2
+      const K = 2
+      const labeled = [{ ...examples[0], captions: refs }]
+      const run = cap.train({ stage: 'supervised', objective: 'scst', labeled, steps, batchSize: 1, samples: K, ceWeight: 0.5, reward: { type: 'refText', aggregate }, featureCache: join(work, 'cache') })
       const progress = collect(run)
       await run
-      expect(progress).toHaveLength(2)
-      for (const p of progress) {
-        expect(Number.isFinite(p.reward)).toBe(true)
-        expect(Number.isFinite(p.ce)).toBe(true)
-        if (type === 'refText') expect(Math.abs(p.reward!)).toBeLessThanOrEqual(1)
-        else expect(p.reward!).toBeLessThanOrEqual(0)
+      expect(progress).toHaveLength(steps)
+      const refRows = unit(await cap.clip.textFeatures(tokenize(refs)))
+      const scored = calls.slice(-steps) // before them: the references, encoded once when the run starts
+      for (const [step, texts] of scored.entries()) {
+        expect(texts).toHaveLength(1 + K)
+        const r = unit(await cap.clip.textFeatures(tokenize(texts))).map((t) => {
+          const cos = refRows.map((ref) => dot(t, ref))
+          return aggregate === 'mean' ? mean(cos) : Math.max(...cos)
+        })
+        expect(Number.isFinite(progress[step].ce)).toBe(true)
+        expect(progress[step].baselineReward!).toBeCloseTo(r[0]!, 4)
+        expect(progress[step].reward!).toBeCloseTo(mean(r.slice(1)), 4)
       }
     }
+  })
+
+  it('stage-1 SCST with the contrastive reference reward runs (log-probabilities: <= 0)', async () => {
+    const cap = await fresh()
+    const run = cap.train({ stage: 'supervised', objective: 'scst', labeled: examples, steps: 2, batchSize: 2, samples: 2, ceWeight: 0.5, reward: { type: 'refContrastive' }, featureCache: join(work, 'cache') })
+    const progress = collect(run)
+    await run
+    expect(progress).toHaveLength(2)
+    for (const p of progress) {
+      expect(Number.isFinite(p.ce)).toBe(true)
+      expect(p.reward!).toBeLessThanOrEqual(0)
+    }
+  })
+
+  it('a custom reward must be synchronous: an async function is refused at train(), a returned Promise fails the run', async () => {
+    const cap = await fresh()
+    const base = { stage: 'clip-reward' as const, unlabeled: [examples[0]], steps: 2, batchSize: 1, samples: 2, featureCache: join(work, 'cache') }
+    const asyncFn = (async (texts: string[]) => texts.map(() => 1)) as unknown as (t: string[]) => number[]
+    expect(() => cap.train({ ...base, reward: { type: 'custom', fn: asyncFn } })).toThrow(expect.objectContaining({ code: 'E_VALUE', message: expect.stringMatching(/synchronous/) }))
+    const promiseFn = ((texts: string[]) => Promise.resolve(texts.map(() => 1))) as unknown as (t: string[]) => number[]
+    const err = await cap.train({ ...base, reward: { type: 'custom', fn: promiseFn } }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(err).toMatchObject({ code: 'E_VALUE', message: expect.stringMatching(/returned a Promise.*synchronously/) })
+    expect((err as Error).cause).toMatchObject({ code: 'E_VALUE' })
   })
 })
 

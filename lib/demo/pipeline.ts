@@ -21,7 +21,9 @@ import { cosine, retrievalRecallAtK } from '../metrics/index.js'
 import { setThreads } from '../runtime.js'
 import type { Tensor } from '../tensor.js'
 import { Gpt2Tokenizer, saveGpt2TokenizerFiles, trainByteLevelBpe } from '../tokenizers/index.js'
-import type { TrainingRun, TrainProgress } from '../training.js'
+// Imported for its effect too: it registers training with the model classes' train() methods.
+import '../training/index.js'
+import type { TrainingRun, TrainProgress } from '../training/index.js'
 import {
   COLOURS,
   Rng,

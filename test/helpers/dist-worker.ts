@@ -1,6 +1,6 @@
 // One rank of a data-parallel test run (spawned by test/distributed.test.ts). Config comes as JSON in argv[2].
 import { Captioner } from '../../lib/index.js'
-import type { TrainProgress } from '../../lib/training.js'
+import type { TrainProgress } from '../../lib/index.js'
 
 const cfg = JSON.parse(process.argv[2]!) as {
   clipDir: string

@@ -1,0 +1,300 @@
+// cpu_kernels: cpuid, the ISA choice, packing and the dispatch to the per-ISA loops (cpu_kernels_<isa>.cc, all from
+// cpu_kernels_impl.h). This file is compiled with the project's ordinary flags: it runs on every x86-64 CPU.
+#include "cpu_kernels.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+#include <algorithm>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+namespace semicap::kernels {
+
+// The per-ISA entry points (defined in cpu_kernels_<isa>.cc; the signatures must match, the linker checks them).
+#define SEMICAP_KERNEL_DECL(ns)                                                                                     \
+  namespace ns {                                                                                                    \
+  int panel_width();                                                                                                \
+  int64_t scratch_size(int64_t rows, int64_t K);                                                                    \
+  void gemm(int wtype, const void* data, const float* scale, int64_t K, const float* x, int64_t rows, int64_t ldx, \
+            const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, float* scratch);              \
+  }
+SEMICAP_KERNEL_DECL(portable)
+SEMICAP_KERNEL_DECL(avx2)
+SEMICAP_KERNEL_DECL(avx512)
+#undef SEMICAP_KERNEL_DECL
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Portable: return "portable";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "?";
+}
+
+const char* wtype_name(WType t) {
+  switch (t) {
+    case WType::F32: return "float32";
+    case WType::BF16: return "bfloat16";
+    case WType::I8: return "int8";
+  }
+  return "?";
+}
+
+CpuFeatures cpu_features() {
+  CpuFeatures f;
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  const unsigned max_leaf = __get_cpuid_max(0, nullptr);
+  if (max_leaf < 1) return f;
+  __cpuid(1, a, b, c, d);
+  const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+  const bool fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+  // What the OS saves on a context switch (XCR0): SSE+AVX state (bits 1, 2), AVX-512 opmask+ZMM (5, 6, 7), AMX
+  // tile config+data (17, 18). An instruction set whose registers the OS does not save is not usable.
+  uint64_t xcr0 = 0;
+  if (osxsave) {
+    unsigned lo = 0, hi = 0;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    xcr0 = (static_cast<uint64_t>(hi) << 32) | lo;
+  }
+  const bool os_avx = avx && (xcr0 & 0x6) == 0x6;
+  const bool os_avx512 = os_avx && (xcr0 & 0xE0) == 0xE0;
+  const bool os_amx = (xcr0 & 0x60000) == 0x60000;
+  f.fma = os_avx && fma;
+  f.f16c = os_avx && f16c;
+  if (max_leaf >= 7) {
+    __cpuid_count(7, 0, a, b, c, d);
+    const unsigned max_sub = a;
+    f.avx2 = os_avx && ((b >> 5) & 1);
+    f.avx512f = os_avx512 && ((b >> 16) & 1);
+    f.avx512dq = os_avx512 && ((b >> 17) & 1);
+    f.avx512bw = os_avx512 && ((b >> 30) & 1);
+    f.avx512vl = os_avx512 && ((b >> 31) & 1);
+    f.avx512_vnni = os_avx512 && ((c >> 11) & 1);
+    f.amx_bf16 = os_amx && ((d >> 22) & 1);
+    f.amx_tile = os_amx && ((d >> 24) & 1);
+    f.amx_int8 = os_amx && ((d >> 25) & 1);
+    if (max_sub >= 1) {
+      __cpuid_count(7, 1, a, b, c, d);
+      f.avx_vnni = os_avx && ((a >> 4) & 1);
+      f.avx512_bf16 = os_avx512 && ((a >> 5) & 1);
+    }
+  }
+#endif
+  return f;
+}
+
+Isa choose_isa(const CpuFeatures& f, const char* request) {
+  Isa best = Isa::Portable;
+  if (f.avx2 && f.fma && f.f16c) best = Isa::Avx2;
+  if (best == Isa::Avx2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq) best = Isa::Avx512;
+  if (!request) return best;
+  Isa want;
+  if (std::strcmp(request, "portable") == 0) want = Isa::Portable;
+  else if (std::strcmp(request, "avx2") == 0) want = Isa::Avx2;
+  else if (std::strcmp(request, "avx512") == 0) want = Isa::Avx512;
+  else return best;  // unset, empty or unknown: the best
+  return static_cast<int>(want) < static_cast<int>(best) ? want : best;
+}
+
+namespace {
+Isa best_isa() {
+  static const Isa isa = choose_isa(cpu_features(), nullptr);
+  return isa;
+}
+int panel_for(Isa isa) {
+  switch (isa) {
+    case Isa::Portable: return portable::panel_width();
+    case Isa::Avx2: return avx2::panel_width();
+    case Isa::Avx512: return avx512::panel_width();
+  }
+  return 0;
+}
+size_t elem_size(WType t) { return t == WType::F32 ? 4 : (t == WType::BF16 ? 2 : 1); }
+
+void* alloc64(size_t bytes) {
+  const size_t n = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, n ? n : 64);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, n ? n : 64);
+  return p;
+}
+
+// Per-thread working memory of the products (packed rows of x, a widened panel slice): grows, never shrinks; freed
+// when the thread ends.
+struct Scratch {
+  float* p = nullptr;
+  int64_t n = 0;
+  ~Scratch() { std::free(p); }
+};
+float* thread_scratch(int64_t floats) {
+  thread_local Scratch s;
+  if (floats > s.n) {
+    std::free(s.p);
+    s.p = nullptr;
+    s.n = 0;
+    s.p = static_cast<float*>(alloc64(static_cast<size_t>(floats) * sizeof(float)));
+    s.n = floats;
+  }
+  return s.p;
+}
+
+uint16_t to_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN stays a (quiet) NaN
+  u += 0x7FFFu + ((u >> 16) & 1);  // round to nearest even (overflow to Inf is the right rounding)
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float v;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+}  // namespace
+
+Isa active_isa() {
+  static const Isa isa = choose_isa(cpu_features(), std::getenv("SEMICAP_CPU_ISA"));
+  return isa;
+}
+
+PackedWeight::~PackedWeight() {
+  std::free(data);
+  std::free(scale);
+}
+
+size_t PackedWeight::bytes() const { return data_bytes + (scale ? static_cast<size_t>(N) * sizeof(float) : 0); }
+
+std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_is_kn, int64_t ldw, WType type,
+                                   Isa isa) {
+  if (N < 1 || K < 1) throw std::invalid_argument("cpu_kernels::pack: N and K must be >= 1");
+  if (ldw < (w_is_kn ? N : K))
+    throw std::invalid_argument("cpu_kernels::pack: ldw " + std::to_string(ldw) + " is shorter than a row (" +
+                                std::to_string(w_is_kn ? N : K) + ")");
+  if (!w) throw std::invalid_argument("cpu_kernels::pack: null weight");
+  if (type != WType::F32 && type != WType::BF16 && type != WType::I8)
+    throw std::invalid_argument("cpu_kernels::pack: unknown weight type");
+  if (isa != Isa::Portable && isa != Isa::Avx2 && isa != Isa::Avx512)
+    throw std::invalid_argument("cpu_kernels::pack: unknown isa");
+  const int P = panel_for(isa), V = P / 2;
+  const int64_t np = (N + P - 1) / P;
+  if (K > (int64_t(1) << 40) / (np * P)) throw std::invalid_argument("cpu_kernels::pack: weight too large");
+  auto pw = std::make_unique<PackedWeight>();
+  pw->type = type;
+  pw->isa = isa;
+  pw->N = N;
+  pw->K = K;
+  pw->panel = P;
+  pw->data_bytes = static_cast<size_t>(np * P * K) * elem_size(type);
+  pw->data = alloc64(pw->data_bytes);
+  auto at = [&](int64_t n, int64_t k) { return w_is_kn ? w[k * ldw + n] : w[n * ldw + k]; };
+  // Visits every (n, k) in the source's memory order.
+  auto each = [&](auto&& f) {
+    if (w_is_kn) {
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t n = 0; n < N; ++n) f(n, k);
+    } else {
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) f(n, k);
+    }
+  };
+  // Element (n, k) of the packed array.
+  auto idx = [&](int64_t n, int64_t k) { return ((n / P) * K + k) * P + n % P; };
+  if (type == WType::F32) {
+    float* d = static_cast<float*>(pw->data);
+    if (w_is_kn) {
+      for (int64_t p = 0; p < np; ++p) {
+        const int64_t n0 = p * P, nc = std::min<int64_t>(P, N - n0);
+        for (int64_t k = 0; k < K; ++k) std::memcpy(d + (p * K + k) * P, w + k * ldw + n0, nc * sizeof(float));
+      }
+    } else {
+      for (int64_t n = 0; n < N; ++n) {
+        const float* src = w + n * ldw;
+        float* dst = d + (n / P) * K * P + n % P;
+        for (int64_t k = 0; k < K; ++k) dst[k * P] = src[k];
+      }
+    }
+  } else if (type == WType::BF16) {
+    uint16_t* d = static_cast<uint16_t*>(pw->data);
+    // Within a panel row, word j holds columns j (low half) and V + j (high half): see cpu_kernels_impl.h.
+    auto pos = [&](int64_t n, int64_t k) {
+      const int64_t j = n % P;
+      return ((n / P) * K + k) * P + (j < V ? 2 * j : 2 * (j - V) + 1);
+    };
+    each([&](int64_t n, int64_t k) { d[pos(n, k)] = to_bf16(at(n, k)); });
+  } else {
+    int8_t* d = static_cast<int8_t*>(pw->data);
+    pw->scale = static_cast<float*>(alloc64(static_cast<size_t>(np * P) * sizeof(float)));  // padding: 0
+    float* s = pw->scale;
+    std::vector<float> amax(static_cast<size_t>(N), 0.f);
+    each([&](int64_t n, int64_t k) {
+      const float a = std::fabs(at(n, k));
+      if (std::isfinite(a) && a > amax[n]) amax[n] = a;  // non-finite weights do not set the scale
+    });
+    for (int64_t n = 0; n < N; ++n) s[n] = amax[n] > 0.f ? amax[n] / 127.f : 1.f;
+    each([&](int64_t n, int64_t k) {
+      float q = std::nearbyint(at(n, k) / s[n]);  // the default rounding mode: to nearest even
+      if (std::isnan(q)) q = 0.f;               // NaN weights become 0, +-Inf +-127
+      q = q > 127.f ? 127.f : (q < -127.f ? -127.f : q);
+      d[idx(n, k)] = static_cast<int8_t>(q);
+    });
+  }
+  return pw;
+}
+
+void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
+                 int64_t ldy, int64_t n_begin, int64_t n_end) {
+  if (rows < 0 || n_begin < 0 || n_end > w.N || n_begin > n_end || w.panel <= 0 || n_begin % w.panel != 0)
+    throw std::invalid_argument("cpu_kernels::gemm_packed: bad column range [" + std::to_string(n_begin) + ", " +
+                                std::to_string(n_end) + ") for N " + std::to_string(w.N) + ", panel " +
+                                std::to_string(w.panel));
+  if (rows > 0 && (ldx < w.K || ldy < n_end))
+    throw std::invalid_argument("cpu_kernels::gemm_packed: ldx < K or ldy < n_end");
+  if (static_cast<int>(w.isa) > static_cast<int>(best_isa()))
+    throw std::invalid_argument(std::string("cpu_kernels::gemm_packed: weight packed for ") + isa_name(w.isa) +
+                                ", which this CPU does not run");
+  if (rows == 0 || n_begin == n_end) return;
+  const int t = static_cast<int>(w.type);
+  switch (w.isa) {
+    case Isa::Portable: {
+      float* s = thread_scratch(portable::scratch_size(rows, w.K));
+      portable::gemm(t, w.data, w.scale, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      break;
+    }
+    case Isa::Avx2: {
+      float* s = thread_scratch(avx2::scratch_size(rows, w.K));
+      avx2::gemm(t, w.data, w.scale, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      break;
+    }
+    case Isa::Avx512: {
+      float* s = thread_scratch(avx512::scratch_size(rows, w.K));
+      avx512::gemm(t, w.data, w.scale, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      break;
+    }
+  }
+}
+
+void unpack(const PackedWeight& w, float* out) {
+  const int64_t N = w.N, K = w.K, P = w.panel, V = P / 2;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t j = n % P, base = (n / P) * K * P;
+    for (int64_t k = 0; k < K; ++k) {
+      float v;
+      if (w.type == WType::F32) v = static_cast<const float*>(w.data)[base + k * P + j];
+      else if (w.type == WType::BF16)
+        v = from_bf16(static_cast<const uint16_t*>(w.data)[base + k * P + (j < V ? 2 * j : 2 * (j - V) + 1)]);
+      else v = static_cast<float>(static_cast<const int8_t*>(w.data)[base + k * P + j]) * w.scale[n];
+      out[n * K + k] = v;
+    }
+  }
+}
+
+}  // namespace semicap::kernels

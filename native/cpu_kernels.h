@@ -1,0 +1,71 @@
+// CPU matrix products for inference on weights laid out once ("packed"): float32, bfloat16 or int8 (weight-only,
+// per-output-channel scales), accumulated in float32. Torch-free on purpose: this header and its .cc files compile
+// in seconds and are tested on their own.
+//
+// Each instruction set has its own translation unit built with its own -m flags (cpu_kernels_avx512.cc,
+// cpu_kernels_avx2.cc, cpu_kernels_portable.cc) from one template source, so the loops tested on one ISA are the
+// loops that run on the others; which one runs is decided at run time from cpuid, never at compile time. A CPU
+// without AVX-512 never executes AVX-512 code.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace semicap::kernels {
+
+enum class Isa { Portable = 0, Avx2 = 1, Avx512 = 2 };
+enum class WType { F32 = 0, BF16 = 1, I8 = 2 };
+
+const char* isa_name(Isa isa);      // "portable", "avx2", "avx512"
+const char* wtype_name(WType t);    // "float32", "bfloat16", "int8"
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
+  bool avx512_bf16 = false, avx512_vnni = false, avx_vnni = false;
+  bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
+};
+CpuFeatures cpu_features();
+
+// The best ISA this CPU runs (AVX-512 needs F+BW+VL+DQ; AVX2 needs AVX2+FMA), lowered (never raised) by
+// SEMICAP_CPU_ISA=portable|avx2|avx512. Read once.
+Isa active_isa();
+// The same decision for a given request string (tests): a request above what the CPU has is lowered.
+Isa choose_isa(const CpuFeatures& f, const char* request);
+
+// A weight matrix W with N outputs and K inputs, for y[m, n] = bias[n] + scale[n] * sum_k x[m, k] * W(n, k).
+// Layout: ceil(N / panel) panels, each K rows of `panel` consecutive elements (the last panel zero-padded), so a
+// product streams each panel once, front to back. Memory is 64-byte aligned and owned.
+struct PackedWeight {
+  WType type = WType::F32;
+  Isa isa = Isa::Portable;     // the kernels it was laid out for
+  int64_t N = 0, K = 0;
+  int panel = 0;               // columns per panel (depends on isa)
+  void* data = nullptr;        // float / uint16_t (bf16 bits) / int8_t
+  float* scale = nullptr;      // int8: [N] per-output-channel scales; null otherwise
+  size_t data_bytes = 0;
+  PackedWeight() = default;
+  PackedWeight(const PackedWeight&) = delete;             // owns data and scale
+  PackedWeight& operator=(const PackedWeight&) = delete;
+  ~PackedWeight();
+  size_t bytes() const;        // data + scales
+};
+
+// Lays out w for `isa`. w_is_kn: w is [K, N] with row stride ldw (GPT-2's Conv1D); else [N, K] with row stride
+// ldw (torch's Linear; GPT-2's wte for the logits). int8: symmetric, scale[n] = max_k |W(n, k)| / 127 (1 when the
+// column is all zero), q = round-to-nearest-even(W / scale). bf16: round-to-nearest-even of the float32 bits
+// (NaN kept NaN). Throws std::invalid_argument on bad sizes.
+std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_is_kn, int64_t ldw, WType type, Isa isa);
+
+// y[m * ldy + n] for m < rows and n in [n_begin, n_end): n_begin a multiple of w.panel, n_end <= N (only the last
+// range may end inside a panel). x is [rows, K] with row stride ldx. bias may be null. Serial: callers split the
+// columns between threads by whole panels. Runs the kernels of w.isa (which the CPU must run: pack() callers use
+// active_isa() or lower).
+void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
+                 int64_t ldy, int64_t n_begin, int64_t n_end);
+
+// The weight as float32 [N, K] again (tests; int8 and bf16 give the dequantised values).
+void unpack(const PackedWeight& w, float* out);
+
+}  // namespace semicap::kernels

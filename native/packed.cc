@@ -1,0 +1,189 @@
+#include "packed.h"
+
+#include <ATen/Parallel.h>
+#include <c10/core/GradMode.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include "env.h"
+#include "errors.h"
+
+namespace semicap {
+namespace {
+
+using kernels::WType;
+
+// SEMICAP_CPU_GEMM=kernel|blas forces every float32 product one way; SEMICAP_NO_CPU_GEMM=1 is the same as blas.
+enum class F32Mode { Auto, Kernel, Blas };
+F32Mode f32_mode() {
+  static const F32Mode mode = [] {
+    if (env_flag("SEMICAP_NO_CPU_GEMM")) return F32Mode::Blas;
+    const char* v = std::getenv("SEMICAP_CPU_GEMM");
+    if (v && std::strcmp(v, "kernel") == 0) return F32Mode::Kernel;
+    if (v && std::strcmp(v, "blas") == 0) return F32Mode::Blas;
+    return F32Mode::Auto;
+  }();
+  return mode;
+}
+
+std::string rows_bucket(int64_t rows) {
+  if (rows <= 1) return "1";
+  int64_t lo = 2, hi = 4;
+  while (rows > hi && hi < 512) lo = hi + 1, hi *= 2;
+  return rows > hi ? "513+" : std::to_string(lo) + "-" + std::to_string(hi);
+}
+
+struct Calibration {
+  std::mutex mu;
+  std::map<std::tuple<std::string, int64_t, int64_t, int>, KernelChoice> choices;
+};
+Calibration& calibration() {
+  static Calibration* c = new Calibration();  // never destroyed: products may run during exit
+  return *c;
+}
+
+// The kernels over the packed weight, columns split between threads by whole panels (rows when there are few).
+at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, const at::Tensor& bias) {
+  const int64_t K = pw.K, N = pw.N, rows = x.numel() / K;
+  at::Tensor xc = x.reshape({rows, K}).contiguous();
+  at::Tensor b = bias.defined() ? bias.contiguous() : bias;
+  at::Tensor y = at::empty({rows, N}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t P = pw.panel, panels = (N + P - 1) / P;
+  const int threads = at::get_num_threads();
+  auto cols = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
+    kernels::gemm_packed(xp + r0 * K, r1 - r0, K, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P));
+  };
+  constexpr int64_t kRowBlock = 48;
+  if (threads <= 1 || rows * N * K < (int64_t{1} << 18)) {
+    cols(0, rows, 0, panels);
+  } else if (panels >= 4 * threads || rows < 2 * kRowBlock) {
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) { cols(0, rows, p0, p1); });
+  } else {
+    const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { cols(b0 * kRowBlock, std::min(rows, b1 * kRowBlock), 0, panels); });
+  }
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y.view(shape);
+}
+
+double micros_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+kernels::WType parse_wtype(const std::string& s) {
+  if (s == "float32") return WType::F32;
+  if (s == "bfloat16") return WType::BF16;
+  if (s == "int8") return WType::I8;
+  fail("E_CONFIG", "dtype must be 'float32', 'bfloat16' or 'int8', got '" + s + "'");
+}
+
+void PackedSlot::set_type(kernels::WType t) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (static_cast<int>(t) == type_.load()) return;
+  type_ = static_cast<int>(t);
+  packed_.reset();
+}
+
+void PackedSlot::drop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  packed_.reset();
+}
+
+size_t PackedSlot::bytes() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return packed_ ? packed_->bytes() : 0;
+}
+
+std::shared_ptr<const kernels::PackedWeight> PackedSlot::get(const at::Tensor& w) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t version = static_cast<int64_t>(w._version());
+  const WType type = static_cast<WType>(type_.load());
+  if (packed_ && version_ == version && ptr_ == w.data_ptr() && packed_->type == type) return packed_;
+  check(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_cpu(), "E_NATIVE", "packed weights must be float32 CPU matrices");
+  at::Tensor wc = w.contiguous();
+  const int64_t N = kn_ ? wc.size(1) : wc.size(0), K = kn_ ? wc.size(0) : wc.size(1);
+  packed_.reset();  // the old copy goes before the new one is made
+  packed_ = kernels::pack(wc.data_ptr<float>(), N, K, kn_, kn_ ? N : K, type, kernels::active_isa());
+  version_ = version;
+  ptr_ = w.data_ptr();
+  return packed_;
+}
+
+bool packing_used(kernels::WType type) { return type != WType::F32 || f32_mode() != F32Mode::Blas; }
+
+bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot) {
+  if (!slot || c10::GradMode::is_enabled() || !x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0) return false;
+  if (!w.is_cpu() || w.scalar_type() != at::kFloat || w.dim() != 2 || w.requires_grad()) return false;
+  if (x.size(-1) != (slot->w_is_kn() ? w.size(0) : w.size(1)) || x.numel() == 0) return false;
+  return slot->type() != WType::F32 || f32_mode() != F32Mode::Blas;
+}
+
+at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
+                          const std::function<at::Tensor()>& blas) {
+  auto pw = slot.get(w);
+  if (slot.type() != WType::F32 || f32_mode() == F32Mode::Kernel) return run_kernels(x, *pw, bias);
+  const int64_t rows = x.numel() / pw->K;
+  const int threads = at::get_num_threads();
+  auto key = std::make_tuple(rows_bucket(rows), pw->K, pw->N, threads);
+  Calibration& cal = calibration();
+  {
+    std::lock_guard<std::mutex> lock(cal.mu);
+    auto it = cal.choices.find(key);
+    if (it != cal.choices.end()) return it->second.kernel ? run_kernels(x, *pw, bias) : blas();
+  }
+  // First product of this shape: time both twice (the first BLAS run may fault the weight's pages back in) and
+  // keep the faster; its result is the one returned, so every product of this shape takes the same path.
+  double tk = 1e300, tb = 1e300;
+  at::Tensor yk, yb;
+  for (int i = 0; i < 2; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    yk = run_kernels(x, *pw, bias);
+    tk = std::min(tk, micros_since(t0));
+    t0 = std::chrono::steady_clock::now();
+    yb = blas();
+    tb = std::min(tb, micros_since(t0));
+  }
+  const bool kernel = tk <= tb;
+  if (kernel && slot.file_backed()) page_out(w);  // the BLAS runs above read it back in
+  {
+    std::lock_guard<std::mutex> lock(cal.mu);
+    cal.choices.emplace(key, KernelChoice{std::get<0>(key), pw->K, pw->N, threads, kernel, tk, tb});
+  }
+  return kernel ? yk : yb;
+}
+
+size_t page_out(const at::Tensor& w) {
+#ifdef MADV_PAGEOUT
+  if (!w.defined() || !w.is_cpu() || w.nbytes() == 0) return 0;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t b = reinterpret_cast<uintptr_t>(w.data_ptr()), e = b + w.nbytes();
+  b = (b + page - 1) / page * page;
+  e = e / page * page;
+  if (e <= b) return 0;
+  return madvise(reinterpret_cast<void*>(b), e - b, MADV_PAGEOUT) == 0 ? e - b : 0;
+#else
+  return 0;
+#endif
+}
+
+std::vector<KernelChoice> kernel_choices() {
+  Calibration& cal = calibration();
+  std::lock_guard<std::mutex> lock(cal.mu);
+  std::vector<KernelChoice> out;
+  for (auto& [k, v] : cal.choices) out.push_back(v);
+  return out;
+}
+
+}  // namespace semicap

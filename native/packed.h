@@ -1,0 +1,72 @@
+// float32 CPU inference through weights laid out once for the kernels of cpu_kernels.h, in float32, bfloat16 or
+// int8. A PackedSlot belongs to one weight (a Linear, a Conv1D, GPT-2's logits); it packs lazily, repacks when the
+// weight changes (version counter or storage), and is skipped while the weight is being trained (requires_grad).
+// For float32 the kernels compete with BLAS: the first product of each shape (rows bucket, K, N, threads) times
+// both and keeps the faster (SEMICAP_CPU_GEMM=kernel|blas forces one). bfloat16 / int8 always use the kernels.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cpu_kernels.h"
+
+namespace semicap {
+
+class PackedSlot {
+ public:
+  explicit PackedSlot(bool w_is_kn) : kn_(w_is_kn) {}
+  bool w_is_kn() const { return kn_; }
+  kernels::WType type() const { return static_cast<kernels::WType>(type_.load()); }
+  void set_type(kernels::WType t);
+  // The packed form of w (packing it now when missing or stale). Thread-safe.
+  std::shared_ptr<const kernels::PackedWeight> get(const at::Tensor& w);
+  void drop();
+  size_t bytes() const;
+  // The weight's bytes are a clean file mapping that may be paged out while the packed copy serves.
+  void set_file_backed(bool on) { file_backed_ = on; }
+  bool file_backed() const { return file_backed_; }
+
+ private:
+  const bool kn_;
+  std::atomic<int> type_{0};
+  std::atomic<bool> file_backed_{false};
+  mutable std::mutex mu_;
+  std::shared_ptr<const kernels::PackedWeight> packed_;
+  int64_t version_ = -1;
+  const void* ptr_ = nullptr;
+};
+
+// Whether x times w may go through the slot: float32 CPU inference (grad mode off) on a float32 CPU weight that
+// nobody is training, on a CPU and build where the kernels run.
+bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot);
+
+// Whether weights of this type are ever read through slots (float32 with SEMICAP_CPU_GEMM=blas: never).
+bool packing_used(kernels::WType type);
+
+// y = x W^T + b (Linear, w [N, K]) or x W + b (Conv1D, w [K, N]), through the slot's packed weight or `blas`.
+at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
+                          const std::function<at::Tensor()>& blas);
+
+// Asks the kernel to drop w's pages when they are file-backed and clean (a weight adopted from a safetensors
+// mapping that the packed copy now stands for); dirty or anonymous pages are kept. Returns the bytes advised.
+size_t page_out(const at::Tensor& w);
+
+// The choices made so far between the kernels and BLAS for float32 products (runtimeInfo().kernelChoices).
+struct KernelChoice {
+  std::string rows;
+  int64_t K, N;
+  int threads;
+  bool kernel;
+  double kernel_us, blas_us;
+};
+std::vector<KernelChoice> kernel_choices();
+
+// "float32" | "bfloat16" | "int8" (E_CONFIG otherwise).
+kernels::WType parse_wtype(const std::string& s);
+
+}  // namespace semicap

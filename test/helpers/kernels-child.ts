@@ -1,0 +1,50 @@
+// Child process of test/kernels.test.ts: kernel paths, BLAS core and the dtype are fixed when the addon loads, so
+// each configuration runs in its own process. Prints one JSON line.
+//   node --import tsx test/helpers/kernels-child.ts <dtype>
+import { join } from 'node:path'
+import { Clip, Gpt2, Tensor, int64, loadSafetensors, runtimeInfo } from '../../lib/index.js'
+import { goldenDir } from './paths.js'
+
+const dtype = (process.argv[2] ?? 'float32') as 'float32' | 'bfloat16' | 'int8'
+const floats = (t: Tensor) => Array.from(t.data as Float32Array)
+
+// Widths that exercise whole panels, a column tail (1000 columns) and row remainders (60 and 130 rows).
+const g = await Gpt2.create({ vocab_size: 1000, n_positions: 32, n_embd: 256, n_layer: 2, n_head: 4 }, { device: 'cpu', seed: 5 })
+const ids = int64(Array.from({ length: 3 }, (_, r) => Array.from({ length: 20 }, (_, i) => (r * 131 + i * 17) % 1000)))
+const logits = floats(await g.logits(ids))
+// One row at a time (the decoding shapes: 1 row, then 3 rows).
+const step1 = floats(await g.logits(int64([[7]])))
+const step3 = floats(await g.logits(int64([[7], [99], [512]])))
+const clip = await Clip.create(
+  {
+    projection_dim: 64,
+    text_config: { hidden_size: 64, intermediate_size: 128, num_attention_heads: 2, num_hidden_layers: 1, vocab_size: 100, max_position_embeddings: 8 },
+    vision_config: { hidden_size: 128, intermediate_size: 512, num_attention_heads: 4, num_hidden_layers: 2, image_size: 64, patch_size: 8 },
+  },
+  { device: 'cpu', seed: 6 },
+)
+const px = new Float32Array(2 * 3 * 64 * 64).map((_, i) => Math.sin(i * 0.37))
+const features = floats(await clip.imageFeatures(new Tensor('float32', [2, 3, 64, 64], px)))
+
+// The golden models, loaded in the asked dtype.
+const ref = await loadSafetensors(join(goldenDir, 'reference.safetensors'))
+const gold = await Gpt2.load(join(goldenDir, 'gpt2'), { device: 'cpu', dtype })
+const goldClip = await Clip.load(join(goldenDir, 'clip'), { device: 'cpu', dtype })
+const goldLogits = floats(await gold.logits(ref['inputs.gpt2_ids']!))
+const { ids: greedy } = await gold.generate(ref['inputs.prefix']!, { maxTokens: 10, stop: null, stopAtEos: false })
+const goldFeatures = floats(await goldClip.imageFeatures(ref['inputs.pixel_values']!))
+const info = runtimeInfo()
+console.log(
+  JSON.stringify({
+    info: { cpu: info.cpu, cpuGemm: info.cpuGemm, blas: info.blas, blasCoreType: info.blasCoreType, choices: info.kernelChoices.length },
+    weights: gold.weights,
+    clipWeights: goldClip.weights,
+    logits,
+    step1,
+    step3,
+    features,
+    goldLogits,
+    goldFeatures,
+    greedy: Array.from(greedy.data as BigInt64Array, Number),
+  }),
+)

@@ -1,0 +1,204 @@
+// The CPU inference kernels (native/cpu_kernels.h, native/packed.h) against BLAS, through every instruction-set
+// path this CPU runs; the reduced-precision weights against float32 on the golden models; OpenBLAS's core choice.
+// Paths and the BLAS core are fixed when the addon loads, so each configuration runs in a child process.
+import { execFile } from 'node:child_process'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { beforeAll, describe, expect, it } from 'vitest'
+import { blasCoreFor, chooseBlasCore, cpuFlags } from '../lib/cpu.js'
+import { loadSafetensors, type Tensor } from '../lib/index.js'
+import { goldenDir, repoRoot } from './helpers/paths.js'
+
+const run = promisify(execFile)
+
+interface ChildOut {
+  info: { cpu: { isa: string; features: string[] }; cpuGemm: boolean; blas: { library: string; core: string }; blasCoreType: { coreType: string | null; source: string }; choices: number }
+  weights: { dtype: string; isa: string; packedBytes: number }
+  clipWeights: { dtype: string; isa: string; packedBytes: number }
+  logits: number[]
+  step1: number[]
+  step3: number[]
+  features: number[]
+  goldLogits: number[]
+  goldFeatures: number[]
+  greedy: number[]
+}
+
+async function child(env: Record<string, string>, dtype = 'float32'): Promise<ChildOut> {
+  const clean = { ...process.env }
+  for (const k of ['SEMICAP_CPU_GEMM', 'SEMICAP_CPU_ISA', 'SEMICAP_NO_CPU_GEMM', 'OPENBLAS_CORETYPE', 'SEMICAP_BLAS_CORE']) delete clean[k]
+  const out = await run(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'kernels-child.ts'), dtype], {
+    cwd: repoRoot,
+    env: { ...clean, SEMICAP_THREADS: '1', ...env },
+    maxBuffer: 64 << 20,
+  })
+  return JSON.parse(out.stdout.trim().split('\n').pop()!) as ChildOut
+}
+
+/** max |a - b| / max |b| */
+function relErr(a: number[], b: number[]): number {
+  expect(a).toHaveLength(b.length)
+  let worst = 0
+  let scale = 0
+  for (let i = 0; i < a.length; i++) {
+    worst = Math.max(worst, Math.abs(a[i]! - b[i]!))
+    scale = Math.max(scale, Math.abs(b[i]!))
+  }
+  return worst / scale
+}
+function maxAbsDiff(a: number[], b: number[]): number {
+  let worst = 0
+  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!))
+  return worst
+}
+
+const ISAS = ['portable', 'avx2', 'avx512'] as const
+let blas: ChildOut
+let ref: Record<string, Tensor>
+const byIsa: Partial<Record<(typeof ISAS)[number], ChildOut>> = {}
+
+describe('float32 kernels against BLAS, forced through each instruction set', () => {
+  beforeAll(async () => {
+    ref = await loadSafetensors(join(goldenDir, 'reference.safetensors'))
+    blas = await child({ SEMICAP_CPU_GEMM: 'blas' })
+    for (const isa of ISAS) byIsa[isa] = await child({ SEMICAP_CPU_GEMM: 'kernel', SEMICAP_CPU_ISA: isa })
+  }, 180_000)
+
+  it('BLAS-only run says so and still matches the golden reference', () => {
+    expect(blas.info.cpuGemm).toBe(false)
+    expect(relErr(blas.goldLogits, Array.from(ref['outputs.gpt2_logits']!.data as Float32Array))).toBeLessThan(5e-5)
+  })
+
+  for (const isa of ISAS) {
+    it(`${isa}: logits (1, 3 and 60 rows, a 1000-column tail), CLIP vision (130 rows) equal BLAS to float32 rounding; golden greedy ids identical`, () => {
+      const k = byIsa[isa]!
+      const features = new Set(k.info.cpu.features)
+      // The kernels of an instruction set the CPU lacks never run: the request is lowered.
+      const runs = isa === 'avx512' ? (features.has('avx512f') && features.has('avx512bw') && features.has('avx512vl') && features.has('avx512dq') ? 'avx512' : features.has('avx2') && features.has('fma') ? 'avx2' : 'portable') : isa === 'avx2' && !(features.has('avx2') && features.has('fma')) ? 'portable' : isa
+      expect(k.info.cpu.isa).toBe(runs)
+      for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures'] as const) {
+        const e = relErr(k[key], blas[key])
+        expect(e, `${isa} ${key}`).toBeLessThan(1e-5)
+      }
+      // The kernels really ran: their rounding differs from BLAS somewhere.
+      expect(maxAbsDiff(k.logits, blas.logits) + maxAbsDiff(k.features, blas.features)).toBeGreaterThan(0)
+      expect(k.greedy).toEqual(Array.from(ref['outputs.greedy_ids']!.data as BigInt64Array, Number))
+      expect(relErr(k.goldLogits, Array.from(ref['outputs.gpt2_logits']!.data as Float32Array))).toBeLessThan(5e-5)
+    })
+  }
+
+  it('default (auto) chooses per shape by measurement and records each choice', async () => {
+    const auto = await child({})
+    expect(auto.info.cpuGemm).toBe(true)
+    expect(auto.info.choices).toBeGreaterThan(0)
+    for (const key of ['logits', 'features', 'goldLogits'] as const) expect(relErr(auto[key], blas[key]), key).toBeLessThan(1e-5)
+    expect(auto.greedy).toEqual(Array.from(ref['outputs.greedy_ids']!.data as BigInt64Array, Number))
+  }, 60_000)
+})
+
+describe('bfloat16 and int8 weights on the golden models', () => {
+  // Measured on the golden models (AMD EPYC, AVX2): bf16 logits ~2e-3 relative, int8 ~1e-2; bounds leave room.
+  const bounds = { bfloat16: { logits: 1e-2, features: 1e-2 }, int8: { logits: 4e-2, features: 4e-2 } }
+  for (const dtype of ['bfloat16', 'int8'] as const) {
+    it(`${dtype}: loads as ${dtype}, packs a fraction of the float32 bytes, logits and features within tolerance, greedy ids vs float32 reported`, async () => {
+      const f32 = await child({}, 'float32')
+      const low = await child({}, dtype)
+      if (f32.info.cpu.isa === 'portable') {
+        // No fast kernels for reduced types: float32 is used and the load says so.
+        expect(low.weights.dtype).toBe('float32')
+        return
+      }
+      expect(low.weights.dtype).toBe(dtype)
+      expect(low.clipWeights.dtype).toBe(dtype)
+      const ratio = low.weights.packedBytes / f32.weights.packedBytes
+      expect(ratio).toBeLessThan(dtype === 'int8' ? 0.3 : 0.55)
+      const eL = relErr(low.goldLogits, f32.goldLogits)
+      const eF = relErr(low.goldFeatures, f32.goldFeatures)
+      console.log(`${dtype}: golden logits rel err ${eL.toExponential(2)}, CLIP features ${eF.toExponential(2)}, packed bytes ${ratio.toFixed(3)}x float32`)
+      expect(eL).toBeLessThan(bounds[dtype].logits)
+      expect(eF).toBeLessThan(bounds[dtype].features)
+      expect(eL).toBeGreaterThan(0) // the reduced weights were really used
+      const same = low.greedy.filter((id, i) => id === f32.greedy[i]).length
+      console.log(`${dtype}: golden greedy ids equal to float32's: ${same}/${f32.greedy.length}`)
+    }, 120_000)
+  }
+
+  it('a bad dtype is a TypeError; a reduced dtype on CUDA is E_CONFIG', async () => {
+    const { resolveDtype } = await import('../lib/device.js')
+    expect(() => resolveDtype('fp8', 'cpu')).toThrow(TypeError)
+    expect(() => resolveDtype('int8', 'cuda')).toThrow(expect.objectContaining({ code: 'E_CONFIG' }))
+    expect(resolveDtype(undefined, 'cuda')).toBe('float32')
+  })
+})
+
+describe('OpenBLAS core type', () => {
+  const intelSpr = 'vendor_id\t: GenuineIntel\nflags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl avx512_bf16 amx_tile\n'
+  const amdGenoa = 'vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl\n'
+  const intelHaswell = 'vendor_id\t: GenuineIntel\nflags\t\t: fpu sse sse2 avx avx2 fma\n'
+  const old = 'vendor_id\t: GenuineIntel\nflags\t\t: fpu sse sse2 sse4_2 avx\n'
+
+  it('maps CPU flags to the core OpenBLAS picks on CPUs it knows', () => {
+    const core = (t: string) => {
+      const { vendor, flags } = cpuFlags(t)
+      return blasCoreFor(vendor, flags)
+    }
+    expect(core(intelSpr)).toBe('SkylakeX')
+    expect(core(amdGenoa)).toBe('Zen')
+    expect(core(intelHaswell)).toBe('Haswell')
+    expect(core(old)).toBeNull()
+  })
+
+  it('sets OPENBLAS_CORETYPE only when the user has not', () => {
+    if (process.arch !== 'x64') return
+    const env: NodeJS.ProcessEnv = {}
+    expect(chooseBlasCore(env, intelSpr)).toEqual({ coreType: 'SkylakeX', source: 'semicap' })
+    expect(env.OPENBLAS_CORETYPE).toBe('SkylakeX')
+    const user: NodeJS.ProcessEnv = { OPENBLAS_CORETYPE: 'Haswell' }
+    expect(chooseBlasCore(user, intelSpr)).toEqual({ coreType: 'Haswell', source: 'user' })
+    expect(user.OPENBLAS_CORETYPE).toBe('Haswell')
+    const off: NodeJS.ProcessEnv = { SEMICAP_BLAS_CORE: 'off' }
+    expect(chooseBlasCore(off, intelSpr).source).toBe('none')
+    expect(off.OPENBLAS_CORETYPE).toBeUndefined()
+  })
+
+  it('in a real process: the library sets the core before BLAS loads; a user setting is kept', async () => {
+    const mine = await child({})
+    const user = await child({ OPENBLAS_CORETYPE: 'Haswell' })
+    expect(user.info.blasCoreType).toEqual({ coreType: 'Haswell', source: 'user' })
+    if (!mine.info.blas.library.startsWith('OpenBLAS')) return // another BLAS: nothing to choose
+    expect(user.info.blas.core).toBe('Haswell')
+    const { vendor, flags } = cpuFlags()
+    const expected = process.arch === 'x64' ? blasCoreFor(vendor, flags) : null
+    if (expected) {
+      expect(mine.info.blasCoreType).toEqual({ coreType: expected, source: 'semicap' })
+      expect(mine.info.blas.core).toBe(expected)
+    }
+  }, 60_000)
+})
+
+describe('weights laid out once, without doubling resident memory', () => {
+  it('loading a GPT-2 folder grows RSS by about the packed bytes, not by file + packed', async () => {
+    if (process.platform !== 'linux') return
+    const { Gpt2 } = await import('../lib/index.js')
+    const { tempDir } = await import('./helpers/paths.js')
+    const { statSync } = await import('node:fs')
+    const dir = tempDir('semicap-rss-')
+    const g = await Gpt2.create({ vocab_size: 16000, n_positions: 64, n_embd: 512, n_layer: 4, n_head: 8 }, { device: 'cpu', seed: 3 })
+    await g.save(dir)
+    g.dispose()
+    const fileBytes = statSync(join(dir, 'model.safetensors')).size
+    const clean = { ...process.env }
+    for (const k of ['SEMICAP_CPU_GEMM', 'SEMICAP_CPU_ISA', 'SEMICAP_NO_CPU_GEMM', 'SEMICAP_NO_MMAP']) delete clean[k]
+    for (const dtype of ['float32', 'int8'] as const) {
+      const out = await run(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'rss-child.ts'), dir, dtype], { cwd: repoRoot, env: { ...clean, SEMICAP_THREADS: '1', SEMICAP_CPU_GEMM: 'kernel' } })
+      const r = JSON.parse(out.stdout.trim().split('\n').pop()!) as { before: Record<string, number>; loaded: Record<string, number>; used: Record<string, number>; packedBytes: number; dtype: string }
+      const grew = r.used.total - r.before.total
+      const mb = (x: number) => (x / 2 ** 20).toFixed(1)
+      console.log(`${dtype}: file ${mb(fileBytes)} MB, packed ${mb(r.packedBytes)} MB, RSS +${mb(r.loaded.total - r.before.total)} MB after load, +${mb(grew)} MB after decoding (file-backed +${mb(r.used.file - r.before.file)} MB)`)
+      if (r.dtype !== dtype) continue // a CPU without AVX2 keeps float32
+      // Without the page-out, float32 would hold file + packed (2x); int8 file + a quarter.
+      expect(grew).toBeLessThan(r.packedBytes + 0.25 * fileBytes)
+      expect(r.packedBytes).toBeGreaterThan((dtype === 'int8' ? 0.2 : 0.9) * fileBytes)
+    }
+  }, 120_000)
+})
