@@ -1,21 +1,24 @@
 // CPU benchmark: the semicap addon against eager PyTorch (bench/reference.py, the same computation written the
 // way a user would) in one run, with hardware floors (bench/floors.py).
 //
-//   npm run bench [-- --quick] [--only caption,ce,scst,load] [--threads 1,2] [--rounds N]
+//   npm run bench [-- --quick] [--only caption,ce,scst,load,ort] [--threads 1,2] [--rounds N] [--no-ort]
 //
 // Every measurement runs in its own child process (thread counts are per process): the addon through
 // bench/worker.ts with SEMICAP_THREADS=T, eager PyTorch through /usr/bin/python3 bench/reference.py --threads T
 // (and once without --threads: torch's default). OMP_WAIT_POLICY=PASSIVE on both sides. The load average is
 // logged before and after every child. Caption rounds alternate the order of the children so that a change in
 // machine load hits both sides; per-iteration samples of all rounds are pooled and the median reported.
+// The caption task also runs a third side, the ONNX Runtime peer (bench/ort: onnxruntime-node, CPU EP, the graphs
+// bench/ort/export.py exports from the saved captioner), at the same thread counts (intraOpNumThreads).
 // Output: a markdown table on stdout, bench/out/results.json, and (full runs of every task) bench/results/cpu-latest.md.
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readlinkSync, realpathSync, statSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import sharp from 'sharp'
+import type { OrtJob } from './ort/driver.js'
 import type { Job } from './worker.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -34,14 +37,20 @@ const opt = (name: string): string | undefined => {
   return eq?.slice(name.length + 1)
 }
 if (flag('--help') || flag('-h')) {
-  console.log('usage: node --import tsx bench/run.ts [--quick] [--only caption,ce,scst,load] [--threads 1,2] [--rounds N] [--models DIR]')
+  console.log('usage: node --import tsx bench/run.ts [--quick] [--only caption,ce,scst,load,ort] [--threads 1,2] [--rounds N] [--models DIR] [--no-ort]')
+  console.log('  caption: addon, eager PyTorch and ONNX Runtime (bench/ort; --no-ort leaves it out); ort alone: the caption task without eager')
   process.exit(0)
 }
 const quick = flag('--quick')
 const ALL = ['load', 'caption', 'ce', 'scst'] as const
 type TaskName = (typeof ALL)[number]
-const only = (opt('--only')?.split(',').map((s) => s.trim()).filter(Boolean) ?? [...ALL]) as TaskName[]
-for (const t of only) if (!ALL.includes(t)) throw new Error(`--only: unknown task ${t} (known: ${ALL.join(', ')})`)
+const onlyArg = opt('--only')?.split(',').map((s) => s.trim()).filter(Boolean) ?? [...ALL]
+for (const t of onlyArg) if (![...ALL, 'ort'].includes(t)) throw new Error(`--only: unknown task ${t} (known: ${ALL.join(', ')}, ort)`)
+// `ort` selects the caption task's ONNX Runtime side: `--only ort` runs the caption task with the addon and ORT only.
+const only = onlyArg.filter((t): t is TaskName => (ALL as readonly string[]).includes(t))
+const ortExplicit = onlyArg.includes('ort')
+if (ortExplicit && !only.includes('caption')) only.push('caption')
+const captionSides: ('addon' | 'eager' | 'ort')[] = ['addon', ...(ortExplicit && !onlyArg.includes('caption') ? [] : ['eager' as const]), ...(flag('--no-ort') ? [] : ['ort' as const])]
 const threadList = (opt('--threads') ?? '1,2').split(',').map(Number)
 if (threadList.some((t) => !Number.isInteger(t) || t < 1)) throw new Error('--threads: comma-separated positive integers')
 const models = resolve(opt('--models') ?? join(here, 'out', quick ? 'models-small' : 'models'))
@@ -128,10 +137,34 @@ function eager(args: string[], threads: number | null, what: string): Promise<Ch
   })
 }
 
+function ort(job: Omit<OrtJob, 'pixels' | 'maxBatch' | 'tokens' | 'dir'>, dir: string): Promise<ChildRun<Json>> {
+  const full: OrtJob = { dir, pixels: pixelsFile(B), maxBatch: B, tokens: TOKENS, ...job }
+  return runChild(`ort caption b${full.batches.join(',')} threads=${job.threads}`, process.execPath, ['--import', 'tsx', join(here, 'ort', 'driver.ts'), JSON.stringify(full)], childEnv(), (s) => {
+    const line = s.split('\n').find((l) => l.startsWith('@@RESULT '))
+    if (!line) throw new Error('no @@RESULT line')
+    return JSON.parse(line.slice(9))
+  })
+}
+
 const pixelsFile = (n: number) => join(out, `bench-pixels-b${n}.f32`)
 
 function sha(path: string): string {
   return createHash('sha256').update(readFileSync(path)).digest('hex').slice(0, 16)
+}
+
+/** The core OpenBLAS selects (it prints "Core: ..." on stderr with OPENBLAS_VERBOSE=2), through torch as the eager side runs it. */
+function blasCore(): string {
+  const r = spawnSync(PY, ['-c', 'import torch; torch.ones(64,64)@torch.ones(64,64)'], { encoding: 'utf8', env: { ...process.env, OPENBLAS_VERBOSE: '2' } })
+  const m = /Core:\s*(\S+)/.exec(`${r.stdout ?? ''}\n${r.stderr ?? ''}`)
+  return m ? m[1]! : '(not OpenBLAS, or no report)'
+}
+
+function lscpu(): { model: string; flags: string[] } {
+  const text = sh('lscpu', [])
+  const model = /^Model name:\s*(.+)$/m.exec(text)?.[1]?.trim() ?? '?'
+  const flags = new Set((/^Flags:\s*(.+)$/m.exec(text)?.[1] ?? '').split(/\s+/))
+  const wanted = ['avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_bf16', 'amx_int8']
+  return { model, flags: wanted.filter((f) => flags.has(f)) }
 }
 
 function sh(cmd: string, args: string[]): string {
@@ -193,11 +226,14 @@ const snapshotDir = join(out, 'addon-snapshot')
 if (!existsSync(addonPath)) throw new Error(`${addonPath} missing: build the addon first (npm run build:native)`)
 mkdirSync(join(snapshotDir, 'build', 'Release'), { recursive: true })
 copyFileSync(addonPath, join(snapshotDir, 'build', 'Release', 'semicap.node'))
+const cpuInfo = lscpu()
 const env = {
   date: new Date().toISOString(),
   quick,
   models,
   cpu: cpus()[0]?.model ?? '?',
+  lscpu_model: cpuInfo.model,
+  cpu_flags: cpuInfo.flags,
   cores: cpus().length,
   blas: (() => {
     try {
@@ -213,6 +249,8 @@ const env = {
       return '(none)'
     }
   })(),
+  blas_core: blasCore(),
+  openblas_coretype: process.env.OPENBLAS_CORETYPE ?? null,
   node: process.version,
   torch_python: sh(PY, ['-c', 'import torch; print(torch.__version__)']),
   eager_default_threads: Number(sh(PY, ['-c', 'import torch; print(torch.get_num_threads())'])),
@@ -223,25 +261,55 @@ const env = {
   load_end: '',
 }
 log('environment', JSON.stringify(env))
-console.log(`BLAS: libblas.so.3 -> ${env.blas}; eager default threads ${env.eager_default_threads}; load average ${env.load_start}`)
+console.log(`CPU: ${env.lscpu_model} (lscpu), ${env.cores} cores, flags ${env.cpu_flags.join(' ') || '(none of the listed)'}; BLAS: libblas.so.3 -> ${env.blas}, OpenBLAS core ${env.blas_core}; eager default threads ${env.eager_default_threads}; load average ${env.load_start}`)
 
 const eagerKey = (t: number | null) => (t === null ? `default(${env.eager_default_threads})` : String(t))
 const sameThreads = (t: number): number | null => (t === env.eager_default_threads ? null : t)
 
-/** Addon at each thread count, each followed (or, in odd rounds, preceded) by eager at the same count; then eager
- * at torch's default when no addon count equals it. */
-function pairSchedule(round: number): { side: 'addon' | 'eager'; T: number | null }[] {
-  const steps: { side: 'addon' | 'eager'; T: number | null }[] = []
+type Side = 'addon' | 'eager' | 'ort'
+/** Addon at each thread count, each followed (or, in odd rounds, preceded) by eager (and ORT, when given) at the same
+ * count; then eager at torch's default when no addon count equals it. */
+function pairSchedule(round: number, sides: Side[] = ['addon', 'eager']): { side: Side; T: number | null }[] {
+  const steps: { side: Side; T: number | null }[] = []
   const ts = round % 2 === 0 ? threadList : [...threadList].reverse()
   for (const T of ts) {
-    const pair: { side: 'addon' | 'eager'; T: number | null }[] = [{ side: 'addon', T }, { side: 'eager', T: sameThreads(T) }]
-    steps.push(...(round % 2 === 0 ? pair : pair.reverse()))
+    const group = sides.map((side) => ({ side, T: side === 'eager' ? sameThreads(T) : T }))
+    steps.push(...(round % 2 === 0 ? group : group.reverse()))
   }
-  if (!threadList.includes(env.eager_default_threads)) steps.push({ side: 'eager', T: null })
+  if (sides.includes('eager') && !threadList.includes(env.eager_default_threads)) steps.push({ side: 'eager', T: null })
   return steps
 }
 
-const results: Json = { env, config: { ...cfg, rounds, threads: threadList, tokens: TOKENS, batch: B, samples: SAMPLES, caption: CAPTION }, addon: {}, eager: {}, floors: {}, check: {} }
+const results: Json = { env, config: { ...cfg, rounds, threads: threadList, tokens: TOKENS, batch: B, samples: SAMPLES, caption: CAPTION, caption_sides: captionSides }, addon: {}, eager: {}, ort: {}, floors: {}, check: {} }
+
+// ------------------------------------------------------------------------------------------------
+// the ONNX Runtime peer: onnxruntime-node in bench/ort (its own package.json / package-lock.json, never a dependency
+// of the library), graphs exported by bench/ort/export.py (needs Debian's python3-onnx)
+
+const ortRoot = join(here, 'ort')
+let ortSkipped: string | null = null
+function ortUnavailable(why: string): void {
+  const msg = `ONNX Runtime peer unavailable: ${why}`
+  if (ortExplicit) throw new Error(msg)
+  console.log(`WARNING: ${msg}; the caption task runs without it (--only ort makes this an error)`)
+  ortSkipped = why
+  captionSides.splice(captionSides.indexOf('ort'), 1)
+}
+if (captionSides.includes('ort') && only.includes('caption')) {
+  const onnxVersion = sh(PY, ['-c', 'import onnx; print(onnx.__version__)'])
+  if (onnxVersion === '(unavailable)') ortUnavailable(`${PY} cannot import onnx: install Debian's python3-onnx (apt-get install -y python3-onnx)`)
+  else if (!existsSync(join(ortRoot, 'node_modules', 'onnxruntime-node', 'package.json'))) {
+    // onnxruntime-node's install script downloads CUDA libraries from outside the npm registry; the CPU binaries are
+    // in the npm tarball: ONNXRUNTIME_NODE_INSTALL=skip skips the script.
+    log('installing bench/ort (npm ci, ONNXRUNTIME_NODE_INSTALL=skip)')
+    try {
+      execFileSync('npm', ['ci', '--prefix', ortRoot, '--no-audit', '--no-fund'], { stdio: 'inherit', cwd: root, env: { ...process.env, ONNXRUNTIME_NODE_INSTALL: 'skip' } })
+    } catch (err) {
+      ortUnavailable(`npm ci --prefix bench/ort failed (${(err as Error).message.split('\n')[0]})`)
+    }
+  }
+  results.env.onnx_python = onnxVersion
+}
 
 // ------------------------------------------------------------------------------------------------
 // prepare: save the captioner (weights for the Python side), greedy ids for the cross-check, CLIP text length
@@ -251,15 +319,25 @@ const clipLen: number = prep.result.clip_len
 results.prepare = { clip_len: clipLen, sampled_tokens_mean: prep.result.sampled_tokens_mean, greedy_tokens_mean: prep.result.greedy_tokens_mean, gpt2_caption_tokens: prep.result.gpt2_caption_tokens }
 log('prepare', JSON.stringify(results.prepare))
 if (results.prepare.gpt2_caption_tokens !== TOKENS - 1) console.log(`WARNING: the training caption has ${results.prepare.gpt2_caption_tokens} GPT-2 tokens, not ${TOKENS - 1}: the addon's CE step is not the same size as eager's`)
+let eagerCheck: { ids: number[][]; features0?: number[]; no_cache_ids_match?: boolean } = { ids: [] }
 {
   const checkFile = join(out, 'check-greedy-b8.json')
   await eager(['--captioner', captionerDir, '--task', 'caption', '--batch', String(B), '--tokens', String(TOKENS), '--pixels', pixelsFile(B), '--warmup', '0', '--iters', '1', '--check-out', checkFile, '--self-check'], null, 'cross-check caption b8')
-  const ref = JSON.parse(readFileSync(checkFile, 'utf8')) as { ids: number[][]; no_cache_ids_match?: boolean }
+  const ref = JSON.parse(readFileSync(checkFile, 'utf8')) as typeof eagerCheck
+  eagerCheck = ref
   const mine = prep.result.greedy_ids as number[][]
   const same = mine.filter((row, i) => row.length === ref.ids[i]!.length && row.every((t, j) => t === ref.ids[i]![j])).length
   const firstDiff = mine.map((row, i) => row.findIndex((t, j) => t !== ref.ids[i]![j]))
   results.check = { greedy_rows_identical: same, rows: mine.length, first_differing_position: firstDiff, eager_kv_cache_matches_no_cache: ref.no_cache_ids_match }
   console.log(`cross-check: greedy ids identical in ${same} / ${mine.length} rows (batch ${B}, ${TOKENS} tokens, same pixels and weights); eager KV cache vs no cache: ${ref.no_cache_ids_match}`)
+}
+
+const ortDir = join(out, 'ort', quick ? 'captioner-small' : 'captioner')
+if (captionSides.includes('ort') && only.includes('caption')) {
+  // Cached by a hash of the weight files (export.py only hashes them when meta.json matches).
+  const ex = await runChild('ort export', PY, [join(ortRoot, 'export.py'), '--captioner', captionerDir, '--out', ortDir], childEnv(), (s) => JSON.parse(s.trim().split('\n').pop()!))
+  results.ort.export = ex.result
+  log('ort export', ex.result.cached ? `cached (${ex.result.hash})` : `exported in ${(ex.result.total_ms / 1000).toFixed(1)} s`)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -303,8 +381,10 @@ if (only.includes('caption')) {
   const eagerLoad: number[] = []
   results.addon.caption_profile = {}
   results.eager.caption_profile = {}
+  const ortSamples: Record<string, number[]> = {}
+  const ortRuns: Json[] = []
   const runAddon = async (T: number, round: number) => {
-    const r = await addon({ kind: 'caption', batches: [1, B], iters: cfg.captionIters, warmup: cfg.captionWarmup, profile: round === 0 }, T)
+    const r = await addon({ kind: 'caption', batches: [1, B], iters: cfg.captionIters, warmup: cfg.captionWarmup, profile: round === 0, parts: true }, T)
     for (const [name, v] of Object.entries(r.result.tasks as Record<string, { samples_ms: number[] }>)) (addonSamples[`${name} t${T}`] ??= []).push(...v.samples_ms)
     if (r.result.profile) results.addon.caption_profile[T] = r.result.profile
   }
@@ -316,13 +396,44 @@ if (only.includes('caption')) {
       if (T === null) eagerLoad.push(r.result.load_ms)
     }
   }
+  const runOrt = async (T: number, round: number) => {
+    const r = await ort({ batches: [1, B], iters: cfg.captionIters, warmup: cfg.captionWarmup, threads: T, parts: true }, ortDir)
+    for (const [name, v] of Object.entries(r.result.tasks as Record<string, { samples_ms: number[] }>)) (ortSamples[`${name} t${T}`] ??= []).push(...v.samples_ms)
+    ortRuns.push({ T, round, load_ms: r.result.load_ms, split: r.result.split, greedy_ids: r.result.greedy_ids, greedy_ids_b1: r.result.greedy_ids_b1, features0: r.result.features0, ort_version: r.result.ort_version, session_options: r.result.session_options })
+  }
   for (let round = 0; round < rounds; round++) {
-    // Pairs (addon at T, eager at the same T) back to back; the order alternates between rounds.
-    for (const step of pairSchedule(round)) await (step.side === 'addon' ? runAddon(step.T as number, round) : runEager(step.T, round))
+    // Groups (addon at T, eager at the same T, ORT at T) back to back; the order alternates between rounds.
+    for (const step of pairSchedule(round, captionSides))
+      await (step.side === 'addon' ? runAddon(step.T as number, round) : step.side === 'ort' ? runOrt(step.T as number, round) : runEager(step.T, round))
   }
   results.addon.caption = Object.fromEntries(Object.entries(addonSamples).map(([k, v]) => [k, { median_ms: median(v), samples_ms: v }]))
   results.eager.caption = Object.fromEntries(Object.entries(eagerSamples).map(([k, v]) => [k, { median_ms: median(v), samples_ms: v }]))
   results.eager.load_ms = median(eagerLoad)
+  if (ortRuns.length) {
+    results.ort.caption = Object.fromEntries(Object.entries(ortSamples).map(([k, v]) => [k, { median_ms: median(v), samples_ms: v }]))
+    results.ort.runs = ortRuns.map(({ greedy_ids, greedy_ids_b1, features0, ...rest }) => rest)
+    results.ort.version = ortRuns[0].ort_version
+    results.ort.session_options = ortRuns[0].session_options
+    results.ort.load_ms = Object.fromEntries(threadList.map((T) => [T, median(ortRuns.filter((r) => r.T === T).map((r) => r.load_ms.total as number))]))
+    // Greedy ids, three ways (batch 8, same pixels and weights): addon (prepare), eager (cross-check), ORT (first run).
+    const same = (a: number[][], b: number[][]) => a.filter((row, i) => b[i] !== undefined && row.length === b[i]!.length && row.every((t, j) => t === b[i]![j])).length
+    const addonIds = prep.result.greedy_ids as number[][]
+    const ortIds = ortRuns[0].greedy_ids as number[][]
+    const f0 = ortRuns[0].features0 as number[]
+    results.check.ort = {
+      rows: ortIds.length,
+      ort_vs_addon: same(ortIds, addonIds),
+      ort_vs_eager: eagerCheck.ids.length ? same(ortIds, eagerCheck.ids) : null,
+      addon_vs_eager: results.check.greedy_rows_identical,
+      // every ORT run (thread counts, rounds) gave the same ids; batch 1 = row 0 of batch 8
+      ort_runs_consistent: ortRuns.every((r) => same(r.greedy_ids, ortIds) === ortIds.length),
+      ort_b1_matches_b8_row0: same(ortRuns[0].greedy_ids_b1, [ortIds[0]!]) === 1,
+      ort_first_differing_position_vs_addon: ortIds.map((row, i) => row.findIndex((t, j) => t !== addonIds[i]?.[j])),
+      features0_max_abs_diff_vs_eager: eagerCheck.features0 ? Math.max(...f0.map((x, i) => Math.abs(x - eagerCheck.features0![i]!))) : null,
+    }
+    const c = results.check.ort
+    console.log(`three-way check (greedy ids, batch ${B}, ${TOKENS} tokens): addon = eager ${c.addon_vs_eager}/${c.rows}, ORT = addon ${c.ort_vs_addon}/${c.rows}, ORT = eager ${c.ort_vs_eager ?? '–'}/${c.rows}; ORT runs consistent ${c.ort_runs_consistent}, ORT b1 = b8 row 0 ${c.ort_b1_matches_b8_row0}; CLIP features (image 0) ORT vs eager max |diff| ${c.features0_max_abs_diff_vs_eager?.toExponential(2)}`)
+  }
 }
 
 async function trainTask(kind: 'ce' | 'scst'): Promise<void> {
@@ -372,6 +483,8 @@ interface Row {
   target?: string
   floor: number
   note?: string
+  /** ONNX Runtime (bench/ort), same intra-op thread count. */
+  ort?: number
 }
 const rows: Row[] = []
 const eagerMs = (group: Json, key: (t: string) => string, T: number | null): number => group?.[key(eagerKey(T))]?.median_ms ?? NaN
@@ -397,8 +510,33 @@ if (results.addon.caption) {
         eagerSameMin: minOf(results.eager.caption[`caption b${b} t${eagerKey(sameThreads(T))}`]?.samples_ms),
         target: b === 1 ? 'latency <= 0.67x eager (speedup >= 1.49)' : 'throughput >= 1.3x eager',
         floor: results.floors[T][`caption_b${b}_ms`],
+        ort: results.ort.caption?.[`caption b${b} t${T}`]?.median_ms,
       })
     }
+  // The parts the ORT peer is compared on: CLIP image features alone (batch 8) and the cost per generated token.
+  // Eager CLIP: reference.py --profile of round 1 (a median of 3); eager has no per-token figure.
+  const eprof = (T: number | null) => results.eager.caption_profile?.[`b${B} t${eagerKey(T)}`]?.clip_ms ?? NaN
+  for (const T of threadList)
+    rows.push({
+      what: `CLIP image features b${B}`,
+      threads: T,
+      addon: results.addon.caption[`clip b${B} t${T}`]?.median_ms ?? NaN,
+      eagerDefault: eprof(null),
+      eagerSame: eprof(sameThreads(T)),
+      floor: results.floors[T].caption_b8_clip_ms,
+      ort: results.ort.caption?.[`clip b${B} t${T}`]?.median_ms,
+    })
+  for (const b of [1, B])
+    for (const T of threadList)
+      rows.push({
+        what: `decode, per token b${b} (after the first)`,
+        threads: T,
+        addon: results.addon.caption[`decode per token b${b} t${T}`]?.median_ms ?? NaN,
+        eagerDefault: NaN,
+        eagerSame: NaN,
+        floor: NaN,
+        ort: results.ort.caption?.[`decode per token b${b} t${T}`]?.median_ms,
+      })
 }
 for (const kind of ['ce', 'scst'] as const) {
   if (!results.addon[kind]) continue
@@ -420,11 +558,11 @@ for (const kind of ['ce', 'scst'] as const) {
 
 const f0 = (x: number) => (Number.isFinite(x) ? (x >= 100 ? x.toFixed(0) : x.toFixed(1)) : '–')
 const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–')
-const header = '| what | addon threads | addon ms | eager ms (default threads) | eager ms (same threads) | speedup vs default | speedup vs same threads | speedup, fastest samples (same threads) | target | floor ms | addon / floor |'
-const lines = [header, '|---|---|---|---|---|---|---|---|---|---|---|']
+const header = '| what | addon threads | addon ms | eager ms (default threads) | eager ms (same threads) | speedup vs default | speedup vs same threads | speedup, fastest samples (same threads) | target | floor ms | addon / floor | ORT ms (same threads) | addon / ORT |'
+const lines = [header, '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
 for (const r of rows) {
   const best = r.addonMin !== undefined && r.eagerSameMin !== undefined ? `${f2(r.eagerSameMin / r.addonMin)} (${f0(r.addonMin)} vs ${f0(r.eagerSameMin)})` : ''
-  lines.push(`| ${r.what} | ${r.threads} | ${f0(r.addon)} | ${f0(r.eagerDefault)} | ${f0(r.eagerSame)} | ${f2(r.eagerDefault / r.addon)} | ${f2(r.eagerSame / r.addon)} | ${best} | ${r.target ?? ''} | ${f0(r.floor)} | ${f2(r.addon / r.floor)} |`)
+  lines.push(`| ${r.what} | ${r.threads} | ${f0(r.addon)} | ${f0(r.eagerDefault)} | ${f0(r.eagerSame)} | ${f2(r.eagerDefault / r.addon)} | ${f2(r.eagerSame / r.addon)} | ${best} | ${r.target ?? ''} | ${f0(r.floor)} | ${f2(r.addon / r.floor)} | ${f0(r.ort ?? NaN)} | ${f2(r.addon / (r.ort ?? NaN))} |`)
 }
 const table = lines.join('\n')
 results.table = rows
@@ -436,6 +574,14 @@ for (const [T, p] of Object.entries(prof as Record<string, Record<string, number
 }
 for (const [k, p] of Object.entries((results.eager.caption_profile ?? {}) as Record<string, Record<string, number>>)) {
   profLines.push(`- eager ${k.replace(' t', ', threads ')}: CLIP ${f0(p.clip_ms!)} ms, decoding 20 tokens from features ${f0(p.decode_ms!)} ms`)
+}
+for (const T of threadList) {
+  const run = (results.ort.runs as Json[] | undefined)?.find((r) => r.T === T)
+  if (!run) continue
+  const sp = run.split as Record<string, Record<string, number>>
+  profLines.push(
+    `- ORT, ${T} thread(s): ${Object.entries(sp).map(([b, p]) => `${b.replace('b', 'batch ')}: CLIP ${f0(p.clip_ms!)} ms, mapper + prefill + 1st token ${f0(p.prefill_and_first_token_ms!)} ms, then ${f0(p.decode_step_ms!)} ms per token`).join('; ')}; sessions created in ${f0(results.ort.load_ms[T])} ms (3 graphs)`,
+  )
 }
 for (const kind of ['ce', 'scst'] as const)
   for (const [k, r] of Object.entries((results.eager[kind] ?? {}) as Record<string, Json>))
@@ -456,7 +602,7 @@ const loadNote = `load average (1/5/15 min) at start ${env.load_start}, at end $
 const md = [
   `# semicap CPU benchmark${quick ? ' (--quick, small models)' : ''}`,
   '',
-  `${env.date}; ${env.cpu}, ${env.cores} cores; BLAS: libblas.so.3 -> \`${env.blas}\`; node ${env.node}; python torch ${env.torch_python} (default threads ${env.eager_default_threads}); addon ${env.addon?.sha256_16 ?? '?'} (built ${env.addon?.mtime ?? '?'}); git ${env.git}; OMP_WAIT_POLICY=PASSIVE.`,
+  `${env.date}; ${env.cpu} (lscpu: ${env.lscpu_model}; flags ${env.cpu_flags.join(' ')}), ${env.cores} cores; BLAS: libblas.so.3 -> \`${env.blas}\` (OpenBLAS core ${env.blas_core}${env.openblas_coretype ? `, OPENBLAS_CORETYPE=${env.openblas_coretype}` : ''}); node ${env.node}; python torch ${env.torch_python} (default threads ${env.eager_default_threads}); addon ${env.addon?.sha256_16 ?? '?'} (built ${env.addon?.mtime ?? '?'}); git ${env.git}; OMP_WAIT_POLICY=PASSIVE.`,
   `Machine load: ${loadNote} (2 cores; other work was running; per-child load averages are in results.json \`loads\`).`,
   '',
   'Speedup = eager ms / addon ms (> 1: the addon is faster). "default threads": eager PyTorch at torch\'s default; "same threads": eager at the addon\'s thread count. Medians over iterations (caption: pooled over rounds).',
@@ -464,6 +610,15 @@ const md = [
   table,
   '',
   `Cross-check: addon and eager greedy ids identical in ${results.check.greedy_rows_identical} / ${results.check.rows} rows (batch 8, same pixels and weights; first differing positions ${JSON.stringify(results.check.first_differing_position)}).`,
+  ...(results.check.ort
+    ? [
+        `Three-way: ORT = addon in ${results.check.ort.ort_vs_addon} / ${results.check.ort.rows} rows, ORT = eager in ${results.check.ort.ort_vs_eager ?? '–'} / ${results.check.ort.rows}; every ORT run the same ids: ${results.check.ort.ort_runs_consistent}; ORT batch 1 = batch-8 row 0: ${results.check.ort.ort_b1_matches_b8_row0}; CLIP features of image 0, ORT vs eager: max |diff| ${results.check.ort.features0_max_abs_diff_vs_eager?.toExponential(2) ?? '–'}.`,
+        '',
+        `ORT: onnxruntime-node ${results.ort.version?.node ?? '?'} (bench/ort), CPU execution provider, float32, session options ${JSON.stringify(results.ort.session_options)} (intraOpNumThreads = the row's thread count; ORT's default spinning thread pool), graphs from bench/ort/export.py (torch ${results.ort.export?.torch} / opset ${results.ort.export?.opset}, export ${results.ort.export?.hash}); "addon / ORT" = addon ms / ORT ms (< 1: the addon is faster). Decode per token: the 19 steps after the first token / 19 (addon: (20-token - 1-token captionFeatures) / 19).`,
+      ]
+    : ortSkipped
+      ? [`ORT peer skipped: ${ortSkipped}.`]
+      : []),
   '',
   'Floors (max(bytes / bandwidth, FLOPs / best matmul rate) per phase, bench/floors.py):',
   ...floorLines,
@@ -475,7 +630,8 @@ const md = [
 results.loads = loads
 
 console.log('\n' + table + '\n')
-console.log(`cross-check: ${results.check.greedy_rows_identical} / ${results.check.rows} greedy rows identical`)
+console.log(`cross-check: ${results.check.greedy_rows_identical} / ${results.check.rows} greedy rows identical (addon vs eager)`)
+if (results.check.ort) console.log(`three-way: ORT = addon ${results.check.ort.ort_vs_addon} / ${results.check.ort.rows}, ORT = eager ${results.check.ort.ort_vs_eager ?? '–'} / ${results.check.ort.rows}`)
 console.log(profLines.join('\n'))
 console.log(floorLines.join('\n'))
 console.log(loadNote)

@@ -27,6 +27,10 @@ export interface Job {
   tokens: number
   samples?: number
   profile?: boolean
+  /** caption: also time, each round, CLIP features alone at maxBatch (`clip b8`) and the per-token decoding cost at
+   * every batch (`decode per token bN`: (20-token - 1-token captionFeatures) / 19 per iteration), the measurements
+   * the ONNX Runtime peer (bench/ort/driver.ts) reports too. */
+  parts?: boolean
 }
 
 const GREEDY: DecodeOptions = { maxTokens: 20, minTokens: 20, stop: null, stopAtEos: false }
@@ -48,6 +52,8 @@ async function pixelsOf(job: Job, size: number): Promise<(B: number) => Tensor> 
   if (all.length !== job.maxBatch * per) throw new Error(`${job.pixels}: ${all.length} floats, expected ${job.maxBatch * per}`)
   return (B: number) => new Tensor('float32', [B, 3, size, size], all.slice(0, B * per))
 }
+
+const statsOf = (xs: number[]) => ({ median_ms: median(xs), mean_ms: xs.reduce((a, b) => a + b, 0) / xs.length, min_ms: Math.min(...xs), samples_ms: xs })
 
 async function timeLoop(fn: () => Promise<unknown>, warmup: number, iters: number): Promise<number[]> {
   for (let i = 0; i < warmup; i++) await fn()
@@ -150,6 +156,31 @@ async function main(): Promise<void> {
         const r = task.result
         if (r.state !== 'completed') throw new Error(`${task.name}: ${r.state}`)
         out[task.name] = { median_ms: r.latency.p50, mean_ms: r.latency.mean, min_ms: r.latency.min, rme: r.latency.rme, samples_ms: r.latency.samples ? [...r.latency.samples] : [] }
+      }
+      if (job.parts) {
+        const B = job.maxBatch
+        const x = px(B)
+        out[`clip b${B}`] = statsOf(await timeLoop(() => cap.clip.imageFeatures(x), 1, job.iters))
+        const feats = await cap.clip.imageFeatures(x)
+        const D = feats.shape[1]!
+        for (const b of job.batches ?? [1, 8]) {
+          const fb = new Tensor('float32', [b, D], (feats.data as Float32Array).slice(0, b * D))
+          // mapper + prefix forward + first token are in both runs: the difference is the tokens-1 decode steps.
+          const one = { ...GREEDY, maxTokens: 1, minTokens: 1 }
+          await cap.captionFeatures(fb, GREEDY)
+          await cap.captionFeatures(fb, one)
+          const perToken: number[] = []
+          for (let i = 0; i < job.iters; i++) {
+            let t = performance.now()
+            await cap.captionFeatures(fb, GREEDY)
+            const full = performance.now() - t
+            t = performance.now()
+            await cap.captionFeatures(fb, one)
+            const first = performance.now() - t
+            perToken.push((full - first) / (GREEDY.maxTokens! - 1))
+          }
+          out[`decode per token b${b}`] = statsOf(perToken)
+        }
       }
       res.tasks = out
       if (job.profile) {
