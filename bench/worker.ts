@@ -24,6 +24,8 @@ export interface Job {
   steps?: number
   /** prepare: where to save the captioner. */
   saveDir?: string
+  /** caption: CPU inference weights ('float32' default, 'bfloat16', 'int8'); the greedy ids of batch maxBatch come back. */
+  dtype?: 'float32' | 'bfloat16' | 'int8'
   tokens: number
   samples?: number
   profile?: boolean
@@ -41,8 +43,8 @@ const median = (xs: number[]): number => {
   return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2
 }
 
-async function create(models: string): Promise<Captioner> {
-  return Captioner.create({ clip: `${models}/clip`, gpt2: `${models}/gpt2`, mapper: { type: 'mlp', prefixLength: 10 }, device: 'cpu' })
+async function create(models: string, dtype?: Job['dtype']): Promise<Captioner> {
+  return Captioner.create({ clip: `${models}/clip`, gpt2: `${models}/gpt2`, mapper: { type: 'mlp', prefixLength: 10 }, device: 'cpu', dtype })
 }
 
 async function pixelsOf(job: Job, size: number): Promise<(B: number) => Tensor> {
@@ -117,7 +119,7 @@ async function main(): Promise<void> {
       res.captioner_load_ms = loadMs
     }
   } else {
-    const cap = await create(job.models)
+    const cap = await create(job.models, job.dtype)
     const size = cap.clip.imageSize
     const px = await pixelsOf(job, size)
     const rowsOf = (c: Caption[]): number[][] => c.map((x) => x.ids)
@@ -183,6 +185,8 @@ async function main(): Promise<void> {
         }
       }
       res.tasks = out
+      res.weights = { captioner: cap.weights, clip: cap.clip.weights }
+      if (job.dtype) res.greedy_ids = (await cap.caption(px(job.maxBatch), GREEDY)).map((c) => c.ids)
       if (job.profile) {
         // Where the batch-8 time goes: CLIP vision alone, decoding from features (20 tokens), and decoding 1 token
         // (mapper + prefix forward + first logits): per-step cost = (20-token - 1-token) / 19.

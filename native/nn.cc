@@ -202,8 +202,13 @@ std::shared_ptr<PackedSlot> ParamStore::slot(const std::string& weight_name, boo
 
 size_t ParamStore::prepare_inference(kernels::WType type) {
   inference_type_ = type;
-  size_t bytes = 0;
   c10::NoGradGuard no_grad;
+  struct Job {
+    PackedSlot* slot;
+    at::Tensor weight;
+    bool mapped;
+  };
+  std::vector<Job> jobs;
   for (auto& [name, s] : slots_) {
     s->set_type(type);
     auto it = tensors_.find(name);
@@ -211,13 +216,22 @@ size_t ParamStore::prepare_inference(kernels::WType type) {
       s->drop();
       continue;
     }
-    bytes += s->get(it->second)->bytes();
     // A weight still in its file mapping is clean: the kernel can drop its pages and read them back if needed.
     const bool mapped = mapped_.count(name) > 0 && it->second._version() == 0;
     s->set_file_backed(mapped);
-    if (mapped) page_out(it->second);
+    jobs.push_back({s.get(), it->second, mapped});
   }
-  return bytes;
+  // Weights are independent: threads take whole weights (packing reads each once and writes its copy).
+  std::vector<size_t> bytes(jobs.size(), 0);
+  at::parallel_for(0, static_cast<int64_t>(jobs.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      bytes[i] = jobs[i].slot->get(jobs[i].weight)->bytes();
+      if (jobs[i].mapped) page_out(jobs[i].weight);
+    }
+  });
+  size_t total = 0;
+  for (size_t b : bytes) total += b;
+  return total;
 }
 
 void ParamStore::set_requires_grad(bool on) {

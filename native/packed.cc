@@ -2,14 +2,23 @@
 
 #include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
+#include <dlfcn.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <tuple>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "env.h"
 #include "errors.h"
@@ -39,9 +48,87 @@ std::string rows_bucket(int64_t rows) {
   return rows > hi ? "513+" : std::to_string(lo) + "-" + std::to_string(hi);
 }
 
+using ChoiceKey = std::tuple<std::string, int64_t, int64_t, int>;
+
+// Choices are kept in a small text file per user so that a machine keeps making the same choice across processes
+// (float32 results then do not depend on which side won a close race in this process). One line per choice:
+// "v1 <machine> <rows> <K> <N> <threads> <kernel|blas> <kernel_us> <blas_us>", tab-separated; the machine field
+// names the CPU, the kernels' ISA and the BLAS core, so another CPU or BLAS measures again. Lines that do not
+// parse are ignored. SEMICAP_KERNEL_CACHE=<file> moves it, =off keeps choices in memory only.
+std::string cache_path() {
+  const char* v = std::getenv("SEMICAP_KERNEL_CACHE");
+  if (v && *v) return std::strcmp(v, "off") == 0 || std::strcmp(v, "0") == 0 ? std::string() : std::string(v);
+  std::string dir;
+  if (const char* c = std::getenv("SEMICAP_CACHE"); c && *c) dir = c;
+  else if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) dir = std::string(x) + "/semicap";
+  else if (const char* h = std::getenv("HOME"); h && *h) dir = std::string(h) + "/.cache/semicap";
+  else return std::string();
+  return dir + "/kernel-choices.tsv";
+}
+
+std::string machine_key() {
+  std::string brand;
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned r[12] = {0};
+  if (__get_cpuid_max(0x80000000, nullptr) >= 0x80000004)
+    for (unsigned i = 0; i < 3; ++i) __get_cpuid(0x80000002 + i, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+  brand.assign(reinterpret_cast<const char*>(r), sizeof(r));
+  brand = brand.c_str();
+#endif
+  using Str = char* (*)();
+  auto core = reinterpret_cast<Str>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  std::string key = brand + "|" + kernels::isa_name(kernels::active_isa()) + "|" + (core ? core() : "blas");
+  for (char& ch : key)
+    if (ch == '\t' || ch == '\n' || ch == '\r') ch = ' ';
+  return key;
+}
+
 struct Calibration {
   std::mutex mu;
-  std::map<std::tuple<std::string, int64_t, int64_t, int>, KernelChoice> choices;
+  std::map<ChoiceKey, KernelChoice> choices;
+  bool loaded = false;
+  std::string path, machine;
+
+  void load_file() {  // under mu
+    loaded = true;
+    path = cache_path();
+    if (path.empty()) return;
+    machine = machine_key();
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) {
+      std::vector<std::string> f;
+      std::stringstream ss(line);
+      std::string field;
+      while (std::getline(ss, field, '\t')) f.push_back(field);
+      if (f.size() != 9 || f[0] != "v1" || f[1] != machine || (f[6] != "kernel" && f[6] != "blas")) continue;
+      try {
+        KernelChoice c{f[2], std::stoll(f[3]), std::stoll(f[4]), std::stoi(f[5]), f[6] == "kernel", std::stod(f[7]), std::stod(f[8])};
+        if (c.K <= 0 || c.N <= 0 || c.threads <= 0) continue;
+        choices[ChoiceKey{c.rows, c.K, c.N, c.threads}] = c;
+      } catch (...) {
+      }
+    }
+  }
+
+  void append(const KernelChoice& c) {  // under mu
+    if (path.empty()) return;
+    const std::string dir = path.substr(0, path.find_last_of('/'));
+    if (!dir.empty() && dir != path) {
+      const std::string parent = dir.substr(0, dir.find_last_of('/'));
+      if (!parent.empty() && parent != dir) mkdir(parent.c_str(), 0755);
+      mkdir(dir.c_str(), 0755);
+    }
+    std::ostringstream o;
+    o << "v1\t" << machine << "\t" << c.rows << "\t" << c.K << "\t" << c.N << "\t" << c.threads << "\t"
+      << (c.kernel ? "kernel" : "blas") << "\t" << c.kernel_us << "\t" << c.blas_us << "\n";
+    const std::string line = o.str();
+    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return;  // a read-only home: choices stay in memory
+    ssize_t n = ::write(fd, line.data(), line.size());  // one write: concurrent processes append whole lines
+    (void)n;
+    ::close(fd);
+  }
 };
 Calibration& calibration() {
   static Calibration* c = new Calibration();  // never destroyed: products may run during exit
@@ -136,10 +223,11 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   if (slot.type() != WType::F32 || f32_mode() == F32Mode::Kernel) return run_kernels(x, *pw, bias);
   const int64_t rows = x.numel() / pw->K;
   const int threads = at::get_num_threads();
-  auto key = std::make_tuple(rows_bucket(rows), pw->K, pw->N, threads);
+  ChoiceKey key{rows_bucket(rows), pw->K, pw->N, threads};
   Calibration& cal = calibration();
   {
     std::lock_guard<std::mutex> lock(cal.mu);
+    if (!cal.loaded) cal.load_file();
     auto it = cal.choices.find(key);
     if (it != cal.choices.end()) return it->second.kernel ? run_kernels(x, *pw, bias) : blas();
   }
@@ -159,7 +247,8 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   if (kernel && slot.file_backed()) page_out(w);  // the BLAS runs above read it back in
   {
     std::lock_guard<std::mutex> lock(cal.mu);
-    cal.choices.emplace(key, KernelChoice{std::get<0>(key), pw->K, pw->N, threads, kernel, tk, tb});
+    KernelChoice c{std::get<0>(key), pw->K, pw->N, threads, kernel, tk, tb};
+    if (cal.choices.emplace(key, c).second) cal.append(c);
   }
   return kernel ? yk : yb;
 }

@@ -87,13 +87,25 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
     })
   }
 
-  it('default (auto) chooses per shape by measurement and records each choice', async () => {
-    const auto = await child({})
-    expect(auto.info.cpuGemm).toBe(true)
-    expect(auto.info.choices).toBeGreaterThan(0)
-    for (const key of ['logits', 'features', 'goldLogits'] as const) expect(relErr(auto[key], blas[key]), key).toBeLessThan(1e-5)
-    expect(auto.greedy).toEqual(Array.from(ref['outputs.greedy_ids']!.data as BigInt64Array, Number))
-  }, 60_000)
+  it('default (auto) chooses per shape by measurement, keeps the choices in a file, and a second process reuses them', async () => {
+    const { tempDir } = await import('./helpers/paths.js')
+    const { readFileSync } = await import('node:fs')
+    const file = join(tempDir('semicap-choices-'), 'choices.tsv')
+    const first = await child({ SEMICAP_KERNEL_CACHE: file })
+    expect(first.info.cpuGemm).toBe(true)
+    expect(first.info.choices).toBeGreaterThan(0)
+    for (const key of ['logits', 'features', 'goldLogits'] as const) expect(relErr(first[key], blas[key]), key).toBeLessThan(1e-5)
+    expect(first.greedy).toEqual(Array.from(ref['outputs.greedy_ids']!.data as BigInt64Array, Number))
+    const lines = readFileSync(file, 'utf8').trim().split('\n')
+    expect(lines.length).toBe(first.info.choices)
+    expect(lines.every((l) => /^v1\t[^\t]*\t[0-9+-]+\t\d+\t\d+\t1\t(kernel|blas)\t/.test(l))).toBe(true)
+    // Same machine, same file: nothing is measured again and every product takes the same path (bitwise equal).
+    const second = await child({ SEMICAP_KERNEL_CACHE: file })
+    expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(lines.length)
+    expect(second.logits).toEqual(first.logits)
+    expect(second.features).toEqual(first.features)
+    expect(second.goldLogits).toEqual(first.goldLogits)
+  }, 90_000)
 })
 
 describe('bfloat16 and int8 weights on the golden models', () => {
