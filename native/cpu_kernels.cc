@@ -20,9 +20,10 @@ namespace semicap::kernels {
 #define SEMICAP_KERNEL_DECL(ns)                                                                                     \
   namespace ns {                                                                                                    \
   int panel_width();                                                                                                \
+  int segments();                                                                                                   \
   int64_t scratch_size(int64_t rows, int64_t K);                                                                    \
-  void gemm(int wtype, const void* data, const float* scale, int64_t K, const float* x, int64_t rows, int64_t ldx, \
-            const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, float* scratch);              \
+  void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,     \
+            int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, float* scratch); \
   }
 SEMICAP_KERNEL_DECL(portable)
 SEMICAP_KERNEL_DECL(avx2)
@@ -117,6 +118,33 @@ int panel_for(Isa isa) {
   }
   return 0;
 }
+int segments_for(Isa isa) {
+  switch (isa) {
+    case Isa::Portable: return portable::segments();
+    case Isa::Avx2: return avx2::segments();
+    case Isa::Avx512: return avx512::segments();
+  }
+  return 1;
+}
+
+// Where element (n, k) of W lies in the packed array (see the layout in cpu_kernels_impl.h): K in `seg` segments,
+// each holding every panel's rows of that segment in turn.
+struct Layout {
+  int64_t P, np;
+  std::vector<int64_t> koff, klen;  // per k: (np * ks + (k - ks)) * P, and the length of k's segment
+  Layout(int64_t N, int64_t K, int64_t panel, int seg) : P(panel), np((N + panel - 1) / panel), koff(K), klen(K) {
+    int64_t ks = 0;
+    for (int s = 0; s < seg; ++s) {
+      const int64_t len = K / seg + (s < K % seg ? 1 : 0);
+      for (int64_t k = ks; k < ks + len; ++k) {
+        koff[k] = (np * ks + (k - ks)) * P;
+        klen[k] = len;
+      }
+      ks += len;
+    }
+  }
+  int64_t at(int64_t n, int64_t k) const { return koff[k] + (n / P) * klen[k] * P + n % P; }
+};
 size_t elem_size(WType t) { return t == WType::F32 ? 4 : (t == WType::BF16 ? 2 : 1); }
 
 void* alloc64(size_t bytes) {
@@ -206,30 +234,25 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
         for (int64_t k = 0; k < K; ++k) f(n, k);
     }
   };
-  // Element (n, k) of the packed array.
-  auto idx = [&](int64_t n, int64_t k) { return ((n / P) * K + k) * P + n % P; };
+  const Layout lay(N, K, P, segments_for(isa));
   if (type == WType::F32) {
     float* d = static_cast<float*>(pw->data);
     if (w_is_kn) {
-      for (int64_t p = 0; p < np; ++p) {
-        const int64_t n0 = p * P, nc = std::min<int64_t>(P, N - n0);
-        for (int64_t k = 0; k < K; ++k) std::memcpy(d + (p * K + k) * P, w + k * ldw + n0, nc * sizeof(float));
-      }
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t p = 0; p < np; ++p) {
+          const int64_t n0 = p * P, nc = std::min<int64_t>(P, N - n0);
+          std::memcpy(d + lay.at(n0, k), w + k * ldw + n0, nc * sizeof(float));
+        }
     } else {
-      for (int64_t n = 0; n < N; ++n) {
-        const float* src = w + n * ldw;
-        float* dst = d + (n / P) * K * P + n % P;
-        for (int64_t k = 0; k < K; ++k) dst[k * P] = src[k];
-      }
+      each([&](int64_t n, int64_t k) { d[lay.at(n, k)] = at(n, k); });
     }
   } else if (type == WType::BF16) {
     uint16_t* d = static_cast<uint16_t*>(pw->data);
     // Within a panel row, word j holds columns j (low half) and V + j (high half): see cpu_kernels_impl.h.
-    auto pos = [&](int64_t n, int64_t k) {
-      const int64_t j = n % P;
-      return ((n / P) * K + k) * P + (j < V ? 2 * j : 2 * (j - V) + 1);
-    };
-    each([&](int64_t n, int64_t k) { d[pos(n, k)] = to_bf16(at(n, k)); });
+    each([&](int64_t n, int64_t k) {
+      const int64_t j = n % P, i = lay.at(n, k) - j;
+      d[i + (j < V ? 2 * j : 2 * (j - V) + 1)] = to_bf16(at(n, k));
+    });
   } else {
     int8_t* d = static_cast<int8_t*>(pw->data);
     pw->scale = static_cast<float*>(alloc64(static_cast<size_t>(np * P) * sizeof(float)));  // padding: 0
@@ -244,7 +267,7 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
       float q = std::nearbyint(at(n, k) / s[n]);  // the default rounding mode: to nearest even
       if (std::isnan(q)) q = 0.f;               // NaN weights become 0, +-Inf +-127
       q = q > 127.f ? 127.f : (q < -127.f ? -127.f : q);
-      d[idx(n, k)] = static_cast<int8_t>(q);
+      d[lay.at(n, k)] = static_cast<int8_t>(q);
     });
   }
   return pw;
@@ -266,17 +289,17 @@ void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& 
   switch (w.isa) {
     case Isa::Portable: {
       float* s = thread_scratch(portable::scratch_size(rows, w.K));
-      portable::gemm(t, w.data, w.scale, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      portable::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
       break;
     }
     case Isa::Avx2: {
       float* s = thread_scratch(avx2::scratch_size(rows, w.K));
-      avx2::gemm(t, w.data, w.scale, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      avx2::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
       break;
     }
     case Isa::Avx512: {
       float* s = thread_scratch(avx512::scratch_size(rows, w.K));
-      avx512::gemm(t, w.data, w.scale, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
       break;
     }
   }
@@ -284,14 +307,16 @@ void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& 
 
 void unpack(const PackedWeight& w, float* out) {
   const int64_t N = w.N, K = w.K, P = w.panel, V = P / 2;
+  const Layout lay(N, K, P, segments_for(w.isa));
   for (int64_t n = 0; n < N; ++n) {
-    const int64_t j = n % P, base = (n / P) * K * P;
+    const int64_t j = n % P;
     for (int64_t k = 0; k < K; ++k) {
+      const int64_t i = lay.at(n, k);
       float v;
-      if (w.type == WType::F32) v = static_cast<const float*>(w.data)[base + k * P + j];
+      if (w.type == WType::F32) v = static_cast<const float*>(w.data)[i];
       else if (w.type == WType::BF16)
-        v = from_bf16(static_cast<const uint16_t*>(w.data)[base + k * P + (j < V ? 2 * j : 2 * (j - V) + 1)]);
-      else v = static_cast<float>(static_cast<const int8_t*>(w.data)[base + k * P + j]) * w.scale[n];
+        v = from_bf16(static_cast<const uint16_t*>(w.data)[i - j + (j < V ? 2 * j : 2 * (j - V) + 1)]);
+      else v = static_cast<float>(static_cast<const int8_t*>(w.data)[i]) * w.scale[n];
       out[n * K + k] = v;
     }
   }

@@ -35,8 +35,10 @@ Isa active_isa();
 Isa choose_isa(const CpuFeatures& f, const char* request);
 
 // A weight matrix W with N outputs and K inputs, for y[m, n] = bias[n] + scale[n] * sum_k x[m, k] * W(n, k).
-// Layout: ceil(N / panel) panels, each K rows of `panel` consecutive elements (the last panel zero-padded), so a
-// product streams each panel once, front to back. Memory is 64-byte aligned and owned.
+// Layout (details in cpu_kernels_impl.h): ceil(N / panel) panels of `panel` columns (the last zero-padded); K cut
+// into 4 segments, each holding every panel's rows of that segment in turn, so a product over consecutive panels
+// reads 4 sequential streams (a core pulls more bandwidth from 4 places at once than from one). bf16 rows are
+// pair-interleaved. panel: 8 portable, 16 AVX2, 32 AVX-512. Memory is 64-byte aligned and owned; not copyable.
 struct PackedWeight {
   WType type = WType::F32;
   Isa isa = Isa::Portable;     // the kernels it was laid out for
@@ -54,13 +56,18 @@ struct PackedWeight {
 
 // Lays out w for `isa`. w_is_kn: w is [K, N] with row stride ldw (GPT-2's Conv1D); else [N, K] with row stride
 // ldw (torch's Linear; GPT-2's wte for the logits). int8: symmetric, scale[n] = max_k |W(n, k)| / 127 (1 when the
-// column is all zero), q = round-to-nearest-even(W / scale). bf16: round-to-nearest-even of the float32 bits
-// (NaN kept NaN). Throws std::invalid_argument on bad sizes.
+// column is all zero; non-finite weights do not count, NaN -> 0, +-Inf -> +-127), q = round-to-nearest-even(W /
+// scale). bf16: round-to-nearest-even of the float32 bits (NaN kept NaN). Packing for an ISA this CPU does not run
+// is allowed (unpack works; gemm_packed throws). Throws std::invalid_argument on bad sizes (N or K < 1, ldw shorter
+// than a row, null w).
 std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_is_kn, int64_t ldw, WType type, Isa isa);
 
 // y[m * ldy + n] for m < rows and n in [n_begin, n_end): n_begin a multiple of w.panel, n_end <= N (only the last
-// range may end inside a panel). x is [rows, K] with row stride ldx. bias may be null. Serial: callers split the
-// columns between threads by whole panels. Runs the kernels of w.isa (which the CPU must run: pack() callers use
+// range may end inside a panel). x is [rows, K] with row stride ldx >= K; ldy >= n_end; no alignment needed for
+// x, y, bias. bias may be null. Serial and reentrant (per-thread scratch, grown on demand and kept): callers split
+// the columns between threads by whole panels (contiguous panel ranges keep the 4 streams sequential; splitting by
+// rows instead makes every thread stream the whole weight). Runs the kernels of w.isa; throws
+// std::invalid_argument on a bad range or stride, or when this CPU does not run w.isa (pack() callers use
 // active_isa() or lower).
 void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
                  int64_t ldy, int64_t n_begin, int64_t n_end);

@@ -7,19 +7,26 @@
 // CPU without AVX-512 then dies with SIGILL): no #include, no STL, no exceptions, no function from any header other
 // than the compiler's always-inline intrinsics; everything is static or in the including anonymous namespace.
 //
-// Layout (written by pack() in cpu_kernels.cc; P = 2 * V floats per panel, V = SK_VBYTES / 4):
-//   panel p, row k: P consecutive elements for columns p*P .. p*P+P-1, at element offset (p * K + k) * P.
-//   float32: plain. int8: plain (scale per column applied after the k-sum).
-//   bfloat16: the P values of a row interleaved so that one vector load of V uint32 words gives both halves
-//     with one shift and one and: word j = bits(col j) | bits(col V + j) << 16.
+// Layout (written by pack() in cpu_kernels.cc; P = 2 * V columns per panel, V = SK_VBYTES / 4 floats per vector;
+// np = ceil(N / P) panels, the last zero-padded):
+//   K is cut into SEG = 4 segments, segment s = rows [ks(s), ks(s) + len(s)) with len(s) = K / 4 + (s < K % 4) and
+//   ks(s) = the sum of the lengths before it. Segment s holds, for panel 0, 1, ..., np - 1 in turn, its len(s) rows,
+//   each P consecutive elements (columns p*P .. p*P+P-1). Element (n, k), k in segment s, is at element offset
+//     (np * ks(s) + (n / P) * len(s) + (k - ks(s))) * P + n % P.
+//   So a product over consecutive panels reads 4 long sequential streams: one core pulls a weight from memory ~45%
+//   faster from 4 places at once than from one (Zen 3: 14 vs 20 GB/s; software prefetch does not do it).
+//   float32: plain. int8: plain (the per-column scale is applied after the k-sum). bfloat16: the P values of a row
+//   interleaved so that one vector load of V uint32 words gives both halves with one shift and one and:
+//   word j = bits(col j) | bits(col V + j) << 16.
 //
 // The product: rows are cut into tiles of at most RMAX rows; a tile keeps 2 * R vector accumulators in registers
-// while it walks one panel front to back, so every weight element loaded is used for all R rows from a register.
-//   - few rows (decoding, rows <= SMALL_ROWS): each panel once over the whole of K per tile (a pure stream; with
-//     more than one tile the panel's second pass hits L2). bf16/int8 are widened in registers.
-//   - many rows (CLIP, prefill): K is cut into blocks of KC (a panel's K-slice stays in L1) and rows into blocks of
-//     at most MB (their x-slice stays in L2); bf16/int8 slices are widened once into a float buffer on the stack and
-//     the float32 loop runs on it. Later K-blocks add into y.
+// while it walks one panel, so every weight element loaded is used for all R rows from a register. x is packed
+// first (per tile, k-major: the R values of a k side by side).
+//   - few rows (decoding, rows <= SMALL_ROWS): panel by panel over the whole of K, all 4 segments at once (with
+//     more than one tile, the panel's later passes hit L2). bf16/int8 are widened in registers.
+//   - many rows (CLIP, prefill): K in blocks of at most KC rows inside a segment (a panel's block stays in L1 while
+//     the tiles go over it), rows in blocks of at most MB_BYTES of packed x (it stays in L2); bf16/int8 blocks are
+//     widened once into float scratch and the float32 loop runs on them. Later K-blocks add into y.
 
 #ifndef SK_VBYTES
 #error "define SK_VBYTES before including cpu_kernels_impl.h"
@@ -28,12 +35,16 @@
 constexpr int VB = SK_VBYTES;
 constexpr int V = VB / 4;  // floats per vector
 constexpr int P = 2 * V;   // columns per panel
+#ifndef SK_RMAX  // (test/native/build.sh also builds the AVX2 loops with the AVX-512 tiling, to run its tile sizes)
 #if SK_VBYTES == 64
-constexpr int RMAX = 12;   // 24 of the 32 zmm registers hold accumulators
+#define SK_RMAX 12  // 24 of the 32 zmm registers hold accumulators
 #else
-constexpr int RMAX = 6;    // 12 of the 16 xmm/ymm registers hold accumulators
+#define SK_RMAX 6   // 12 of the 16 xmm/ymm registers hold accumulators
 #endif
-constexpr int SMALL_ROWS = RMAX;              // at most one tile: the streaming path
+#endif
+constexpr int RMAX = SK_RMAX;
+constexpr int SMALL_ROWS = 16;                // decoding batch sizes: the streaming path
+constexpr int SEG = 4;                        // K segments of the layout (pack() asks segments())
 #ifndef SK_KC
 #define SK_KC ((SK_VBYTES == 64) ? 192 : (SK_VBYTES == 32 ? 256 : 512))
 #endif
@@ -42,10 +53,6 @@ constexpr int SMALL_ROWS = RMAX;              // at most one tile: the streaming
 #endif
 constexpr int KC = SK_KC;                     // K rows per block of the many-rows path
 constexpr int64_t MB_BYTES = SK_MB_BYTES;     // x-slice (rows * KC floats) kept in L2
-#ifndef SK_PF_BYTES
-#define SK_PF_BYTES 0
-#endif
-constexpr int PF_BYTES = SK_PF_BYTES;         // software prefetch distance in the weight stream (0: off)
 
 typedef float vf __attribute__((vector_size(VB)));
 typedef float vfu __attribute__((vector_size(VB), aligned(4), may_alias));
@@ -109,38 +116,49 @@ template <> struct Row<2> {
 // Independent k-chains per accumulator: one or two rows alone would wait on the FMA latency.
 template <int R> struct Split { static constexpr int value = R == 1 ? 4 : (R <= 3 ? 2 : 1); };
 
-// out[r][0..1] = sum over k < kc of xp[k * R + r] * (panel row k). xp: the tile's rows of x packed k-major (R
-// floats per k), so the R broadcasts of a k read one cache line; w: the panel at the first k (P elements per k).
-template <int T, int R>
-static inline void tile(const float* xp, const typename Row<T>::E* w, int64_t kc, vf (&out)[R][2]) {
+// The rows a tile reads: SEG runs of weight rows (run s: len + (s < extra) rows of P elements from w[s]) against
+// the matching packed x (x[s]: R floats per k). The runs are read side by side, run s feeding accumulator chain
+// s % KS.
+template <class E> struct Runs {
+  const E* w[SEG];
+  const float* x[SEG];
+  int64_t len;
+  int extra;
+};
+
+// out[r][0..1] = sum over the runs' rows k of x[k][r] * (weight row k). NR: 1 (one run of len rows, from L1: GCC
+// allocates the registers of the plain loop best) or SEG (streaming from memory).
+template <int T, int R, int NR>
+static inline void tile(const Runs<typename Row<T>::E>& q, vf (&out)[R][2]) {
   constexpr int KS = Split<R>::value;
   vf acc[KS][R][2];
 #pragma GCC unroll 64
   for (int s = 0; s < KS; ++s)
 #pragma GCC unroll 64
     for (int r = 0; r < R; ++r) acc[s][r][0] = acc[s][r][1] = vf{};
-  int64_t k = 0;
-  for (; k + KS <= kc; k += KS) {
+  const typename Row<T>::E* w[NR];
+  const float* x[NR];
 #pragma GCC unroll 8
-    for (int s = 0; s < KS; ++s) {
-      if (PF_BYTES > 0 && (s * P * sizeof(*w)) % 64 == 0)
-        __builtin_prefetch(reinterpret_cast<const char*>(w + (k + s) * P) + PF_BYTES);
+  for (int s = 0; s < NR; ++s) { w[s] = q.w[s]; x[s] = q.x[s]; }
+  for (int64_t i = 0; i < q.len; ++i) {
+#pragma GCC unroll 8
+    for (int s = 0; s < NR; ++s) {
       vf a, b;
-      Row<T>::get(w + (k + s) * P, a, b);
+      Row<T>::get(w[s] + i * P, a, b);
 #pragma GCC unroll 64
       for (int r = 0; r < R; ++r) {
-        const vf xb = vset1(xp[(k + s) * R + r]);
-        acc[s][r][0] = vfma(a, xb, acc[s][r][0]);
-        acc[s][r][1] = vfma(b, xb, acc[s][r][1]);
+        const vf xb = vset1(x[s][i * R + r]);
+        acc[s % KS][r][0] = vfma(a, xb, acc[s % KS][r][0]);
+        acc[s % KS][r][1] = vfma(b, xb, acc[s % KS][r][1]);
       }
     }
   }
-  for (; k < kc; ++k) {
+  for (int s = 0; s < q.extra; ++s) {
     vf a, b;
-    Row<T>::get(w + k * P, a, b);
+    Row<T>::get(w[s] + q.len * P, a, b);
 #pragma GCC unroll 64
     for (int r = 0; r < R; ++r) {
-      const vf xb = vset1(xp[k * R + r]);
+      const vf xb = vset1(x[s][q.len * R + r]);
       acc[0][r][0] = vfma(a, xb, acc[0][r][0]);
       acc[0][r][1] = vfma(b, xb, acc[0][r][1]);
     }
@@ -201,8 +219,8 @@ static inline void store(const vf (&acc)[R][2], const Out& o) {
   }
 }
 
-template <int T, int R>
-static inline void tile_store(const float* xp, const typename Row<T>::E* w, int64_t kc, const Out& o) {
+template <int T, int R, int NR>
+static inline void tile_store(const Runs<typename Row<T>::E>& q, const Out& o) {
   // The tile's y lines are likely not cached (y is rows x N): fetch them while the k loop runs.
 #pragma GCC unroll 64
   for (int r = 0; r < R; ++r) {
@@ -210,27 +228,27 @@ static inline void tile_store(const float* xp, const typename Row<T>::E* w, int6
     __builtin_prefetch(o.y + r * o.ldy + P - 1, 1);
   }
   vf acc[R][2];
-  tile<T, R>(xp, w, kc, acc);
+  tile<T, R, NR>(q, acc);
   store<R>(acc, o);
 }
 
 // One tile of r rows (1..RMAX).
-template <int T>
-static void tile_any(int r, const float* xp, const typename Row<T>::E* w, int64_t kc, const Out& o) {
+template <int T, int NR>
+static void tile_any(int r, const Runs<typename Row<T>::E>& q, const Out& o) {
   switch (r) {
-    case 1: tile_store<T, 1>(xp, w, kc, o); break;
-    case 2: tile_store<T, 2>(xp, w, kc, o); break;
-    case 3: tile_store<T, 3>(xp, w, kc, o); break;
-    case 4: tile_store<T, 4>(xp, w, kc, o); break;
-    case 5: tile_store<T, 5>(xp, w, kc, o); break;
-    case 6: tile_store<T, 6>(xp, w, kc, o); break;
-#if SK_VBYTES == 64
-    case 7: tile_store<T, 7>(xp, w, kc, o); break;
-    case 8: tile_store<T, 8>(xp, w, kc, o); break;
-    case 9: tile_store<T, 9>(xp, w, kc, o); break;
-    case 10: tile_store<T, 10>(xp, w, kc, o); break;
-    case 11: tile_store<T, 11>(xp, w, kc, o); break;
-    case 12: tile_store<T, 12>(xp, w, kc, o); break;
+    case 1: tile_store<T, 1, NR>(q, o); break;
+    case 2: tile_store<T, 2, NR>(q, o); break;
+    case 3: tile_store<T, 3, NR>(q, o); break;
+    case 4: tile_store<T, 4, NR>(q, o); break;
+    case 5: tile_store<T, 5, NR>(q, o); break;
+    case 6: tile_store<T, 6, NR>(q, o); break;
+#if SK_RMAX > 6
+    case 7: tile_store<T, 7, NR>(q, o); break;
+    case 8: tile_store<T, 8, NR>(q, o); break;
+    case 9: tile_store<T, 9, NR>(q, o); break;
+    case 10: tile_store<T, 10, NR>(q, o); break;
+    case 11: tile_store<T, 11, NR>(q, o); break;
+    case 12: tile_store<T, 12, NR>(q, o); break;
 #endif
     default: break;
   }
@@ -259,18 +277,30 @@ static void pack_x(const float* x, int64_t ldx, int64_t rows, int64_t k0, int64_
   }
 }
 
-template <int T>
-static void tiles(const float* xp, int64_t rows, const typename Row<T>::E* w, int64_t kc, Out o) {
+// Segment s of K: [seg_start(K, s), + seg_len(K, s)).
+static inline int64_t seg_len(int64_t K, int s) { return K / SEG + (s < K % SEG ? 1 : 0); }
+static inline int64_t seg_start(int64_t K, int s) { return s * (K / SEG) + (s < K % SEG ? s : K % SEG); }
+
+// Every tile of the rows (packed in xp over a k range of kc) against one panel. w_at(s) / x_off(s): where run s
+// starts in the weight and in a tile's packed x (in k), len/extra: the run lengths.
+template <int T, int NR, class WAt, class XOff>
+static void tiles(const float* xp, int64_t rows, int64_t kc, WAt w_at, XOff x_off, int64_t len, int extra, Out o) {
   const Cut cut(rows);
   float* y0 = o.y;
+  Runs<typename Row<T>::E> q;
+  q.len = len;
+  q.extra = extra;
+  for (int s = 0; s < SEG; ++s) q.w[s] = w_at(s);
   for (int64_t t = 0; t < cut.nt; ++t) {
     const int64_t r0 = cut.start(t);
+    const int R = cut.size(t);
+    for (int s = 0; s < SEG; ++s) q.x[s] = xp + r0 * kc + x_off(s) * R;
     o.y = y0 + r0 * o.ldy;
-    tile_any<T>(cut.size(t), xp + r0 * kc, w, kc, o);
+    tile_any<T, NR>(R, q, o);
   }
 }
 
-// Widens a panel's K-slice (kc rows of P) to float32 (the layout of Row<0>).
+// Widens a panel's K-block (kc rows of P, contiguous) to float32 (the layout of Row<0>).
 template <int T>
 static inline void widen(const typename Row<T>::E* w, int64_t kc, float* buf) {
   for (int64_t k = 0; k < kc; ++k) {
@@ -287,7 +317,7 @@ static inline int64_t row_block() {
   return mb < RMAX ? RMAX : mb - mb % RMAX;
 }
 
-// Floats of scratch gemm_t needs (64-byte aligned): the packed x, and for bf16/int8 the widened panel slice.
+// Floats of scratch gemm_t needs (64-byte aligned): the packed x, and for bf16/int8 the widened panel block.
 static inline int64_t scratch_floats(int64_t rows, int64_t K) {
   if (rows <= SMALL_ROWS) return rows * K;
   const int64_t xs = lmin(rows, row_block()) * lmin(K, KC);
@@ -296,10 +326,10 @@ static inline int64_t scratch_floats(int64_t rows, int64_t K) {
 
 template <int T>
 static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row<T>::E* data, const float* scale,
-                   int64_t K, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end,
+                   int64_t N, int64_t K, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end,
                    float* scratch) {
-  typedef typename Row<T>::E E;
   if (rows <= 0 || n_end <= n_begin) return;
+  const int64_t np = (N + P - 1) / P;
   const int64_t p0 = n_begin / P, p1 = (n_end + P - 1) / P;
   auto out_for = [&](int64_t p, bool add) {
     const int64_t n0 = p * P;
@@ -312,47 +342,68 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
     o.add = add;
     return o;
   };
+  // Panel p's rows [k, k + n) of segment s, n <= len(s) - (k - ks(s)), are contiguous from here.
+  auto at = [&](int s, int64_t p, int64_t k) {
+    const int64_t ks = seg_start(K, s);
+    return data + (np * ks + p * seg_len(K, s) + (k - ks)) * P;
+  };
   float* xp = scratch;
   if (rows <= SMALL_ROWS) {
-    // Few rows (decoding): one tile streams each panel once over the whole of K; bf16/int8 widen in registers.
+    // Few rows (decoding): the whole of K, run s = segment s, so consecutive panels continue 4 sequential streams.
     pack_x(x, ldx, rows, 0, K, xp);
-    for (int64_t p = p0; p < p1; ++p) tiles<T>(xp, rows, data + p * K * P, K, out_for(p, false));
+    const int64_t len = K / SEG;
+    const int extra = static_cast<int>(K % SEG);
+    for (int64_t p = p0; p < p1; ++p)
+      tiles<T, SEG>(xp, rows, K, [&](int s) { return at(s, p, seg_start(K, s)); },
+               [&](int s) { return seg_start(K, s); }, len, extra, out_for(p, false));
     return;
   }
-  // Many rows: K-blocks outermost, then row blocks (their packed x stays in L2), then panels (a panel's K-slice is
-  // read from memory once per row block and stays in L1 while the tiles go over it). Later K-blocks add into y.
+  // Many rows: K-blocks (inside segments) outermost, then row blocks (their packed x stays in L2), then panels (a
+  // panel's block is read from memory once per row block, copied or widened to float32 scratch that stays in L1
+  // while the tiles go over it). Later K-blocks add into y.
   int64_t mb = row_block();
   const int64_t nmb = (rows + mb - 1) / mb;
   mb = (rows + nmb - 1) / nmb;  // near-equal row blocks
   float* wbuf = scratch + (lmin(rows, row_block()) * lmin(K, KC) + 15) / 16 * 16;
-  for (int64_t k0 = 0; k0 < K; k0 += KC) {
-    const int64_t kc = lmin(KC, K - k0);
-    for (int64_t m0 = 0; m0 < rows; m0 += mb) {
-      const int64_t mr = lmin(mb, rows - m0);
-      pack_x(x + m0 * ldx, ldx, mr, k0, kc, xp);
-      for (int64_t p = p0; p < p1; ++p) {
-        const E* w = data + (p * K + k0) * P;
-        Out o = out_for(p, k0 > 0);
-        o.y += m0 * ldy;
-        if (T == 0) {
-          tiles<0>(xp, mr, reinterpret_cast<const float*>(w), kc, o);
-        } else {
-          widen<T>(w, kc, wbuf);
-          tiles<0>(xp, mr, wbuf, kc, o);
+  bool first = true;
+  for (int s = 0; s < SEG; ++s) {
+    const int64_t ks = seg_start(K, s), ls = seg_len(K, s);
+    if (ls == 0) continue;
+    const int64_t nkb = (ls + KC - 1) / KC, kcb = (ls + nkb - 1) / nkb;  // near-equal K-blocks
+    for (int64_t k0 = ks; k0 < ks + ls; k0 += kcb) {
+      const int64_t kc = lmin(kcb, ks + ls - k0);
+      for (int64_t m0 = 0; m0 < rows; m0 += mb) {
+        const int64_t mr = lmin(mb, rows - m0);
+        pack_x(x + m0 * ldx, ldx, mr, k0, kc, xp);
+        for (int64_t p = p0; p < p1; ++p) {
+          Out o = out_for(p, !first);
+          o.y += m0 * ldy;
+          // The block into L1 scratch (widened for bf16/int8; the same place every time for float32 too).
+          widen<T>(at(s, p, k0), kc, wbuf);
+          tiles<0, 1>(xp, mr, kc, [&](int) { return static_cast<const float*>(wbuf); }, [](int) { return int64_t(0); },
+                      kc, 0, o);
         }
       }
+      first = false;
     }
   }
 }
 
 // The entry point each ISA translation unit exports under its own namespace.
-static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t K, const float* x, int64_t rows,
-                              int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end,
-                              float* scratch) {
+static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x,
+                              int64_t rows, int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin,
+                              int64_t n_end, float* scratch) {
   switch (wtype) {
-    case 0: gemm_t<0>(x, rows, ldx, static_cast<const float*>(data), nullptr, K, bias, y, ldy, n_begin, n_end, scratch); break;
-    case 1: gemm_t<1>(x, rows, ldx, static_cast<const uint16_t*>(data), nullptr, K, bias, y, ldy, n_begin, n_end, scratch); break;
-    case 2: gemm_t<2>(x, rows, ldx, static_cast<const int8_t*>(data), scale, K, bias, y, ldy, n_begin, n_end, scratch); break;
+    case 0:
+      gemm_t<0>(x, rows, ldx, static_cast<const float*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, scratch);
+      break;
+    case 1:
+      gemm_t<1>(x, rows, ldx, static_cast<const uint16_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end,
+                scratch);
+      break;
+    case 2:
+      gemm_t<2>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, scratch);
+      break;
     default: break;
   }
 }

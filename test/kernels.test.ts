@@ -57,6 +57,19 @@ let blas: ChildOut
 let ref: Record<string, Tensor>
 const byIsa: Partial<Record<(typeof ISAS)[number], ChildOut>> = {}
 
+describe('the kernels on their own (test/native: every ISA this CPU runs, every weight type, odd shapes)', () => {
+  it('build and pass test/native/cpu_kernels_test (and the AVX2 loops with the AVX-512 tiling)', async () => {
+    await run('bash', [join(repoRoot, 'test', 'native', 'build.sh')], { cwd: repoRoot, maxBuffer: 16 << 20 })
+    for (const bin of ['cpu_kernels_test', 'cpu_kernels_test_wide']) {
+      const out = await run(join(repoRoot, 'test', 'native', 'out', bin), [], { cwd: repoRoot, maxBuffer: 16 << 20 })
+      const summary = /(\d+) checks, (\d+) failures/.exec(out.stdout)
+      expect(summary, `${bin}: ${out.stdout.slice(-500)}`).not.toBeNull()
+      expect(Number(summary![1])).toBeGreaterThan(1000)
+      expect(Number(summary![2])).toBe(0)
+    }
+  }, 600_000)
+})
+
 describe('float32 kernels against BLAS, forced through each instruction set', () => {
   beforeAll(async () => {
     ref = await loadSafetensors(join(goldenDir, 'reference.safetensors'))

@@ -1,0 +1,291 @@
+// Tests of native/cpu_kernels against a double-precision reference, for every ISA this CPU runs. Exit code 0 when
+// all pass. Build and run: test/native/build.sh && test/native/out/cpu_kernels_test
+#include "cpu_kernels.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+using namespace semicap::kernels;
+
+namespace {
+
+int g_failures = 0, g_checks = 0;
+
+#define CHECK(cond, ...)                                   \
+  do {                                                     \
+    ++g_checks;                                            \
+    if (!(cond)) {                                         \
+      ++g_failures;                                        \
+      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
+      std::printf(__VA_ARGS__);                            \
+      std::printf("\n");                                   \
+      if (g_failures > 50) std::exit(1);                   \
+    }                                                      \
+  } while (0)
+
+std::mt19937 rng(12345);
+std::vector<float> randv(size_t n, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& e : v) e = d(rng);
+  return v;
+}
+
+std::vector<Isa> runnable_isas() {
+  std::vector<Isa> v;
+  const Isa best = choose_isa(cpu_features(), nullptr);
+  for (int i = 0; i <= static_cast<int>(best); ++i) v.push_back(static_cast<Isa>(i));
+  return v;
+}
+
+struct Case {
+  int64_t N, K, rows;
+  bool kn;
+  int64_t ldw_pad, ldx_pad, ldy_pad;
+  bool bias;
+  int64_t n_begin_panels;  // n_begin = this many panels
+  int64_t n_end;           // -1: N
+};
+
+// One product checked against the double-precision reference over unpack()'s weights.
+void run_case(Isa isa, WType t, const Case& c) {
+  const int64_t ldw = (c.kn ? c.N : c.K) + c.ldw_pad;
+  std::vector<float> w = randv(static_cast<size_t>((c.kn ? c.K : c.N) * ldw));
+  auto pw = pack(w.data(), c.N, c.K, c.kn, ldw, t, isa);
+  CHECK(pw->isa == isa && pw->type == t && pw->N == c.N && pw->K == c.K, "header");
+  CHECK(reinterpret_cast<uintptr_t>(pw->data) % 64 == 0, "alignment");
+  std::vector<float> wu(static_cast<size_t>(c.N * c.K));
+  unpack(*pw, wu.data());
+  // Dequantisation error against the original weights.
+  double worst = 0;
+  for (int64_t n = 0; n < c.N; ++n)
+    for (int64_t k = 0; k < c.K; ++k) {
+      const float orig = c.kn ? w[k * ldw + n] : w[n * ldw + k];
+      const float got = wu[n * c.K + k];
+      if (t == WType::F32) {
+        if (got != orig) worst = 1e30;
+      } else if (t == WType::BF16) {
+        const double rel = std::fabs(double(got) - orig) / std::max(1e-30, std::fabs(double(orig)));
+        if (rel > worst) worst = rel;
+      } else {
+        const double err = std::fabs(double(got) - orig) / pw->scale[n];
+        if (err > worst) worst = err;
+      }
+    }
+  if (t == WType::F32) CHECK(worst == 0, "float32 unpack differs");
+  if (t == WType::BF16) CHECK(worst <= std::ldexp(1.0, -8), "bf16 rel err %g", worst);
+  if (t == WType::I8) CHECK(worst <= 0.5 + 1e-4, "int8 err %g scales", worst);
+
+  const int64_t P = pw->panel;
+  const int64_t n_begin = c.n_begin_panels * P;
+  const int64_t n_end = c.n_end < 0 ? c.N : c.n_end;
+  const int64_t ldx = c.K + c.ldx_pad, ldy = c.N + c.ldy_pad;
+  std::vector<float> x = randv(static_cast<size_t>(c.rows * ldx));
+  std::vector<float> bias = randv(static_cast<size_t>(c.N));
+  const float sentinel = 12345.f;
+  std::vector<float> y(static_cast<size_t>(c.rows * ldy), sentinel);
+  gemm_packed(x.data(), c.rows, ldx, *pw, c.bias ? bias.data() : nullptr, y.data(), ldy, n_begin, n_end);
+  int bad = 0;
+  for (int64_t m = 0; m < c.rows; ++m)
+    for (int64_t n = 0; n < ldy; ++n) {
+      const float got = y[m * ldy + n];
+      if (n < n_begin || n >= n_end) {
+        if (got != sentinel && bad++ < 3) CHECK(false, "wrote outside the range at m %ld n %ld", (long)m, (long)n);
+        continue;
+      }
+      double ref = c.bias ? bias[n] : 0.0, mag = std::fabs(ref);
+      for (int64_t k = 0; k < c.K; ++k) {
+        const double term = double(x[m * ldx + k]) * wu[n * c.K + k];
+        ref += term;
+        mag += std::fabs(term);
+      }
+      const double err = std::fabs(got - ref);
+      if (!(err <= 1e-5 * mag + 1e-30) && bad++ < 3)
+        CHECK(false, "%s %s N %ld K %ld rows %ld kn %d: y[%ld,%ld] = %.9g, want %.9g (err %g, mag %g)",
+              isa_name(isa), wtype_name(t), (long)c.N, (long)c.K, (long)c.rows, (int)c.kn, (long)m, (long)n, got, ref,
+              err, mag);
+    }
+  ++g_checks;
+  if (bad) ++g_failures;
+}
+
+void test_products() {
+  std::vector<Case> cases;
+  const int64_t Ns[] = {1, 15, 17, 33, 1001};
+  const int64_t Ks[] = {1, 3, 768};
+  const int64_t Rs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 50, 130};
+  int i = 0;
+  for (int64_t N : Ns)
+    for (int64_t K : Ks)
+      for (int64_t R : Rs) {
+        if (N * K * R > 30'000'000) continue;
+        if (N == 1001 && K == 768 && R > 13 && R != 50) continue;
+        ++i;
+        Case c{N, K, R, (i % 2) == 0, (i % 3 == 0) ? 5 : 0, (i % 4 == 1) ? 3 : 0, (i % 5 == 2) ? 7 : 0, (i % 2) == 1,
+               0, -1};
+        cases.push_back(c);
+      }
+  // Ranges starting on a non-zero panel boundary and ending inside a panel; a larger K for the K-blocking.
+  cases.push_back({1001, 768, 8, false, 0, 0, 0, true, 2, 1001 - 9});
+  cases.push_back({1001, 768, 50, true, 11, 1, 0, true, 3, 700});
+  cases.push_back({200, 3000, 13, true, 0, 0, 0, false, 1, 150});
+  cases.push_back({70, 3001, 20, false, 0, 1, 2, true, 1, 70});  // several K-blocks per segment
+  cases.push_back({33, 2050, 37, true, 1, 0, 0, true, 0, 33});
+  cases.push_back({200, 3000, 1, false, 0, 0, 3, true, 1, 151});
+  cases.push_back({100, 1000, 130, false, 3, 2, 1, true, 1, 99});
+  cases.push_back({40, 513, 7, true, 0, 0, 0, true, 1, 40});
+  for (Isa isa : runnable_isas())
+    for (WType t : {WType::F32, WType::BF16, WType::I8}) {
+      const int before = g_failures;
+      for (const Case& c : cases) run_case(isa, t, c);
+      std::printf("%-8s %-8s %zu products: %s\n", isa_name(isa), wtype_name(t), cases.size(),
+                  g_failures == before ? "ok" : "FAILED");
+    }
+}
+
+void test_choose_isa() {
+  CpuFeatures none;
+  CpuFeatures avx2;
+  avx2.avx2 = avx2.fma = avx2.f16c = true;
+  CpuFeatures avx512 = avx2;
+  avx512.avx512f = avx512.avx512bw = avx512.avx512vl = avx512.avx512dq = true;
+  CpuFeatures partial = avx2;
+  partial.avx512f = true;  // F alone (e.g. Knights Landing) is not enough
+  CHECK(choose_isa(none, nullptr) == Isa::Portable, "none");
+  CHECK(choose_isa(avx2, nullptr) == Isa::Avx2, "avx2");
+  CHECK(choose_isa(avx512, nullptr) == Isa::Avx512, "avx512");
+  CHECK(choose_isa(partial, nullptr) == Isa::Avx2, "partial avx512");
+  CHECK(choose_isa(avx2, "avx512") == Isa::Avx2, "avx512 request lowered");
+  CHECK(choose_isa(none, "avx2") == Isa::Portable, "avx2 request lowered");
+  CHECK(choose_isa(avx512, "portable") == Isa::Portable, "portable honoured");
+  CHECK(choose_isa(avx512, "avx2") == Isa::Avx2, "avx2 honoured");
+  CHECK(choose_isa(avx2, "portable") == Isa::Portable, "portable honoured");
+  CHECK(choose_isa(avx512, "garbage") == Isa::Avx512, "garbage -> best");
+  CHECK(choose_isa(avx2, "") == Isa::Avx2, "empty -> best");
+  CpuFeatures nofma = avx2;
+  nofma.fma = false;
+  CHECK(choose_isa(nofma, nullptr) == Isa::Portable, "avx2 without fma");
+  const CpuFeatures f = cpu_features();
+  const Isa active = active_isa();
+  CHECK(static_cast<int>(active) <= static_cast<int>(choose_isa(f, nullptr)), "active above best");
+  std::printf("cpu: avx2 %d fma %d f16c %d avx512 f/bw/vl/dq %d%d%d%d bf16 %d vnni %d avx_vnni %d amx tile/bf16/int8 "
+              "%d%d%d; active %s\n",
+              f.avx2, f.fma, f.f16c, f.avx512f, f.avx512bw, f.avx512vl, f.avx512dq, f.avx512_bf16, f.avx512_vnni,
+              f.avx_vnni, f.amx_tile, f.amx_bf16, f.amx_int8, isa_name(active));
+}
+
+template <class F> bool throws_invalid(F f) {
+  try {
+    f();
+  } catch (const std::invalid_argument&) {
+    return true;
+  }
+  return false;
+}
+
+void test_errors() {
+  std::vector<float> w(100, 1.f);
+  const Isa isa = Isa::Portable;
+  CHECK(throws_invalid([&] { pack(w.data(), 0, 10, false, 10, WType::F32, isa); }), "N 0");
+  CHECK(throws_invalid([&] { pack(w.data(), 10, 0, false, 10, WType::F32, isa); }), "K 0");
+  CHECK(throws_invalid([&] { pack(w.data(), -3, 10, false, 10, WType::F32, isa); }), "N < 0");
+  CHECK(throws_invalid([&] { pack(w.data(), 10, 10, false, 9, WType::F32, isa); }), "ldw < K");
+  CHECK(throws_invalid([&] { pack(w.data(), 10, 5, true, 9, WType::I8, isa); }), "ldw < N (kn)");
+  CHECK(throws_invalid([&] { pack(nullptr, 10, 10, false, 10, WType::F32, isa); }), "null");
+  CHECK(!throws_invalid([&] { pack(w.data(), 10, 10, false, 10, WType::BF16, isa); }), "good pack");
+  auto pw = pack(w.data(), 10, 10, false, 10, WType::F32, isa);
+  std::vector<float> x(20, 1.f), y(40);
+  CHECK(throws_invalid([&] { gemm_packed(x.data(), 2, 10, *pw, nullptr, y.data(), 10, 1, 10); }), "n_begin mid-panel");
+  CHECK(throws_invalid([&] { gemm_packed(x.data(), 2, 10, *pw, nullptr, y.data(), 10, 0, 11); }), "n_end > N");
+  CHECK(throws_invalid([&] { gemm_packed(x.data(), 2, 9, *pw, nullptr, y.data(), 10, 0, 10); }), "ldx < K");
+  CHECK(throws_invalid([&] { gemm_packed(x.data(), 2, 10, *pw, nullptr, y.data(), 9, 0, 10); }), "ldy < n_end");
+  CHECK(!throws_invalid([&] { gemm_packed(x.data(), 2, 10, *pw, nullptr, y.data(), 10, 0, 10); }), "good product");
+  CHECK(y[0] == 10.f && y[19] == 10.f, "ones: %g %g", y[0], y[19]);
+  CHECK(!throws_invalid([&] { gemm_packed(x.data(), 0, 10, *pw, nullptr, y.data(), 10, 0, 10); }), "no rows");
+  if (choose_isa(cpu_features(), nullptr) != Isa::Avx512) {
+    auto p512 = pack(w.data(), 10, 10, false, 10, WType::F32, Isa::Avx512);  // packing is fine anywhere
+    CHECK(throws_invalid([&] { gemm_packed(x.data(), 2, 10, *p512, nullptr, y.data(), 10, 0, 10); }),
+          "avx512 weight on a CPU without it");
+    std::vector<float> u(100);
+    unpack(*p512, u.data());
+    CHECK(u == w, "avx512 layout unpacks anywhere");
+  }
+}
+
+void test_special_values() {
+  for (Isa isa : runnable_isas()) {
+    // int8: an all-zero column gets scale 1 and gives exact zeros (no NaN).
+    const int64_t N = 20, K = 9;
+    std::vector<float> w = randv(N * K);
+    for (int64_t k = 0; k < K; ++k) w[3 * K + k] = 0.f;
+    auto pi = pack(w.data(), N, K, false, K, WType::I8, isa);
+    CHECK(pi->scale[3] == 1.f, "zero column scale %g", pi->scale[3]);
+    std::vector<float> x = randv(2 * K), y(2 * N), bias(N, 0.5f);
+    gemm_packed(x.data(), 2, K, *pi, bias.data(), y.data(), N, 0, N);
+    CHECK(y[3] == 0.5f && y[N + 3] == 0.5f, "zero column: %g %g", y[3], y[N + 3]);
+    for (float v : y) CHECK(std::isfinite(v), "int8 result not finite");
+    // int8: the largest |w| of a column maps to +-127 exactly.
+    std::vector<float> u(N * K);
+    unpack(*pi, u.data());
+    for (int64_t n = 0; n < N; ++n) {
+      if (n == 3) continue;
+      float amax = 0.f, back = 0.f;
+      for (int64_t k = 0; k < K; ++k)
+        if (std::fabs(w[n * K + k]) > amax) { amax = std::fabs(w[n * K + k]); back = std::fabs(u[n * K + k]); }
+      CHECK(std::fabs(back - amax) <= 1e-6f * amax, "int8 max maps back: %g vs %g", back, amax);
+    }
+    // bf16: NaN and +-Inf weights survive packing; NaN/Inf inputs reach only their rows.
+    std::vector<float> wb = randv(N * K);
+    wb[0] = NAN;
+    wb[1 * K + 2] = INFINITY;
+    wb[2 * K + 1] = -INFINITY;
+    wb[4 * K] = 3.0e38f;  // rounds to a finite bf16 or to Inf by RNE: either way not NaN
+    auto pb = pack(wb.data(), N, K, false, K, WType::BF16, isa);
+    std::vector<float> ub(N * K);
+    unpack(*pb, ub.data());
+    CHECK(std::isnan(ub[0]), "bf16 NaN kept");
+    CHECK(ub[1 * K + 2] == INFINITY && ub[2 * K + 1] == -INFINITY, "bf16 Inf kept");
+    CHECK(!std::isnan(ub[4 * K]), "bf16 big");
+    std::vector<float> xb(3 * K, 1.f);
+    xb[K + 4] = NAN;        // row 1
+    xb[2 * K + 5] = INFINITY;  // row 2
+    std::vector<float> yb(3 * N);
+    gemm_packed(xb.data(), 3, K, *pb, nullptr, yb.data(), N, 0, N);
+    CHECK(std::isnan(yb[0]), "NaN weight column -> NaN");
+    CHECK(yb[1] == INFINITY && yb[2] == -INFINITY, "Inf weight columns: %g %g", yb[1], yb[2]);
+    bool row0_finite_elsewhere = true;
+    for (int64_t n = 3; n < N; ++n)
+      if (n != 4 && !std::isfinite(yb[n])) row0_finite_elsewhere = false;
+    CHECK(row0_finite_elsewhere, "row 0 finite elsewhere");
+    for (int64_t n = 3; n < N; ++n) CHECK(std::isnan(yb[N + n]), "NaN input row -> NaN");
+    int inf_or_nan = 0;
+    for (int64_t n = 3; n < N; ++n) inf_or_nan += !std::isfinite(yb[2 * N + n]);
+    CHECK(inf_or_nan == N - 3, "Inf input row -> non-finite");
+    // bf16 rounding is to nearest even on the float32 bits.
+    float tie;
+    uint32_t tb = 0x3F808000u;  // 1.00390625: exactly between bf16 0x3F80 and 0x3F81 -> even 0x3F80
+    std::memcpy(&tie, &tb, 4);
+    std::vector<float> wt(1, tie);
+    auto pt = pack(wt.data(), 1, 1, false, 1, WType::BF16, isa);
+    float ut;
+    unpack(*pt, &ut);
+    CHECK(ut == 1.f, "bf16 tie to even: %.9g", ut);
+  }
+}
+
+}  // namespace
+
+int main() {
+  test_choose_isa();
+  test_errors();
+  test_special_values();
+  test_products();
+  std::printf("%d checks, %d failures\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
