@@ -393,6 +393,7 @@ if (only.includes('caption')) {
     const r = await addon({ kind: 'caption', batches: [1, B], iters: cfg.captionIters, warmup: cfg.captionWarmup, profile: round === 0, parts: true }, T)
     for (const [name, v] of Object.entries(r.result.tasks as Record<string, { samples_ms: number[] }>)) (addonSamples[`${name} t${T}`] ??= []).push(...v.samples_ms)
     if (r.result.profile) results.addon.caption_profile[T] = r.result.profile
+    ;(results.addon.kernels ??= {})[`t${T}`] = r.result.kernels
   }
   const runEager = async (T: number | null, round: number) => {
     for (const b of [1, B]) {
@@ -664,6 +665,10 @@ const md = [
     : ortSkipped
       ? [`ORT peer skipped: ${ortSkipped}.`]
       : []),
+  '',
+  'Kernels (runtimeInfo() of the float32 caption children: instruction set, BLAS core, and the per-shape choice between the addon\'s packed kernels and BLAS, "rows K x N: choice (kernel us / BLAS us)"):',
+  ...Object.entries((results.addon.kernels ?? {}) as Record<string, Json>).map(([t, k]) => `- ${t}: isa ${k?.cpu?.isa} (features ${(k?.cpu?.features ?? []).join(' ')}), BLAS core ${k?.blas?.core} (${k?.blas_core_type?.source}); ${((k?.choices ?? []) as Json[]).map((c) => `${c.rows} ${c.K}x${c.N}: ${c.choice} (${f0(c.kernelUs)}/${f0(c.blasUs)})`).join('; ')}`),
+  ...(results.addon.dtypes ? [`Reduced precision: ${Object.entries(results.addon.dtypes as Record<string, Json>).map(([d, v]) => `${d}: packed ${(((v.weights?.captioner?.packedBytes ?? 0) + (v.weights?.clip?.packedBytes ?? 0)) / 2 ** 20).toFixed(0)} MiB, greedy rows equal to float32 ${v.greedy_rows_equal_float32}`).join('; ')} (random benchmark weights; quality on trained captioners: bench/quality.ts).`] : []),
   '',
   'Floors (max(bytes / bandwidth, FLOPs / best matmul rate) per phase, bench/floors.py):',
   ...floorLines,

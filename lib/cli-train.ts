@@ -9,8 +9,9 @@ import { CommanderError, InvalidArgumentError, Option, type Command } from 'comm
 import { Captioner, type MapperOptions } from './captioner.js'
 import { deviceOption, intOption, nonNegativeNumber, numberOption, positiveNumber, print } from './cli-options.js'
 import { dataset, KARPATHY_SPLITS, splitLabeled, type Example, type KarpathySplit } from './data/index.js'
-import type { DeviceOption } from './device.js'
+import { resolveDevice, type DeviceOption } from './device.js'
 import { SemicapError } from './errors.js'
+import { native } from './native.js'
 import { formatDuration, ProgressBar } from './progress.js'
 import { resolveDistributed, type TrainOptions, type TrainProgress, type TrainSummary } from './training/index.js'
 
@@ -156,6 +157,31 @@ function freePort(): Promise<number> {
   })
 }
 
+/**
+ * Where one rank of a data-parallel run trains, from the resolved device ('cpu', 'cuda' or 'cuda:N'), its rank on
+ * this machine (LOCAL_RANK, as torchrun and --nproc set it), the number of ranks on this machine and the GPUs this
+ * process sees: on CUDA, NCCL with one GPU per rank (cuda:LOCAL_RANK); on the CPU, Gloo.
+ */
+export function rankPlacement(device: string, localRank: number, localWorldSize: number, visibleGpus: number): { device: string; backend: 'gloo' | 'nccl' } {
+  if (!Number.isInteger(localRank) || localRank < 0 || !Number.isInteger(localWorldSize) || localRank >= localWorldSize)
+    throw new SemicapError('E_CONFIG', `LOCAL_RANK must be an integer in [0, ${localWorldSize}), got ${String(localRank)}`)
+  if (device === 'cpu') return { device: 'cpu', backend: 'gloo' }
+  if (device !== 'cuda') throw new SemicapError('E_DEVICE', `--device ${device} names one GPU; a data-parallel run gives each process its own (cuda:LOCAL_RANK): use --device cuda`)
+  if (localWorldSize > visibleGpus)
+    throw new SemicapError('E_DEVICE', `${localWorldSize} processes on this machine need ${localWorldSize} GPUs (one each), but ${visibleGpus} ${visibleGpus === 1 ? 'is' : 'are'} visible; lower --nproc or use --device cpu`)
+  return { device: `cuda:${localRank}`, backend: 'nccl' }
+}
+
+/** Ranks on this machine: LOCAL_WORLD_SIZE (torchrun), else --nproc, else WORLD_SIZE. */
+function localWorld(nproc: number | undefined): number {
+  const env = process.env.LOCAL_WORLD_SIZE ?? (nproc !== undefined && nproc > 1 ? String(nproc) : process.env.WORLD_SIZE ?? '1')
+  const n = Number(env)
+  if (!Number.isInteger(n) || n < 1) throw new SemicapError('E_CONFIG', `LOCAL_WORLD_SIZE must be a positive integer, got ${env}`)
+  return n
+}
+
+const cudaDeviceCount = (): number => native().AddonTrainer.cudaDeviceCount()
+
 /** `--nproc N`: runs N copies of this command as ranks 0..N-1 on this machine (like torchrun) and waits for all. */
 async function launch(n: number): Promise<void> {
   const port = await freePort()
@@ -185,8 +211,20 @@ async function launch(n: number): Promise<void> {
 
 export async function runTrain(o: TrainCliOptions): Promise<void> {
   checkOptions(o)
-  if ((o.nproc ?? 1) > 1 && process.env.RANK === undefined) return launch(o.nproc!)
-  const distributed = (o.nproc ?? 1) > 1 || o.distributed ? resolveDistributed(true, 'cpu') : undefined
+  const parallel = (o.nproc ?? 1) > 1 || o.distributed === true
+  if ((o.nproc ?? 1) > 1 && process.env.RANK === undefined) {
+    // Fail before starting any process when the machine lacks a GPU per rank.
+    const device = resolveDevice(o.device)
+    if (device !== 'cpu') rankPlacement(device, 0, o.nproc!, cudaDeviceCount())
+    return launch(o.nproc!)
+  }
+  let distributed: ReturnType<typeof resolveDistributed>
+  if (parallel) {
+    const device = resolveDevice(o.device)
+    const place = rankPlacement(device, Number(process.env.LOCAL_RANK ?? 0), localWorld(o.nproc), device === 'cpu' ? 0 : cudaDeviceCount())
+    o.device = place.device as DeviceOption
+    distributed = resolveDistributed({ backend: place.backend }, place.device)
+  }
   const rank = distributed?.rank ?? 0
   if (rank !== 0) o.progress = false
   const { labeled, unlabeled } = await readData(o)
@@ -246,7 +284,7 @@ export async function runTrain(o: TrainCliOptions): Promise<void> {
       resume: o.resume,
       featureCache: o.featureCache,
       signal: controller.signal,
-      distributed: distributed ? true : undefined,
+      distributed: distributed ? { backend: distributed.backend } : undefined,
     }
     for (const k of Object.keys(options) as (keyof TrainOptions)[]) if (options[k] === undefined) delete options[k]
     const what = `${o.stage}${o.stage === 'supervised' ? ` (${o.objective ?? 'ce'})` : ''}`
@@ -350,7 +388,7 @@ export function trainCommand(program: Command): void {
     .option('--feature-cache <dir>', 'CLIP image feature cache (default $SEMICAP_CACHE or ~/.cache/semicap/features)')
     .option('--device <device>', 'cpu, cuda, cuda:N or auto', deviceOption, 'auto')
     .option('--no-progress', 'no progress bar')
-    .option('--nproc <n>', 'data-parallel over n local processes (c10d Gloo); --batch-size is per process', intOption(1))
+    .option('--nproc <n>', 'data-parallel over n local processes (Gloo on the CPU; NCCL with one GPU each, cuda:LOCAL_RANK, on CUDA); --batch-size is per process', intOption(1))
     .option('--distributed', 'join a data-parallel run described by RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (several machines)')
     .action((o: TrainCliOptions) => runTrain(o))
 }

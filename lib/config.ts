@@ -119,6 +119,8 @@ export function gpt2ConfigFromJson(raw: Json, where: string): Gpt2ConfigWire {
     eps: f.num('layer_norm_epsilon', 1e-5),
     act: act(f, 'activation_function', 'gelu_new'),
     eosTokenId: f.int('eos_token_id', 50256, 0),
+    // Hugging Face's default is tied; false gives GPT-2 its own lm_head.weight.
+    tieWordEmbeddings: raw.tie_word_embeddings !== false,
   }
 }
 

@@ -174,8 +174,10 @@ export async function evaluate(captioner: Captioner, options: EvaluateOptions): 
       if (signal?.aborted) throw aborted()
       const batch = examples.slice(i, i + batchSize)
       const pixels = await clip.preprocess(batch.map((e) => e.image))
-      imageRows.push(...rowsOf(await clip.imageFeatures(pixels), 'image features'))
-      for (const c of await captioner.caption(pixels, decoding)) captions.push(c.text)
+      // One pass of the vision tower per batch: the features serve both the captions and CLIP-S.
+      const features = await clip.imageFeatures(pixels)
+      imageRows.push(...rowsOf(features, 'image features'))
+      for (const c of await captioner.captionFeatures(features, decoding)) captions.push(c.text)
       onProgress?.(i + batch.length, total)
     }
   }

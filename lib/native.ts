@@ -33,6 +33,8 @@ export interface ClipConfigWire {
 }
 export interface Gpt2ConfigWire {
   nEmbd: number; nHead: number; nLayer: number; nPositions: number; vocabSize: number; nInner: number; eps: number; act: string; eosTokenId: number
+  /** false: a separate lm_head.weight (default true: logits against wte). */
+  tieWordEmbeddings?: boolean
 }
 export interface MapperConfigWire {
   type: 'mlp' | 'transformer'; clipDim: number; nEmbd: number; prefixLength: number; clipLength: number; layers: number; heads: number; mlpRatio: number
@@ -186,8 +188,12 @@ export interface TrainSummaryWire { steps: number; lastLoss?: number; meanReward
  * The reward callback, called synchronously on the JS thread once per SCST step while the trainer thread waits:
  * sampled GPT-2 ids [N, L] (-1-padded) and their images [N] -> CLIP ids [N, T] to score natively, or rewards [N].
  */
-export type ScoreCallback = (ids: WireTensor, images: WireTensor) => { clipIds?: WireTensor; rewards?: WireTensor }
+export type ScoreAnswer = { clipIds?: WireTensor; rewards?: WireTensor }
+/** May answer through a Promise: the native trainer's step waits until it settles. */
+export type ScoreCallback = (ids: WireTensor, images: WireTensor) => ScoreAnswer | Promise<ScoreAnswer>
 export interface AddonTrainerConstructor {
+  /** GPUs this process sees (0 without CUDA). */
+  cudaDeviceCount(): number
   new (model: AddonCaptioner, config: TrainConfigWire, data: TrainDataWire, onProgress: (p: ProgressWire) => void, onScore: ScoreCallback): AddonTrainer
   new (model: AddonClip, config: PretrainConfigWire, data: ClipPretrainDataWire, onProgress: (p: ProgressWire) => void, onScore: ScoreCallback): AddonTrainer
   new (model: AddonGpt2, config: PretrainConfigWire, data: LmPretrainDataWire, onProgress: (p: ProgressWire) => void, onScore: ScoreCallback): AddonTrainer

@@ -21,11 +21,10 @@ export interface RewardOptions {
   /** refContrastive temperature (default 0.1). */
   tau?: number
   /**
-   * custom: rewards for captions (one number each); imageIds say whose image each caption is. Synchronous: the
-   * native trainer waits for the rewards inside one call into JS, so an async function (or one returning a Promise)
-   * is rejected with E_VALUE.
+   * custom: rewards for captions (one number each); imageIds say whose image each caption is. May be async (return
+   * a Promise): the training step waits for it; a rejection fails the run with E_VALUE (the reason as its cause).
    */
-  fn?: (captions: string[], imageIds: string[]) => number[]
+  fn?: (captions: string[], imageIds: string[]) => number[] | Promise<number[]>
 }
 
 /** Data-parallel training over processes (c10d: Gloo for CPU tensors, NCCL for CUDA). */

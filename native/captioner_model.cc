@@ -36,4 +36,12 @@ std::string CaptionerModel::checkpoint_key(const std::string& k) {
   return k;
 }
 
+std::string CaptionerModel::key(const std::string& k) const {
+  if (k.rfind("gpt.", 0) == 0) {
+    std::string n = gpt->key(k.substr(4));
+    return n.empty() ? n : "gpt." + n;
+  }
+  return k;
+}
+
 }  // namespace semicap

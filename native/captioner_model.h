@@ -30,6 +30,8 @@ struct CaptionerModel {
   at::Tensor sequence_logits(const at::Tensor& features, const at::Tensor& ids) const;
   // Rename map for Captioner checkpoints (tolerates GPT-2 buffers and a "transformer." prefix after "gpt.").
   static std::string checkpoint_key(const std::string& key);
+  // checkpoint_key for this model (keeps gpt.lm_head.weight when GPT-2's head is untied).
+  std::string key(const std::string& key) const;
 };
 
 }  // namespace semicap

@@ -25,16 +25,33 @@ at::Tensor step_logits(const Gpt2Model& gpt, const at::Tensor& tokens, KvCache& 
   return gpt.logits(gpt.forward(at::embedding(gpt.wte(), tokens.unsqueeze(1)), &cache).select(1, 0)).to(at::kFloat);
 }
 
+uint64_t splitmix(uint64_t a, uint64_t b) {
+  uint64_t z = a * 0x9E3779B97F4A7C15ull + b + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// One uniform in [0, 1) per row: from the seeded CPU generator, or (row_seeds) from each row's seed and the step.
+at::Tensor uniforms(int64_t rows, const DecodeOptions& o, at::Generator& gen, int64_t t) {
+  if (o.row_seeds.empty()) return at::rand({rows, 1}, gen, at::TensorOptions().dtype(at::kFloat));
+  check(static_cast<int64_t>(o.row_seeds.size()) == rows, "E_NATIVE", "decode: one row seed per row");
+  at::Tensor r = at::empty({rows, 1}, at::TensorOptions().dtype(at::kFloat));
+  float* d = r.data_ptr<float>();
+  for (int64_t i = 0; i < rows; ++i) d[i] = static_cast<float>(splitmix(o.row_seeds[i], static_cast<uint64_t>(t)) >> 40) * (1.0f / 16777216.0f);
+  return r;
+}
+
 // Samples one token per row from softmax(logits / T) restricted to the top-k and the top-p nucleus. Uniform draws
-// come from a seeded CPU generator so results are reproducible on every device.
-at::Tensor sample(const at::Tensor& logits, const DecodeOptions& o, at::Generator& gen) {
+// come from a seeded CPU generator (or per-row seeds) so results are reproducible on every device.
+at::Tensor sample(const at::Tensor& logits, const DecodeOptions& o, at::Generator& gen, int64_t t) {
   at::Tensor l = logits / std::max(o.temperature, 1e-6);
   if (o.top_k > 0 && o.top_k < l.size(-1)) {
     at::Tensor kth = std::get<0>(l.topk(o.top_k, -1)).select(-1, o.top_k - 1).unsqueeze(-1);
     l = l.masked_fill(l < kth, kNegInf);
   }
   at::Tensor probs = at::softmax(l, -1);
-  at::Tensor r = at::rand({l.size(0), 1}, gen, at::TensorOptions().dtype(at::kFloat)).to(l.device());
+  at::Tensor r = uniforms(l.size(0), o, gen, t).to(l.device());
   if (o.top_p >= 1.0) {
     // No nucleus: invert the CDF in vocabulary order. Sorting 50k probabilities per row cost 30x more than the rest
     // of the step. The first position whose cumulative mass exceeds u has non-zero probability; u stays below the
@@ -72,7 +89,7 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
   int64_t t = 0;
   for (; t < o.max_tokens; ++t) {
     if (t < o.min_tokens) logits = logits.masked_fill(ends, kNegInf);
-    at::Tensor next = o.method == "sample" ? sample(logits, o, gen) : logits.argmax(-1);
+    at::Tensor next = o.method == "sample" ? sample(logits, o, gen, t) : logits.argmax(-1);
     at::Tensor alive = finished.logical_not();
     logp_sum += at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1) * alive;
     count += alive;
@@ -90,7 +107,8 @@ DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOp
   check(K >= 1 && K <= V, "E_VALUE", "beams must be between 1 and the vocabulary size");
   at::Tensor ends = end_mask(gpt, o);
   KvCache cache(prefix.size(1) + o.max_tokens);
-  at::Tensor logp = at::log_softmax(gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat), -1);
+  // As ClipCap's generate_beam: log-softmax of logits / temperature.
+  at::Tensor logp = at::log_softmax(gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat) / o.temperature, -1);
   if (o.min_tokens > 0) logp = logp.masked_fill(ends, kNegInf);
   auto top = logp.topk(K, -1);
   at::Tensor scores = std::get<0>(top).reshape({B * K});
@@ -108,7 +126,7 @@ DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOp
   int64_t t = 1;
   for (; t < o.max_tokens; ++t) {
     if (t >= o.min_tokens && finished.all().item<bool>()) break;
-    logp = at::log_softmax(step_logits(gpt, tokens.masked_fill(finished, 0), cache), -1);
+    logp = at::log_softmax(step_logits(gpt, tokens.masked_fill(finished, 0), cache) / o.temperature, -1);
     if (t < o.min_tokens) logp = logp.masked_fill(ends, kNegInf);
     logp = at::where(finished.unsqueeze(1), frozen.unsqueeze(0), logp);
     at::Tensor cand = scores.unsqueeze(1) + logp;                    // [B*K, V]

@@ -11,6 +11,9 @@ struct DecodeOptions {
   int64_t max_tokens = 30, min_tokens = 0, beams = 5, top_k = 0;
   double temperature = 1.0, top_p = 1.0;
   uint64_t seed = 0;
+  // Sampling: when given (one per row), row i draws its uniform at step t from (row_seeds[i], t) alone, so a row's
+  // sample does not depend on which other rows share its batch (data-parallel training draws per global example).
+  std::vector<uint64_t> row_seeds;
   std::vector<int64_t> stop_ids;  // tokens that end a caption and are part of it (e.g. ones containing ".")
   int64_t eos_id = -1;            // ends a caption, not part of it (<|endoftext|>)
   bool bf16 = false;              // bf16 autocast (CUDA only)

@@ -1,5 +1,7 @@
 #include "distributed.h"
 
+#include <algorithm>
+
 #include "errors.h"
 
 #ifdef SEMICAP_HAS_GLOO
@@ -130,10 +132,21 @@ void Distributed::allreduce_sum(const std::vector<at::Tensor>& tensors) {
 double Distributed::allreduce_sum(double value) {
   at::Tensor t = at::full({1}, value, at::TensorOptions().dtype(at::kDouble));
 #ifdef SEMICAP_HAS_NCCL
-  if (impl_->nccl) t = t.cuda();
+  if (impl_->nccl) t = t.to(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cfg_.cuda_index)));
 #endif
   allreduce_sum(std::vector<at::Tensor>{t});
   return t.cpu().item<double>();
+}
+
+void Distributed::allreduce_sum(std::vector<double>& values) {
+  if (values.empty()) return;
+  at::Tensor t = at::tensor(values, at::TensorOptions().dtype(at::kDouble));
+#ifdef SEMICAP_HAS_NCCL
+  if (impl_->nccl) t = t.to(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cfg_.cuda_index)));
+#endif
+  allreduce_sum(std::vector<at::Tensor>{t});
+  t = t.cpu().contiguous();
+  std::copy(t.data_ptr<double>(), t.data_ptr<double>() + t.numel(), values.begin());
 }
 
 void Distributed::barrier() {
@@ -150,8 +163,27 @@ Distributed::~Distributed() = default;
 void Distributed::broadcast(const std::vector<at::Tensor>&) {}
 void Distributed::allreduce_sum(const std::vector<at::Tensor>&) {}
 double Distributed::allreduce_sum(double v) { return v; }
+void Distributed::allreduce_sum(std::vector<double>&) {}
 void Distributed::barrier() {}
 
 #endif
+
+double sum_over_ranks(Distributed* d, double local) { return d ? d->allreduce_sum(local) : local; }
+
+void sum_over_ranks(Distributed* d, std::vector<double>& values) {
+  if (d) d->allreduce_sum(values);
+}
+
+at::Tensor global_token_mean(Distributed* d, const at::Tensor& local_sum, double local_count) {
+  return local_sum / std::max(1.0, sum_over_ranks(d, local_count));
+}
+
+void sum_gradients(Distributed* d, const std::vector<at::Tensor>& params) {
+  if (!d) return;
+  std::vector<at::Tensor> grads;
+  for (const auto& t : params)
+    if (t.grad().defined()) grads.push_back(t.grad());
+  d->allreduce_sum(grads);
+}
 
 }  // namespace semicap

@@ -21,7 +21,13 @@ Gpt2Model::Gpt2Model(const Gpt2Config& cfg, ParamStore* store, const std::string
   const int64_t C = cfg.n_embd, inner = cfg.n_inner > 0 ? cfg.n_inner : 4 * cfg.n_embd;
   const std::string& p = prefix;
   wte_ = store->normal(p + "wte.weight", {cfg.vocab_size, C});
-  logits_slot_ = store->slot(p + "wte.weight", false);  // the tied logits read wte as a [V, C] Linear weight
+  if (cfg.tie_word_embeddings) {
+    head_ = wte_;
+    logits_slot_ = store->slot(p + "wte.weight", false);  // the tied logits read wte as a [V, C] Linear weight
+  } else {
+    head_ = store->normal(p + "lm_head.weight", {cfg.vocab_size, C});
+    logits_slot_ = store->slot(p + "lm_head.weight", false);
+  }
   wpe_ = store->normal(p + "wpe.weight", {cfg.n_positions, C}, 0.01);
   auto ln = [&](const std::string& n) { return LayerNorm{store->ones(n + ".weight", {C}), store->zeros(n + ".bias", {C}), cfg.eps}; };
   auto conv = [&](const std::string& n, int64_t in, int64_t out) {
@@ -45,10 +51,18 @@ Gpt2Model::Gpt2Model(const Gpt2Config& cfg, ParamStore* store, const std::string
 
 std::string Gpt2Model::checkpoint_key(const std::string& key) {
   std::string k = key.rfind("transformer.", 0) == 0 ? key.substr(12) : key;
-  if (k == "lm_head.weight") return "";  // tied to wte
+  if (k == "lm_head.weight") return "";  // tied to wte (untied models: key())
   auto ends = [&](const char* s) { size_t n = strlen(s); return k.size() >= n && k.compare(k.size() - n, n, s) == 0; };
   if (ends(".attn.bias") || ends(".attn.masked_bias") || ends("position_ids")) return "";  // buffers, not weights
   return k;
+}
+
+std::string Gpt2Model::key(const std::string& file_key) const {
+  if (!cfg_.tie_word_embeddings) {
+    std::string k = file_key.rfind("transformer.", 0) == 0 ? file_key.substr(12) : file_key;
+    if (k == "lm_head.weight") return k;
+  }
+  return checkpoint_key(file_key);
 }
 
 at::Tensor Gpt2Model::logits(const at::Tensor& hidden) const {
@@ -56,11 +70,11 @@ at::Tensor Gpt2Model::logits(const at::Tensor& hidden) const {
     if (single_row_cpu(hidden)) {
       auto shape = hidden.sizes().vec();
       shape.back() = cfg_.vocab_size;
-      return at::mv(wte_, hidden.reshape({-1})).view(shape);
+      return at::mv(head_, hidden.reshape({-1})).view(shape);
     }
-    return at::matmul(hidden, wte_.t());
+    return at::matmul(hidden, head_.t());
   };
-  if (packed_usable(hidden, wte_, logits_slot_.get())) return packed_product(hidden, wte_, at::Tensor(), *logits_slot_, blas);
+  if (packed_usable(hidden, head_, logits_slot_.get())) return packed_product(hidden, head_, at::Tensor(), *logits_slot_, blas);
   return blas();
 }
 

@@ -9,6 +9,7 @@ struct Gpt2Config {
   double eps = 1e-5;
   Activation act = Activation::GeluTanh;
   int64_t eos_token_id = 50256;
+  bool tie_word_embeddings = true;  // false: a separate lm_head.weight [V, C] produces the logits
 };
 
 struct Gpt2Block {
@@ -40,16 +41,20 @@ class Gpt2Model {
   // Runs the transformer over `embeds` [B,T,C] at positions cache.length().., appends to `cache` when given.
   // Returns final hidden states after ln_f.
   at::Tensor forward(const at::Tensor& embeds, KvCache* cache) const;
-  // hidden [..., C] -> [..., V] against the tied embedding (CPU inference: through wte's packed slot).
+  // hidden [..., C] -> [..., V] against the tied embedding or lm_head.weight when untied (CPU inference: through
+  // that weight's packed slot).
   at::Tensor logits(const at::Tensor& hidden) const;
   const at::Tensor& wte() const { return wte_; }
-  static std::string checkpoint_key(const std::string& file_key);  // drops "transformer.", ignores buffers
+  // Drops "transformer.", ignores buffers, and lm_head.weight (tied models: it is wte).
+  static std::string checkpoint_key(const std::string& file_key);
+  // checkpoint_key for this model: keeps lm_head.weight when the head is untied.
+  std::string key(const std::string& file_key) const;
 
  private:
   Gpt2Config cfg_;
   std::unique_ptr<ParamStore> own_;
   ParamStore* store_;
-  at::Tensor wte_, wpe_;
+  at::Tensor wte_, wpe_, head_;  // head_: wte_ (tied) or lm_head.weight
   std::shared_ptr<PackedSlot> logits_slot_;
   std::vector<Gpt2Block> blocks_;
   LayerNorm ln_f_;

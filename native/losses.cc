@@ -13,16 +13,24 @@ std::pair<at::Tensor, at::Tensor> token_logprobs(const at::Tensor& logits, const
 
 at::Tensor ce_loss(const at::Tensor& logp, const at::Tensor& mask) { return -logp.sum() / mask.sum().clamp_min(1); }
 
-at::Tensor scst_loss(const at::Tensor& logp, const at::Tensor& mask, const at::Tensor& reward, const at::Tensor& baseline) {
+at::Tensor scst_loss_sum(const at::Tensor& logp, const at::Tensor& reward, const at::Tensor& baseline) {
   at::Tensor adv = (reward - baseline).detach().to(logp.scalar_type());
-  return -(adv * logp.sum(1)).sum() / mask.sum().clamp_min(1);
+  return -(adv * logp.sum(1)).sum();
 }
 
-at::Tensor kl_penalty(const at::Tensor& policy_logits, const at::Tensor& reference_logits, const at::Tensor& mask) {
+at::Tensor scst_loss(const at::Tensor& logp, const at::Tensor& mask, const at::Tensor& reward, const at::Tensor& baseline) {
+  return scst_loss_sum(logp, reward, baseline) / mask.sum().clamp_min(1);
+}
+
+at::Tensor kl_penalty_sum(const at::Tensor& policy_logits, const at::Tensor& reference_logits, const at::Tensor& mask) {
   at::Tensor lp = at::log_softmax(policy_logits.to(at::kFloat), -1);
   at::Tensor lq = at::log_softmax(reference_logits.to(at::kFloat), -1);
   at::Tensor kl = (lp.exp() * (lp - lq)).sum(-1);  // [N, L]
-  return (kl * mask).sum() / mask.sum().clamp_min(1);
+  return (kl * mask).sum();
+}
+
+at::Tensor kl_penalty(const at::Tensor& policy_logits, const at::Tensor& reference_logits, const at::Tensor& mask) {
+  return kl_penalty_sum(policy_logits, reference_logits, mask) / mask.sum().clamp_min(1);
 }
 
 at::Tensor repeated_ngrams(const at::Tensor& ids_in, int64_t n) {

@@ -15,6 +15,11 @@ at::Tensor ce_loss(const at::Tensor& logp, const at::Tensor& mask);
 // Self-critical policy gradient: -sum_n (reward_n - baseline_n) * sum_t logp[n, t] / (number of real tokens).
 at::Tensor scst_loss(const at::Tensor& logp, const at::Tensor& mask, const at::Tensor& reward, const at::Tensor& baseline);
 
+// The numerators of scst_loss and kl_penalty (sums over real tokens), for callers that normalise by a count of
+// their own (data-parallel training divides by the global token count).
+at::Tensor scst_loss_sum(const at::Tensor& logp, const at::Tensor& reward, const at::Tensor& baseline);
+at::Tensor kl_penalty_sum(const at::Tensor& policy_logits, const at::Tensor& reference_logits, const at::Tensor& mask);
+
 // Per-token KL(policy || reference) over the vocabulary, averaged over real tokens.
 at::Tensor kl_penalty(const at::Tensor& policy_logits, const at::Tensor& reference_logits, const at::Tensor& mask);
 

@@ -72,6 +72,7 @@ Gpt2Config gpt2_config_from_js(const Napi::Object& o) {
   c.eps = get_number(o, "eps", 1e-5);
   c.act = activation_from_name(get_string(o, "act", "gelu_new"));
   c.eos_token_id = get_int(o, "eosTokenId", 50256);
+  c.tie_word_embeddings = get_bool(o, "tieWordEmbeddings", true);
   return c;
 }
 
@@ -313,7 +314,8 @@ Napi::Value AddonGpt2::Load(const Napi::CallbackInfo& info) {
     kernels::WType dtype = dtype_arg(info, 2, device);
     return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
-      if (!path.empty()) h->model->params().load(SafetensorsFile::open(path), Gpt2Model::checkpoint_key);
+      // The model's own key map: an untied head keeps lm_head.weight.
+      if (!path.empty()) h->model->params().load(SafetensorsFile::open(path), [m = h->model.get()](const std::string& k) { return m->key(k); });
       h->model->params().to(device);
       return prepared(h->model->params(), device, dtype);
     });
@@ -434,8 +436,8 @@ Napi::Value AddonCaptioner::LoadGpt2(const Napi::CallbackInfo& info) {
     return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty())
-        h->model->params.load(SafetensorsFile::open(path), [](const std::string& k) {
-          std::string n = Gpt2Model::checkpoint_key(k);
+        h->model->params.load(SafetensorsFile::open(path), [g = h->model->gpt.get()](const std::string& k) {
+          std::string n = g->key(k);
           return n.empty() ? n : "gpt." + n;
         }, "gpt.");
       h->model->params.to(device);
@@ -453,7 +455,7 @@ Napi::Value AddonCaptioner::Load(const Napi::CallbackInfo& info) {
     kernels::WType dtype = dtype_arg(info, 2, device);
     return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
-      h->model->params.load(SafetensorsFile::open(path), CaptionerModel::checkpoint_key);
+      h->model->params.load(SafetensorsFile::open(path), [m = h->model.get()](const std::string& k) { return m->key(k); });
       h->model->params.to(device);
       return prepared(h->model->params, device, dtype);
     });

@@ -7,15 +7,17 @@
 #include <cstdlib>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "autocast.h"
+#include "checkpoint.h"
 #include "decode.h"
 #include "errors.h"
 #include "losses.h"
 #include "optim.h"
+#include "rewards.h"
 #include "safetensors.h"
 
 namespace fs = std::filesystem;
@@ -87,19 +89,19 @@ at::Tensor draw_global(const at::Tensor& pool, int64_t step, int64_t B, uint64_t
   return pool.to(at::kCPU, at::kLong).index_select(0, at::tensor(out, at::kLong));
 }
 
-// This rank's slice of the global batch (batch B per rank, world ranks): the same rows one process with batch
-// B * world would draw.
-at::Tensor draw(const at::Tensor& pool, int64_t step, int64_t B, uint64_t seed, uint64_t stream, const DistConfig& d) {
-  at::Tensor all = draw_global(pool, step, B * d.world, seed, stream);
-  return all.narrow(0, d.rank * B, B);
-}
+// This rank's slice of a global batch (batch B per rank): the same rows one process with batch B * world draws.
+at::Tensor local_slice(const at::Tensor& global, int64_t B, const DistConfig& d) { return global.narrow(0, d.rank * B, B); }
 
 at::Tensor pad_to(const at::Tensor& ids, int64_t L) {
   if (ids.size(1) >= L) return ids;
   return at::cat({ids, at::full({ids.size(0), L - ids.size(1)}, -1, ids.options())}, 1);
 }
 
-at::Tensor normalize(const at::Tensor& x) { return x / x.norm(2, -1, true).clamp_min(1e-12); }
+// Sums over one step's micro-batches of this rank's share of each metric; reduced over ranks once per step.
+struct StepMetrics {
+  double loss = 0, ce = 0, kl = 0, reward = 0, baseline = 0, rows = 0;  // reward, baseline: sums over sampled rows
+  int64_t ce_n = 0, kl_n = 0, examples = 0;                            // micro-batches with a CE / KL term
+};
 
 class Loop {
  public:
@@ -113,30 +115,39 @@ class Loop {
       cap_ids_ = d.cap_ids.to(device_, at::kLong);
       cap_image_ = d.cap_image.to(device_, at::kLong);
     }
-    if (d.ref_features.defined() && d.ref_features.numel()) {
-      refs_ = normalize(d.ref_features.to(device_, at::kFloat));
-      ref_image_ = d.ref_image.to(device_, at::kLong);
-    }
     sup_images_ = d.sup_images;
     unl_images_ = d.unl_images;
+    rewards_ = std::make_unique<Rewards>(cfg_, m_, features_, d, [this](const at::Tensor& ids, const at::Tensor& images) { return cb_.score(ids, images); });
 
     std::vector<at::Tensor> params;
-    std::vector<std::string> names;
     for (const auto& n : m.params.names()) {
       bool trainable = cfg_.train_lm || n.rfind("gpt.", 0) != 0;
       m.params.get(n).requires_grad_(trainable);
       if (trainable) {
         params.push_back(m.params.get(n));
-        names.push_back(n);
+        trainable_.push_back(n);
       }
     }
-    opt_ = std::make_unique<AdamW>(params, names, AdamWConfig{cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, cfg_.weight_decay});
-    if (!cfg_.resume_dir.empty()) resume();
+    opt_ = std::make_unique<AdamW>(params, trainable_, AdamWConfig{cfg_.lr, cfg_.beta1, cfg_.beta2, cfg_.adam_eps, cfg_.weight_decay});
+    const bool resuming = !cfg_.resume_dir.empty();
+    if (resuming) resume();
     if (cfg_.dist.enabled()) {
-      dist_ = std::make_unique<Distributed>(cfg_.dist);
+      DistConfig dc = cfg_.dist;
+      if (device_.is_cuda()) dc.cuda_index = device_.has_index() ? device_.index() : 0;
+      dist_ = std::make_unique<Distributed>(dc);
       dist_->broadcast(m.params.all());  // every rank starts from rank 0's weights
     }
-    if (cfg_.kl_coef > 0) make_reference();
+    if (cfg_.kl_coef > 0) {
+      // The KL reference is the model the stage started from: a copy of it now, or, on resume, the one the
+      // checkpoint saved (the resumed weights have moved away from it).
+      make_reference();
+      if (resuming) load_reference();
+    }
+    spec_.dir = cfg_.ckpt_dir;
+    spec_.config_json = cfg_.ckpt_config_json;
+    spec_.state_json = cfg_.ckpt_state_json;
+    spec_.keep = cfg_.ckpt_keep;
+    spec_.links = cfg_.ckpt_links;
   }
 
   ~Loop() {
@@ -145,9 +156,10 @@ class Loop {
   }
 
   TrainSummary run() {
-    if (!cfg_.ckpt_dir.empty() && (!dist_ || dist_->rank() == 0)) {
+    const bool writer = !dist_ || dist_->rank() == 0;
+    if (!cfg_.ckpt_dir.empty() && writer) {
       std::error_code ec;
-      if (fs::is_directory(cfg_.ckpt_dir, ec)) prune_checkpoints();
+      if (fs::is_directory(cfg_.ckpt_dir, ec)) prune_checkpoints(cfg_.ckpt_dir, cfg_.ckpt_keep);
     }
     TrainSummary s;
     auto t0 = std::chrono::steady_clock::now();
@@ -162,36 +174,33 @@ class Loop {
       p.total = cfg_.steps;
       p.lr = schedule_lr(cfg_.lr, step, cfg_.warmup, cfg_.steps, cfg_.schedule);
       opt_->zero_grad();
-      double loss_sum = 0;
-      int64_t examples = 0;
+      StepMetrics sm;
       for (int64_t micro = 0; micro < cfg_.grad_accum; ++micro) {
         if (micro > 0 && cb_.should_stop()) fail("E_ABORTED", "training aborted at step " + std::to_string(step));
         const int64_t k = step * cfg_.grad_accum + micro;
         at::Tensor loss;
         {
           Bf16Autocast autocast(cfg_.autocast_bf16 && device_.is_cuda());  // forward in bf16, backward follows it
-          loss = micro_step(k, p, &examples);
+          loss = micro_step(k, sm);
         }
         (loss / static_cast<double>(cfg_.grad_accum)).backward();
-        loss_sum += loss.item<double>();
+        sm.loss += loss.item<double>();
       }
-      if (dist_) {
-        std::vector<at::Tensor> grads;
-        for (auto& t : opt_->params())
-          if (t.grad().defined()) grads.push_back(t.grad());
-        dist_->allreduce_sum(grads);
-        // Losses are normalised by global counts, so the sum over ranks is the global loss; rewards are averaged.
-        loss_sum = dist_->allreduce_sum(loss_sum);
-        if (!std::isnan(p.reward)) p.reward = dist_->allreduce_sum(p.reward) / static_cast<double>(dist_->world());
-        if (!std::isnan(p.baseline)) p.baseline = dist_->allreduce_sum(p.baseline) / static_cast<double>(dist_->world());
-        if (!std::isnan(p.ce)) p.ce = dist_->allreduce_sum(p.ce);
-        examples *= dist_->world();
+      // Losses are normalised by global counts, so the sums over ranks are the single-process gradient and metrics.
+      sum_gradients(dist_.get(), opt_->params());
+      std::vector<double> sums{sm.loss, sm.ce, sm.kl, sm.reward, sm.baseline, sm.rows, static_cast<double>(sm.examples)};
+      sum_over_ranks(dist_.get(), sums);
+      p.loss = sums[0] / static_cast<double>(cfg_.grad_accum);
+      if (sm.ce_n) p.ce = sums[1] / static_cast<double>(sm.ce_n);
+      if (sm.kl_n) p.kl = sums[2] / static_cast<double>(sm.kl_n);
+      if (sums[5] > 0) {
+        p.reward = sums[3] / sums[5];
+        p.baseline = sums[4] / sums[5];
       }
       p.grad_norm = clip_grad_norm(opt_->params(), cfg_.grad_clip);
       opt_->step(p.lr);
-      p.loss = loss_sum / static_cast<double>(cfg_.grad_accum);
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
-      p.examples_per_sec = static_cast<double>(examples) / std::max(dt, 1e-9);
+      p.examples_per_sec = sums[6] / std::max(dt, 1e-9);
       p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (!std::isnan(p.reward)) {
         reward_sum += p.reward;
@@ -200,10 +209,10 @@ class Loop {
       const bool last = step + 1 == cfg_.steps;
       if (!cfg_.ckpt_dir.empty() && (last || (cfg_.ckpt_every > 0 && (step + 1) % cfg_.ckpt_every == 0))) {
         // Rank 0 alone writes; the others wait until the checkpoint is complete.
-        if (!dist_ || dist_->rank() == 0) p.checkpoint = s.checkpoint = write_checkpoint(step + 1);
+        if (writer) p.checkpoint = s.checkpoint = save(step + 1);
         if (dist_) {
           dist_->barrier();
-          if (dist_->rank() != 0) p.checkpoint = s.checkpoint = checkpoint_path(step + 1);
+          if (!writer) p.checkpoint = s.checkpoint = checkpoint_path(cfg_.ckpt_dir, step + 1);
         }
       }
       s.steps = step + 1;
@@ -216,32 +225,33 @@ class Loop {
   }
 
  private:
-  // One micro-batch's loss (k counts micro-batches over the whole run).
-  at::Tensor micro_step(int64_t k, Progress& p, int64_t* examples) {
-    const int64_t step = k / cfg_.grad_accum;
+  // One micro-batch's loss, this rank's share (k counts micro-batches over the whole run).
+  at::Tensor micro_step(int64_t k, StepMetrics& sm) {
+    const int64_t step = k / cfg_.grad_accum, B = cfg_.batch_size, world = cfg_.dist.world;
     if (cfg_.stage == "supervised" && (cfg_.objective == "ce" || step < cfg_.ce_steps)) {
-      at::Tensor rows = draw(at::arange(cap_ids_.size(0), at::kLong), k, cfg_.batch_size, cfg_.seed, 1, cfg_.dist).to(device_);
+      at::Tensor rows = local_slice(draw_global(at::arange(cap_ids_.size(0), at::kLong), k, B * world, cfg_.seed, 1), B, cfg_.dist).to(device_);
       at::Tensor ce = ce_batch(rows);
-      p.ce = ce.item<double>();
-      *examples += cfg_.batch_size;
+      sm.ce += ce.item<double>();
+      ++sm.ce_n;
+      sm.examples += B;
       return ce;
     }
     const at::Tensor& pool = cfg_.stage == "supervised" ? sup_images_ : unl_images_;
-    at::Tensor images = draw(pool, k, cfg_.batch_size, cfg_.seed, 2, cfg_.dist).to(device_);
-    at::Tensor loss = scst_batch(images, k, p);
-    *examples += cfg_.batch_size * cfg_.samples;
+    at::Tensor batch = draw_global(pool, k, B * world, cfg_.seed, 2);
+    at::Tensor images = local_slice(batch, B, cfg_.dist).to(device_);
+    at::Tensor loss = scst_batch(images, batch, k, sm);
+    sm.examples += B * cfg_.samples;
     if (cfg_.stage == "supervised" && cfg_.ce_weight > 0) {
-      at::Tensor rows = captions_of(images);
-      if (rows.numel()) {
-        at::Tensor ce = ce_batch(rows);
-        p.ce = ce.item<double>();
-        loss = loss + cfg_.ce_weight * ce;
-      }
+      at::Tensor ce = ce_batch(captions_of(images));
+      sm.ce += ce.item<double>();
+      ++sm.ce_n;
+      loss = loss + cfg_.ce_weight * ce;
     }
     if (cfg_.stage == "clip-reward" && cfg_.ce_mix_weight > 0) {
-      at::Tensor rows = draw(at::arange(cap_ids_.size(0), at::kLong), k, cfg_.batch_size, cfg_.seed, 3, cfg_.dist).to(device_);
+      at::Tensor rows = local_slice(draw_global(at::arange(cap_ids_.size(0), at::kLong), k, B * world, cfg_.seed, 3), B, cfg_.dist).to(device_);
       at::Tensor ce = ce_batch(rows);
-      p.ce = ce.item<double>();
+      sm.ce += ce.item<double>();
+      ++sm.ce_n;
       loss = loss + cfg_.ce_mix_weight * ce;
     }
     return loss;
@@ -253,23 +263,24 @@ class Loop {
     return hit.nonzero().squeeze(1);
   }
 
+  // Token-mean cross-entropy over the global batch (this rank's share). Every rank takes part in the count's
+  // all-reduce, also one whose rows are empty.
   at::Tensor ce_batch(const at::Tensor& rows) {
+    if (rows.numel() == 0) {
+      sum_over_ranks(dist_.get(), 0.0);
+      return at::zeros({}, features_.options());
+    }
     at::Tensor ids = cap_ids_.index_select(0, rows);
     // Trim trailing all-padding columns: the batch is as long as its longest caption.
     int64_t L = (ids >= 0).sum(1).max().item<int64_t>();
     ids = ids.slice(1, 0, std::max<int64_t>(L, 1));
     at::Tensor logits = m_.sequence_logits(features_.index_select(0, cap_image_.index_select(0, rows)), ids);
     auto [logp, mask] = token_logprobs(logits, ids);
-    return -logp.sum() / global_count(mask);
+    return global_token_mean(dist_.get(), -logp.sum(), mask.sum().item<double>());
   }
 
-  // Real tokens in this micro-batch summed over ranks: the loss denominator one process with the whole batch uses.
-  double global_count(const at::Tensor& mask) {
-    double n = mask.sum().item<double>();
-    return std::max(1.0, dist_ ? dist_->allreduce_sum(n) : n);
-  }
-
-  at::Tensor scst_batch(const at::Tensor& images, int64_t k, Progress& p) {
+  // `images`: this rank's images; `batch`: the global batch's (CPU).
+  at::Tensor scst_batch(const at::Tensor& images, const at::Tensor& batch, int64_t k, StepMetrics& sm) {
     const int64_t B = images.size(0), K = cfg_.samples;
     at::Tensor feats = features_.index_select(0, images);
     at::Tensor greedy, samples;
@@ -283,58 +294,39 @@ class Loop {
       greedy = decode(*m_.gpt, prefix, o).ids;
       o.method = "sample";
       o.temperature = cfg_.temperature;
-      o.seed = mix(cfg_.seed, 1000 + static_cast<uint64_t>(k));
+      // One stream per global sample (step, position in the global batch): the samples do not depend on how the
+      // batch is divided over ranks, and a resumed run draws what the uninterrupted one drew.
+      const uint64_t base = mix(cfg_.seed, 1000 + static_cast<uint64_t>(k));
+      const uint64_t first = static_cast<uint64_t>(cfg_.dist.rank * B * K);
+      for (int64_t r = 0; r < B * K; ++r) o.row_seeds.push_back(mix(base, first + static_cast<uint64_t>(r)));
       samples = decode(*m_.gpt, prefix.repeat_interleave(K, 0), o).ids;
     }
     const int64_t L = std::max(greedy.size(1), samples.size(1));
     greedy = pad_to(greedy, L);
     samples = pad_to(samples, L);
     at::Tensor owners = at::cat({images, images.repeat_interleave(K, 0)});
-    at::Tensor rewards = score(at::cat({greedy, samples}), owners, images);
-    if (cfg_.rep_coef > 0) rewards = rewards - cfg_.rep_coef * repeated_ngrams(at::cat({greedy, samples}), cfg_.rep_ngram).to(rewards.device());
-    rewards = rewards * cfg_.reward_scale;
+    at::Tensor rewards = (*rewards_)(at::cat({greedy, samples}), owners, batch);
     at::Tensor baseline = rewards.slice(0, 0, B).repeat_interleave(K, 0);
     at::Tensor r = rewards.slice(0, B);
     at::Tensor sample_feats = feats.repeat_interleave(K, 0);
     at::Tensor logits = m_.sequence_logits(sample_feats, samples);
     auto [logp, mask] = token_logprobs(logits, samples);
-    at::Tensor loss = scst_loss(logp, mask, r, baseline);
-    if (dist_) loss = loss * (mask.sum().item<double>() / global_count(mask));  // global token normalisation
+    // Policy gradient and KL are both per-token means over the global batch's sampled tokens.
+    const double tokens = std::max(1.0, sum_over_ranks(dist_.get(), mask.sum().item<double>()));
+    at::Tensor loss = scst_loss_sum(logp, r, baseline) / tokens;
     if (cfg_.kl_coef > 0) {
       // Grad mode stays on (nothing here requires grad, so no graph is recorded): the reference then takes the same
       // matmul path as the policy, and the KL of identical models is exactly 0, not BLAS-vs-kernel rounding.
       at::Tensor ref_logits = ref_->sequence_logits(sample_feats, samples).detach();
-      at::Tensor kl = kl_penalty(logits, ref_logits, mask);
-      p.kl = kl.item<double>();
+      at::Tensor kl = kl_penalty_sum(logits, ref_logits, mask) / tokens;
+      sm.kl += kl.item<double>();
+      ++sm.kl_n;
       loss = loss + cfg_.kl_coef * kl;
     }
-    p.reward = r.mean().item<double>();
-    p.baseline = baseline.mean().item<double>();
+    sm.reward += r.sum().item<double>();
+    sm.baseline += baseline.sum().item<double>();
+    sm.rows += static_cast<double>(r.size(0));
     return loss;
-  }
-
-  // Rewards of sampled captions (ids [N, L]) of images `owners`; `batch` = the distinct images of the batch.
-  at::Tensor score(const at::Tensor& ids, const at::Tensor& owners, const at::Tensor& batch) {
-    auto [clip_ids, custom] = cb_.score(ids.cpu(), owners.cpu());
-    if (cfg_.reward == "custom") {
-      check(custom.defined() && custom.dim() == 1 && custom.size(0) == ids.size(0), "E_VALUE", "a custom reward must return one number per caption");
-      check(at::isfinite(custom).all().item<bool>(), "E_VALUE", "a custom reward returned NaN or infinity");
-      return custom.to(device_, at::kFloat);
-    }
-    check(clip_ids.defined() && clip_ids.dim() == 2 && clip_ids.size(0) == ids.size(0), "E_VALUE", "reward tokenization returned the wrong shape");
-    at::Tensor text;
-    {
-      auto clip = m_.clip;
-      check(clip && clip->model, "E_DISPOSED", "the CLIP model was disposed");
-      std::lock_guard<std::mutex> lock(clip->mu);
-      c10::NoGradGuard no_grad;
-      text = normalize(clip->model->text(clip_ids).features.to(device_));
-    }
-    at::Tensor own = owners.to(device_);
-    if (cfg_.reward == "clipS") return clip_s_reward(text, normalize(features_.index_select(0, own)), cfg_.clip_w);
-    if (cfg_.reward == "refText") return ref_text_reward(text, own, refs_, ref_image_, cfg_.ref_max);
-    if (cfg_.reward == "refContrastive") return ref_contrastive_reward(text, own, refs_, ref_image_, batch, cfg_.contrastive_tau);
-    fail("E_CONFIG", "unknown reward '" + cfg_.reward + "'");
   }
 
   void make_reference() {
@@ -344,110 +336,64 @@ class Loop {
     for (const auto& n : m_.params.names()) ref_->params.get(n).copy_(m_.params.get(n));
   }
 
+  // The reference's trainable parameters as the checkpoint saved them (the others never change).
+  void load_reference() {
+    TensorFile f;
+    if (!read_tensor_file(cfg_.resume_dir, "reference.safetensors", device_, &f, false))
+      fail("E_CHECKPOINT", cfg_.resume_dir + ": no reference.safetensors (the KL reference); the checkpoint was written by a run "
+                           "without klCoef or by an older version, so this run cannot be resumed exactly with a KL penalty");
+    std::set<std::string> want(trainable_.begin(), trainable_.end());
+    c10::NoGradGuard no_grad;
+    for (const auto& [n, t] : f.tensors) {
+      check(want.erase(n) == 1 && ref_->params.get(n).sizes() == t.sizes(), "E_CHECKPOINT",
+            cfg_.resume_dir + "/reference.safetensors: unexpected or mis-shaped tensor " + n);
+      ref_->params.get(n).copy_(t);
+    }
+    check(want.empty(), "E_CHECKPOINT", cfg_.resume_dir + "/reference.safetensors: missing " + (want.empty() ? "" : *want.begin()));
+  }
+
   void resume() {
     fs::path dir(cfg_.resume_dir);
     {
       c10::NoGradGuard no_grad;
-      m_.params.load(SafetensorsFile::open((dir / "model.safetensors").string()), CaptionerModel::checkpoint_key);
+      m_.params.load(SafetensorsFile::open((dir / "model.safetensors").string()), [this](const std::string& k) { return m_.key(k); });
     }
-    auto file = SafetensorsFile::open((dir / "optimizer.safetensors").string());
-    std::vector<std::pair<std::string, at::Tensor>> named;
-    for (const auto& n : file->parsed().names) named.emplace_back(n, view_as_tensor(file->parsed().tensors.at(n)).to(device_, at::kFloat));
-    auto it = file->parsed().metadata.find("step");
-    check(it != file->parsed().metadata.end(), "E_CHECKPOINT", (dir / "optimizer.safetensors").string() + ": no step in metadata");
-    opt_->load_state(named, std::stoll(it->second));
+    TensorFile f;
+    read_tensor_file(cfg_.resume_dir, "optimizer.safetensors", device_, &f);
+    auto it = f.metadata.find("step");
+    check(it != f.metadata.end(), "E_CHECKPOINT", (dir / "optimizer.safetensors").string() + ": no step in metadata");
+    opt_->load_state(f.tensors, std::stoll(it->second));
   }
 
-  // Keeps the newest ckpt_keep complete step folders in the directory (also those earlier runs wrote) and removes
-  // temp folders that interrupted saves left behind.
-  void prune_checkpoints() {
-    std::error_code ec;
-    std::vector<fs::path> steps;
-    for (const auto& e : fs::directory_iterator(cfg_.ckpt_dir, ec)) {
-      const std::string n = e.path().filename().string();
-      if (n.rfind("step-", 0) != 0 || !e.is_directory()) continue;
-      if (n.size() > 4 && n.compare(n.size() - 4, 4, ".tmp") == 0) {
-        fs::remove_all(e.path(), ec);  // only ever called when no save of this run is in progress
-        continue;
-      }
-      steps.push_back(e.path());
+  std::string save(int64_t step) {
+    std::vector<TensorFile> files(2);
+    files[0].name = "model.safetensors";
+    for (const auto& n : m_.params.names()) files[0].tensors.emplace_back(n, m_.params.get(n));
+    files[0].metadata = {{"format", "pt"}, {"step", std::to_string(step)}};
+    files[1].name = "optimizer.safetensors";
+    files[1].tensors = opt_->state();
+    files[1].metadata = {{"step", std::to_string(opt_->steps())}};
+    if (ref_) {
+      TensorFile ref;
+      ref.name = "reference.safetensors";
+      for (const auto& n : trainable_) ref.tensors.emplace_back(n, ref_->params.get(n));
+      ref.metadata = {{"format", "pt"}, {"purpose", "KL reference (trainable parameters)"}};
+      files.push_back(std::move(ref));
     }
-    std::sort(steps.begin(), steps.end());  // zero-padded step numbers sort in order
-    while (cfg_.ckpt_keep > 0 && static_cast<int64_t>(steps.size()) > cfg_.ckpt_keep) {
-      fs::remove_all(steps.front(), ec);
-      steps.erase(steps.begin());
-    }
-  }
-
-  static std::string step_name(int64_t step) {
-    char name[32];
-    snprintf(name, sizeof name, "step-%08lld", static_cast<long long>(step));
-    return name;
-  }
-  std::string checkpoint_path(int64_t step) const { return (fs::path(cfg_.ckpt_dir) / step_name(step)).string(); }
-
-  std::string write_checkpoint(int64_t step) {
-    const std::string name = step_name(step);
-    fs::path root(cfg_.ckpt_dir), final_dir = root / name, tmp = root / (name + ".tmp");
-    std::error_code ec;
-    fs::create_directories(root, ec);
-    fs::remove_all(tmp, ec);
-    check(fs::create_directories(tmp, ec), "E_IO", tmp.string() + ": cannot create (" + ec.message() + ")");
-    for (const auto& [src, dst] : cfg_.ckpt_links) {
-      fs::path to = tmp / dst;
-      fs::create_directories(to.parent_path(), ec);
-      fs::create_hard_link(src, to, ec);
-      if (ec) {
-        ec.clear();
-        fs::copy_file(src, to, fs::copy_options::overwrite_existing, ec);
-        check(!ec, "E_IO", "checkpoint: cannot copy " + src + " (" + ec.message() + ")");
-      }
-    }
-    auto write_text = [&](const fs::path& p, const std::string& text) {
-      std::ofstream f(p, std::ios::binary);
-      f << text;
-      f.flush();
-      check(f.good(), "E_IO", p.string() + ": write failed");
-    };
-    write_text(tmp / "config.json", cfg_.ckpt_config_json);
-    // Fault injection for tests of crash safety: fail after the config, before the weights are complete.
-    if (const char* f = std::getenv("SEMICAP_TEST_FAIL_CHECKPOINT"); f && std::to_string(step) == f)
-      fail("E_IO", "injected checkpoint failure at step " + std::to_string(step));
-    std::vector<at::Tensor> keep;
-    std::vector<TensorToWrite> items;
-    auto add = [&](const std::string& n, const at::Tensor& t0) {
-      at::Tensor t = t0.detach().to(at::kCPU, at::kFloat).contiguous().clone();
-      keep.push_back(t);
-      items.push_back({n, DType::F32, std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(), t.nbytes()});
-    };
-    for (const auto& n : m_.params.names()) add(n, m_.params.get(n));
-    write_safetensors((tmp / "model.safetensors").string(), items, {{"format", "pt"}, {"step", std::to_string(step)}});
-    keep.clear();
-    items.clear();
-    for (const auto& [n, t] : opt_->state()) add(n, t);
-    write_safetensors((tmp / "optimizer.safetensors").string(), items, {{"step", std::to_string(opt_->steps())}});
-    std::string state = cfg_.ckpt_state_json;  // JSON object text from JS, completed with the step
-    if (!state.empty() && state.back() == '}') state.pop_back();
-    write_text(tmp / "trainer_state.json", state + (state.size() > 1 ? "," : "") + "\"step\":" + std::to_string(step) + "}\n");
-    fs::remove_all(final_dir, ec);
-    fs::rename(tmp, final_dir, ec);
-    check(!ec, "E_IO", final_dir.string() + ": rename failed (" + ec.message() + ")");
-    // `latest` flips to the new folder only once it is complete.
-    write_text(root / "latest.tmp", std::string(name) + "\n");
-    fs::rename(root / "latest.tmp", root / "latest", ec);
-    check(!ec, "E_IO", (root / "latest").string() + ": rename failed (" + ec.message() + ")");
-    prune_checkpoints();
-    return final_dir.string();
+    return write_checkpoint(spec_, step, files);
   }
 
   CaptionerModel& m_;
   const TrainConfig& cfg_;
   const TrainCallbacks& cb_;
   at::Device device_;
-  at::Tensor features_, cap_ids_, cap_image_, refs_, ref_image_, sup_images_, unl_images_;
+  at::Tensor features_, cap_ids_, cap_image_, sup_images_, unl_images_;
+  std::vector<std::string> trainable_;
+  std::unique_ptr<Rewards> rewards_;
   std::unique_ptr<AdamW> opt_;
   std::unique_ptr<Distributed> dist_;
   std::unique_ptr<CaptionerModel> ref_;
+  CheckpointSpec spec_;
 };
 
 }  // namespace

@@ -1,8 +1,11 @@
 // The training loop of both stages (Jin 2023): stage 1 on labeled captions (teacher-forced cross-entropy and/or
 // self-critical sequence training against the references), stage 2 on unlabeled images (SCST with the CLIP-S
 // reward, KL to the stage-1 model, repetition penalty, optional CE batches mixed in). Runs on its own thread;
-// talks to JS only through the callbacks below. Batches and sampling are a pure function of (seed, step), so a
-// resumed run repeats the uninterrupted one exactly on the CPU.
+// talks to JS only through the callbacks below. Batches and sampling are a pure function of (seed, step, position
+// in the global batch), and a checkpoint holds everything else a step reads (weights, optimizer moments and step,
+// the KL reference), so a resumed run repeats the uninterrupted one exactly on the CPU, and N data-parallel ranks
+// draw the samples one process with the combined batch would. Homes: this file = the loop; checkpoint.* = files;
+// rewards.* = rewards; distributed.* = process groups and data-parallel normalisation.
 #pragma once
 #include <atomic>
 #include <functional>
@@ -34,8 +37,9 @@ struct TrainConfig {
   bool train_lm = true, autocast_bf16 = false;
   int64_t eos_id = -1;
   std::vector<int64_t> stop_ids;
-  // Checkpoints: folders <dir>/step-NNNNNNNN with config.json, model.safetensors, optimizer.safetensors,
-  // trainer_state.json and linked static files; <dir>/latest names the newest complete one.
+  // Checkpoints (checkpoint.h): folders <dir>/step-NNNNNNNN with config.json, model.safetensors,
+  // optimizer.safetensors, reference.safetensors (with klCoef), trainer_state.json and linked static files;
+  // <dir>/latest names the newest complete one.
   std::string ckpt_dir, ckpt_config_json, ckpt_state_json;
   int64_t ckpt_every = 0, ckpt_keep = 2;
   std::vector<std::pair<std::string, std::string>> ckpt_links;  // (source path, name in the folder)
@@ -43,8 +47,9 @@ struct TrainConfig {
   std::string resume_dir;
   int64_t start_step = 0;
   // Data parallel: each rank takes its slice of every global batch (batch_size per rank); gradients are summed
-  // over ranks after backward, with losses normalised by the global token count, so N ranks compute what one
-  // process with the combined batch would.
+  // over ranks after backward, with every loss term (CE, SCST, KL) normalised by the global token count, samples
+  // drawn per global example and metrics reduced over ranks, so N ranks compute what one process with the
+  // combined batch would.
   DistConfig dist;
 };
 

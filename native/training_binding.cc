@@ -4,24 +4,55 @@
 
 #include <future>
 
+#include <ATen/detail/CUDAHooksInterface.h>
+
 #include "addon_state.h"
 #include "errors.h"
 #include "models_binding.h"
 
 namespace semicap {
 
+// One reward answer: settled exactly once, by the callback's return value, its promise's then/catch, an abort or
+// the environment's teardown (later attempts are ignored).
+struct AddonTrainer::ScoreAnswer {
+  std::mutex mu;
+  bool settled = false;
+  std::promise<std::pair<at::Tensor, at::Tensor>> promise;
+  void value(std::pair<at::Tensor, at::Tensor> v) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (settled) return;
+    settled = true;
+    promise.set_value(std::move(v));
+  }
+  void error(std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (settled) return;
+    settled = true;
+    promise.set_exception(e);
+  }
+};
+
 struct AddonTrainer::Event {
   enum Kind { kProgress, kScore, kDone } kind;
   Progress progress;
   at::Tensor ids, images;
-  std::promise<std::pair<at::Tensor, at::Tensor>> answer;
+  std::shared_ptr<ScoreAnswer> answer;
   TrainSummary summary;
   bool failed = false;
   std::string code, message;
 };
 
 Napi::Function AddonTrainer::Init(Napi::Env env) {
-  return DefineClass(env, "AddonTrainer", {InstanceMethod("start", &AddonTrainer::Start), InstanceMethod("abort", &AddonTrainer::Abort)});
+  return DefineClass(env, "AddonTrainer", {InstanceMethod("start", &AddonTrainer::Start), InstanceMethod("abort", &AddonTrainer::Abort),
+                                           StaticMethod("cudaDeviceCount", &AddonTrainer::CudaDeviceCount)});
+}
+
+// GPUs this process sees (0 without CUDA): how many local data-parallel ranks can each have their own.
+Napi::Value AddonTrainer::CudaDeviceCount(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    int n = at::hasCUDA() ? static_cast<int>(at::detail::getCUDAHooks().getNumGPUs()) : 0;
+    return Napi::Number::New(info.Env(), n);
+  });
 }
 
 static at::Tensor opt_tensor(const Napi::Object& data, const char* key, KeepAlive& keep) {
@@ -182,9 +213,43 @@ AddonTrainer::~AddonTrainer() {
   if (thread_.joinable()) thread_.join();
 }
 
+void AddonTrainer::settle_pending(const std::string& code, const std::string& message) {
+  std::lock_guard<std::mutex> lock(pending_mu_);
+  if (pending_) pending_->error(std::make_exception_ptr(Error(code, message)));
+}
+
 Napi::Value AddonTrainer::Abort(const Napi::CallbackInfo& info) {
   stop_ = true;
+  settle_pending("E_ABORTED", "training aborted while waiting for the reward callback");
   return info.Env().Undefined();
+}
+
+// The reward callback's answer object -> (CLIP ids, rewards), copied (JS may reuse its buffers).
+static std::pair<at::Tensor, at::Tensor> read_score_answer(const Napi::Value& r) {
+  if (!r.IsObject()) fail("E_VALUE", "the reward callback must return an object");
+  Napi::Object o = r.As<Napi::Object>();
+  KeepAlive keep;
+  at::Tensor clip_ids, rewards;
+  if (o.Get("clipIds").IsObject()) clip_ids = tensor_from_js(o.Get("clipIds"), "clipIds", keep).clone();
+  if (o.Get("rewards").IsObject()) rewards = tensor_from_js(o.Get("rewards"), "rewards", keep).clone();
+  return {clip_ids, rewards};
+}
+
+static bool is_thenable(const Napi::Value& v) {
+  return (v.IsObject() || v.IsFunction()) && v.As<Napi::Object>().Get("then").IsFunction();
+}
+
+// A rejection reason's message (an Error's .message, else its string form).
+static std::string reason_message(const Napi::Value& v) {
+  try {
+    if (v.IsObject()) {
+      Napi::Value m = v.As<Napi::Object>().Get("message");
+      if (m.IsString()) return m.As<Napi::String>().Utf8Value();
+    }
+    return v.ToString().Utf8Value();
+  } catch (...) {
+    return "(a value that cannot be printed)";
+  }
 }
 
 static Napi::Object progress_to_js(Napi::Env env, const Progress& p) {
@@ -209,7 +274,7 @@ static Napi::Object progress_to_js(Napi::Env env, const Progress& p) {
 void AddonTrainer::CallJs(Napi::Env env, Napi::Function, AddonTrainer* self, Event* ev) {
   std::unique_ptr<Event> owned(ev);
   if (env == nullptr) {  // torn down (process exit): unblock a waiting training thread
-    if (ev->kind == Event::kScore) ev->answer.set_exception(std::make_exception_ptr(Error("E_ABORTED", "the JS environment is shutting down")));
+    if (ev->kind == Event::kScore) ev->answer->error(std::make_exception_ptr(Error("E_ABORTED", "the JS environment is shutting down")));
     return;
   }
   Napi::HandleScope scope(env);
@@ -221,22 +286,42 @@ void AddonTrainer::CallJs(Napi::Env env, Napi::Function, AddonTrainer* self, Eve
         // a throwing listener must not kill training; the JS side reports listener errors itself
       }
       return;
-    case Event::kScore:
+    case Event::kScore: {
+      std::shared_ptr<ScoreAnswer> answer = ev->answer;
+      // Settles `answer` from a value on the JS thread; nothing may escape into node-addon-api's callback wrapper.
+      auto settle = [](const std::shared_ptr<ScoreAnswer>& a, const Napi::Value& v) {
+        try {
+          a->value(read_score_answer(v));
+        } catch (const Napi::Error& e) {
+          a->error(std::make_exception_ptr(Error("E_VALUE", "reward callback failed: " + e.Message())));
+        } catch (...) {
+          a->error(std::current_exception());
+        }
+      };
       try {
         Napi::Value r = self->on_score_.Call({tensor_to_js(env, ev->ids), tensor_to_js(env, ev->images)});
-        if (!r.IsObject()) fail("E_VALUE", "the reward callback must return an object");
-        Napi::Object o = r.As<Napi::Object>();
-        KeepAlive keep;
-        at::Tensor clip_ids, rewards;
-        if (o.Get("clipIds").IsObject()) clip_ids = tensor_from_js(o.Get("clipIds"), "clipIds", keep).clone();
-        if (o.Get("rewards").IsObject()) rewards = tensor_from_js(o.Get("rewards"), "rewards", keep).clone();
-        ev->answer.set_value({clip_ids, rewards});
+        if (is_thenable(r)) {
+          // An asynchronous reward: the training thread keeps waiting; the promise's callbacks answer it later.
+          Napi::Object thenable = r.As<Napi::Object>();
+          Napi::Function on_ok = Napi::Function::New(env, [answer, settle](const Napi::CallbackInfo& info) -> Napi::Value {
+            settle(answer, info[0]);
+            return info.Env().Undefined();
+          });
+          Napi::Function on_fail = Napi::Function::New(env, [answer](const Napi::CallbackInfo& info) -> Napi::Value {
+            answer->error(std::make_exception_ptr(Error("E_VALUE", "reward callback failed: " + reason_message(info[0]))));
+            return info.Env().Undefined();
+          });
+          thenable.Get("then").As<Napi::Function>().Call(thenable, {on_ok, on_fail});
+          return;
+        }
+        settle(answer, r);
       } catch (const Napi::Error& e) {
-        ev->answer.set_exception(std::make_exception_ptr(Error("E_VALUE", "reward callback failed: " + e.Message())));
+        answer->error(std::make_exception_ptr(Error("E_VALUE", "reward callback failed: " + e.Message())));
       } catch (...) {
-        ev->answer.set_exception(std::current_exception());
+        answer->error(std::current_exception());
       }
       return;
+    }
     case Event::kDone: {
       if (ev->failed) self->deferred_->Reject(make_error(env, ev->code, ev->message).Value());
       else {
@@ -263,6 +348,8 @@ Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
     tsfn_ = Napi::TypedThreadSafeFunction<AddonTrainer, Event, CallJs>::New(
         env, "semicap-train", 0, 1, this, [](Napi::Env, void*, AddonTrainer* self) {
           self->stop_ = true;  // torn down early (worker terminated): the run stops at its next step
+          // A reward promise will never settle now: release the step waiting for it.
+          self->settle_pending("E_ABORTED", "the JS environment is shutting down");
           if (self->thread_.joinable()) self->thread_.join();
         });
     Ref();  // alive until the run ends
@@ -283,7 +370,19 @@ Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
           auto* ev = new Event{Event::kScore};
           ev->ids = ids.contiguous();
           ev->images = images.contiguous();
-          auto answer = ev->answer.get_future();
+          ev->answer = std::make_shared<ScoreAnswer>();
+          auto answer = ev->answer->promise.get_future();
+          {
+            std::lock_guard<std::mutex> lock(pending_mu_);
+            pending_ = ev->answer;
+          }
+          struct Clear {
+            AddonTrainer* t;
+            ~Clear() {
+              std::lock_guard<std::mutex> lock(t->pending_mu_);
+              t->pending_.reset();
+            }
+          } clear{this};
           if (tsfn_.BlockingCall(ev) != napi_ok) {
             delete ev;
             fail("E_ABORTED", "the JS environment is shutting down");

@@ -128,6 +128,8 @@ describe('semicap train', () => {
       [[...base, '--steps', '2', '--labeled-fraction', '1.5'], /^semicap: .*--labeled-fraction/m],
       [[...base, '--steps', '2', '--stage', 'nope'], /^semicap: .*--stage/m],
       [[...base, '--steps', '2', '--resume'], /^semicap: --resume .*--checkpoint-dir/m],
+      // Data-parallel on CUDA needs a GPU per process: refused before any process starts (no GPU here at all).
+      [[...base, '--steps', '2', '--nproc', '2', '--device', 'cuda'], /^semicap: .*(CUDA|GPU)/m],
       [['train', '--clip', clipDir, '--gpt2', gpt2Dir, '--labeled', data, '--steps', '2', ...common], /^semicap: .*--out/m],
       [['train', '--clip', clipDir, '--gpt2', gpt2Dir, '--stage', 'clip-reward', '--labeled', data, '--steps', '2', '--out', out, ...common], /^semicap: the clip-reward stage needs unlabeled images/m],
     ]

@@ -1,7 +1,7 @@
 // Data-parallel training over c10d Gloo on loopback: two ranks with batch 2 end with the parameters of one
 // process with batch 4; a rank that dies makes the other fail with a clear error instead of hanging.
 import { spawn } from 'node:child_process'
-import { cpSync } from 'node:fs'
+import { cpSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import sharp from 'sharp'
@@ -22,7 +22,8 @@ function freePort(): Promise<number> {
   })
 }
 
-function rank(cfg: object): Promise<{ code: number | null; out: { losses?: number[]; error?: { code: string; message: string } }; ms: number }> {
+type RankOut = { losses?: number[]; metrics?: (number | null)[][]; error?: { code: string; message: string } }
+function rank(cfg: object): Promise<{ code: number | null; out: RankOut; ms: number }> {
   const t0 = Date.now()
   return new Promise((res) => {
     const child = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'test/helpers/dist-worker.ts'), JSON.stringify(cfg)], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] })
@@ -48,6 +49,10 @@ beforeAll(async () => {
   work = tempDir('semicap-dist-')
   const clipDir = join(work, 'clip')
   cpSync(tiny.clipDir, clipDir, { recursive: true })
+  // CLIP rewards need CLIP to read text: the tiny CLIP uses the GPT-2 tokenizer (as in cli-train.test.ts).
+  for (const f of ['vocab.json', 'merges.txt']) cpSync(join(tiny.gpt2Dir, f), join(clipDir, f))
+  const clipConfig = JSON.parse(readFileSync(join(clipDir, 'config.json'), 'utf8'))
+  writeFileSync(join(clipDir, 'config.json'), JSON.stringify({ ...clipConfig, semicap: { tokenizer: 'gpt2' } }))
   const examples = []
   for (let i = 0; i < 8; i++) {
     const raw = Buffer.alloc(32 * 32 * 3, 40 + i * 20)
@@ -101,6 +106,60 @@ describe('data-parallel training (Gloo over loopback)', () => {
     expect(maxMove).toBeGreaterThan(1e-3)
     expect(maxDiff).toBeLessThan(0.05 * maxMove)
     expect(sumDiff / n).toBeLessThan(1e-6)
+  })
+
+  /**
+   * 2 ranks x batch 2 against 1 process x batch 4 with `options`: every reported metric (reduced over ranks) matches,
+   * both ranks agree exactly, and parameters differ by far less than training moved them.
+   */
+  async function expectSameAsSingle(name: string, options: Record<string, unknown>): Promise<RankOut> {
+    const port = await freePort()
+    const single = await rank({ ...base, options, batchSize: 4, out: join(work, `${name}-single`) })
+    expect(single.code, JSON.stringify(single.out)).toBe(0)
+    const dist = { worldSize: 2, masterPort: port, timeoutMs: 20_000 }
+    const [r0, r1] = await Promise.all([
+      rank({ ...base, options, batchSize: 2, out: join(work, `${name}-rank0`), distributed: { ...dist, rank: 0 } }),
+      rank({ ...base, options, batchSize: 2, out: join(work, `${name}-rank1`), distributed: { ...dist, rank: 1 } }),
+    ])
+    expect([r0.code, r1.code], JSON.stringify([r0.out, r1.out])).toEqual([0, 0])
+    expect(r1.out.metrics).toEqual(r0.out.metrics)
+    single.out.metrics!.forEach((row, i) =>
+      row.forEach((v, j) => {
+        const d = r0.out.metrics![i]![j]
+        if (v === null || v === undefined) expect(d ?? null, `${name} step ${i + 1} metric ${j}`).toBeNull()
+        else expect(d!, `${name} step ${i + 1} metric ${j}`).toBeCloseTo(v, 4)
+      }),
+    )
+    const a = await loadSafetensors(join(work, `${name}-single`, 'model.safetensors'))
+    const b = await loadSafetensors(join(work, `${name}-rank0`, 'model.safetensors'))
+    const c = await loadSafetensors(join(work, `${name}-rank1`, 'model.safetensors'))
+    const init = await loadSafetensors(join(base.gpt2Dir as string, 'model.safetensors'))
+    let maxDiff = 0, sumDiff = 0, n = 0, maxRankDiff = 0, maxMove = 0
+    for (const k of Object.keys(a)) {
+      const x = a[k].data as Float32Array, y = b[k].data as Float32Array, z = c[k].data as Float32Array
+      const x0 = k.startsWith('gpt.') ? (init[k.slice(4)]?.data as Float32Array | undefined) : undefined
+      for (let i = 0; i < x.length; i++) {
+        const d = Math.abs(x[i] - y[i])
+        maxDiff = Math.max(maxDiff, d)
+        sumDiff += d
+        n++
+        maxRankDiff = Math.max(maxRankDiff, Math.abs(y[i] - z[i]))
+        if (x0) maxMove = Math.max(maxMove, Math.abs(x[i] - x0[i]))
+      }
+    }
+    console.log(`${name}: max |single - rank0| = ${maxDiff.toExponential(2)} (mean ${(sumDiff / n).toExponential(2)}), moved up to ${maxMove.toExponential(2)}`)
+    expect(maxRankDiff).toBe(0)
+    expect(maxMove).toBeGreaterThan(1e-4)
+    expect(maxDiff).toBeLessThan(0.05 * maxMove)
+    expect(sumDiff / n).toBeLessThan(1e-6)
+    return single.out
+  }
+
+  it('SCST (refText, CE on the same images, repetition penalty) and CLIP-S + KL + CE mixing: 2 ranks equal 1 process', async () => {
+    await expectSameAsSingle('scst', { objective: 'scst', samples: 2, maxTokens: 8, reward: { type: 'refText' }, ceWeight: 0.5, repetitionPenalty: 0.2, lr: 3e-3 })
+    const out = await expectSameAsSingle('clips', { stage: 'clip-reward', samples: 2, maxTokens: 8, reward: { type: 'clipS' }, klCoef: 0.5, ceMix: { weight: 0.3 }, lr: 3e-3 })
+    // KL is a global per-token mean (not world size x klCoef), live after the first step.
+    expect(out.metrics![2]![4]!).toBeGreaterThan(0)
   })
 
   it('a rank that dies makes the other fail with E_DISTRIBUTED within the timeout', async () => {

@@ -239,6 +239,26 @@ describe('evaluate: paths and options', () => {
     expect(r.perImage.map((p) => p.caption)).toEqual(exact.perImage.map((p) => p.caption))
   })
 
+  it('the image path runs the vision tower once per batch (features serve both the captions and CLIP-S)', async () => {
+    const clip = trained.clip
+    const imageFeatures = clip.imageFeatures.bind(clip)
+    const caption = trained.caption.bind(trained)
+    let featureCalls = 0
+    let captionCalls = 0
+    clip.imageFeatures = (...a: Parameters<typeof imageFeatures>) => (featureCalls++, imageFeatures(...a))
+    trained.caption = (...a: Parameters<typeof caption>) => (captionCalls++, caption(...a))
+    try {
+      const r = await evaluate(trained, { examples, decoding: { maxTokens: 12 }, batchSize: 3 })
+      expect(r.perImage.map((p) => p.caption)).toEqual(exact.perImage.map((p) => p.caption))
+      expect(r.metrics.clipS).toBeCloseTo(exact.metrics.clipS, 6)
+    } finally {
+      delete (clip as { imageFeatures?: unknown }).imageFeatures
+      delete (trained as { caption?: unknown }).caption
+    }
+    expect(featureCalls).toBe(2)
+    expect(captionCalls).toBe(0)
+  })
+
   it('rejects bad input and honours an aborted signal', async () => {
     await expect(evaluate(trained, { examples: [] })).rejects.toBeInstanceOf(TypeError)
     const noRefs = [{ ...examples[0]!, captions: [] }]

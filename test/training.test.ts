@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Captioner, Tensor } from '../lib/index.js'
+import { Captioner, loadSafetensors, Tensor } from '../lib/index.js'
 import type { Example } from '../lib/data/index.js'
 import { AbortError } from '../lib/errors.js'
 import type { TrainProgress } from '../lib/index.js'
@@ -200,18 +200,57 @@ describe('SCST', () => {
     }
   })
 
-  it('a custom reward must be synchronous: an async function is refused at train(), a returned Promise fails the run', async () => {
+  it('an async custom reward trains exactly like the synchronous one; a rejected promise fails the run clearly', async () => {
+    const base = { stage: 'clip-reward' as const, unlabeled: examples.map((e) => ({ ...e, captions: [] })), steps: 3, batchSize: 2, samples: 2, lr: 3e-3, featureCache: join(work, 'cache'), seed: 2 }
+    const score = (texts: string[]) => texts.map((t) => (t.match(/red/g)?.length ?? 0) + t.length / 100)
+    const run = async (fn: (texts: string[]) => number[] | Promise<number[]>) => {
+      const cap = await fresh()
+      const r = cap.train({ ...base, reward: { type: 'custom', fn } })
+      const p = collect(r)
+      await r
+      return p.map((x) => [x.loss, x.reward, x.baselineReward])
+    }
+    const sync = await run(score)
+    const viaAsync = await run(async (texts) => {
+      await new Promise((res) => setTimeout(res, 5))
+      return score(texts)
+    })
+    expect(viaAsync).toEqual(sync)
+    expect(await run((texts) => Promise.resolve(score(texts)))).toEqual(sync)
+
     const cap = await fresh()
-    const base = { stage: 'clip-reward' as const, unlabeled: [examples[0]], steps: 2, batchSize: 1, samples: 2, featureCache: join(work, 'cache') }
-    const asyncFn = (async (texts: string[]) => texts.map(() => 1)) as unknown as (t: string[]) => number[]
-    expect(() => cap.train({ ...base, reward: { type: 'custom', fn: asyncFn } })).toThrow(expect.objectContaining({ code: 'E_VALUE', message: expect.stringMatching(/synchronous/) }))
-    const promiseFn = ((texts: string[]) => Promise.resolve(texts.map(() => 1))) as unknown as (t: string[]) => number[]
-    const err = await cap.train({ ...base, reward: { type: 'custom', fn: promiseFn } }).then(
+    const boom = new Error('reward service unavailable')
+    const err = await cap.train({ ...base, reward: { type: 'custom', fn: async () => Promise.reject(boom) } }).then(
       () => undefined,
       (e: unknown) => e,
     )
-    expect(err).toMatchObject({ code: 'E_VALUE', message: expect.stringMatching(/returned a Promise.*synchronously/) })
-    expect((err as Error).cause).toMatchObject({ code: 'E_VALUE' })
+    expect(err).toMatchObject({ code: 'E_VALUE', message: expect.stringMatching(/reward callback failed: reward service unavailable/) })
+    expect((err as Error).cause).toBe(boom)
+    // A promise of the wrong shape is refused like a wrong synchronous answer.
+    const bad = await cap.train({ ...base, reward: { type: 'custom', fn: async () => [1] } }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    expect(bad).toMatchObject({ code: 'E_VALUE', message: expect.stringMatching(/one number per caption/) })
+  })
+
+  it('abort releases a step that waits for a reward promise that never settles', async () => {
+    const cap = await fresh()
+    const controller = new AbortController()
+    const run = cap.train({
+      stage: 'clip-reward', unlabeled: [examples[0]], steps: 5, batchSize: 1, samples: 2, featureCache: join(work, 'cache'), signal: controller.signal,
+      reward: { type: 'custom', fn: () => (setTimeout(() => controller.abort(), 20), new Promise<number[]>(() => undefined)) },
+    })
+    await expect(run).rejects.toMatchObject({ name: 'AbortError', code: 'E_ABORTED' })
+  })
+
+  it('a prefix plus caption length beyond n_positions is refused when train() is called', async () => {
+    const cap = await fresh() // prefix 4, n_positions 64
+    expect(() => cap.train({ stage: 'supervised', labeled: examples, steps: 1, maxCaptionTokens: 62 })).toThrow(expect.objectContaining({ code: 'E_CONFIG', message: expect.stringMatching(/n_positions 64.*maxCaptionTokens to at most 61/) }))
+    expect(() => cap.train({ stage: 'clip-reward', unlabeled: examples, steps: 1, maxTokens: 61 })).toThrow(expect.objectContaining({ code: 'E_CONFIG', message: expect.stringMatching(/maxTokens to at most 60/) }))
+    // At the limits, both run.
+    await cap.train({ stage: 'supervised', labeled: examples, steps: 1, maxCaptionTokens: 61, featureCache: join(work, 'cache') })
+    await cap.train({ stage: 'clip-reward', unlabeled: [examples[0]], steps: 1, batchSize: 1, samples: 1, maxTokens: 60, featureCache: join(work, 'cache') })
   })
 })
 
@@ -242,6 +281,54 @@ describe('checkpoints, resume, abort', () => {
     created.push(loaded)
     const imgs = examples.map((e) => e.image)
     expect(await loaded.caption(imgs)).toEqual(await resumed.caption(imgs))
+  })
+
+  /**
+   * Runs `opts` for `steps` uninterrupted, and again interrupted after the checkpoint at step `at` and resumed in a
+   * fresh model: every reported number and the final weights must be bitwise equal.
+   */
+  async function expectExactResume(name: string, opts: Parameters<Captioner['train']>[0], at: number): Promise<TrainProgress[]> {
+    const dirA = join(work, `resume-${name}-A`), dirB = join(work, `resume-${name}-B`)
+    const full = await fresh()
+    const runA = full.train({ ...opts, checkpointDir: dirA, checkpointEvery: at })
+    const a = collect(runA)
+    await runA
+    const part = await fresh()
+    const runB = part.train({ ...opts, checkpointDir: dirB, checkpointEvery: at })
+    const b = collect(runB)
+    runB.on('checkpoint', (c: { step: number }) => c.step === at && runB.abort())
+    await expect(runB).rejects.toBeInstanceOf(AbortError)
+    const resumed = await fresh()
+    const runC = resumed.train({ ...opts, checkpointDir: dirB, checkpointEvery: at, resume: true })
+    const c = collect(runC)
+    await runC
+    const numbers = (ps: TrainProgress[]) => ps.map((p) => [p.step, p.loss, p.ce, p.reward, p.baselineReward, p.kl, p.lr, p.gradNorm])
+    expect(numbers([...b.slice(0, at), ...c]), name).toEqual(numbers(a))
+    const last = `step-${String(opts.steps).padStart(8, '0')}`
+    const wa = await loadSafetensors(join(dirA, last, 'model.safetensors'))
+    const wc = await loadSafetensors(join(dirB, last, 'model.safetensors'))
+    expect(Object.keys(wc)).toEqual(Object.keys(wa))
+    for (const k of Object.keys(wa)) expect(Buffer.from((wc[k]!.data as Float32Array).buffer).equals(Buffer.from((wa[k]!.data as Float32Array).buffer)), `${name}: ${k}`).toBe(true)
+    return a
+  }
+
+  it('resume is exact for every stage and loss: SCST rewards, KL (its reference is checkpointed), repetition, CE mixing', async () => {
+    const cache = join(work, 'cache')
+    const unlabeled = examples.map((e) => ({ ...e, captions: [] }))
+    const common = { steps: 4, batchSize: 2, samples: 2, maxTokens: 8, lr: 3e-3, featureCache: cache, seed: 9 }
+    await expectExactResume('ce', { ...common, stage: 'supervised', labeled: examples, gradAccumulation: 2, warmupSteps: 1 }, 2)
+    await expectExactResume('refText', { ...common, stage: 'supervised', objective: 'scst', labeled: examples, reward: { type: 'refText' }, ceWeight: 0.5, klCoef: 0.2, repetitionPenalty: 0.3 }, 2)
+    await expectExactResume('refContrastive', { ...common, stage: 'supervised', objective: 'scst', labeled: examples, reward: { type: 'refContrastive' }, ceSteps: 1, gradAccumulation: 2 }, 2)
+    const clipS = await expectExactResume('clipS', { ...common, stage: 'clip-reward', unlabeled, labeled: examples, reward: { type: 'clipS' }, klCoef: 0.5, repetitionPenalty: 0.2, ceMix: { weight: 0.3 } }, 2)
+    // The KL term is live after the resume point (the reference is the stage's start, not the resumed weights).
+    expect(clipS[2]!.kl!).toBeGreaterThan(0)
+    await expectExactResume('custom', { ...common, stage: 'clip-reward', unlabeled, reward: { type: 'custom', fn: async (t: string[]) => t.map((x) => x.length / 10) }, klCoef: 0.1 }, 3)
+    // Checkpoints of a KL run carry the reference; resuming one without it is refused.
+    expect(existsSync(join(work, 'resume-clipS-B', 'step-00000004', 'reference.safetensors'))).toBe(true)
+    expect(existsSync(join(work, 'resume-refContrastive-B', 'step-00000004', 'reference.safetensors'))).toBe(false)
+    const cap = await fresh()
+    const noRef = cap.train({ ...common, steps: 5, stage: 'supervised', objective: 'scst', labeled: examples, reward: { type: 'refContrastive' }, klCoef: 0.1, resume: join(work, 'resume-refContrastive-B', 'step-00000004') })
+    await expect(noRef).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringMatching(/reference/) })
   })
 
   it('abort stops within one step and leaves a usable model', async () => {

@@ -42,6 +42,14 @@ export function textRows(texts: string[], encode: (t: string) => number[], bos: 
   return new Tensor('int64', [rows.length, L], out)
 }
 
+/**
+ * Optimizer steps for `epochs` passes over `examples`: each step consumes batchSize (per rank) x gradAccumulation x
+ * worldSize examples, so `--epochs 1 --nproc 4` is one epoch, not four.
+ */
+export function stepsForEpochs(epochs: number, examples: number, batchSize: number, gradAccumulation = 1, worldSize = 1): number {
+  return Math.max(1, Math.ceil((epochs * examples) / (batchSize * gradAccumulation * worldSize)))
+}
+
 export interface PreparedData {
   /** The tensors the trainer's constructor clones (built fresh here: nobody else holds their buffers). */
   data: TrainDataWire
@@ -99,7 +107,7 @@ export async function prepareTrainData(captioner: Captioner, p: TrainPlan, run: 
   }
 
   const perStep = o.stage === 'supervised' && objective === 'ce' ? capRows.length : o.stage === 'supervised' ? labeled.length : unlabeled.length
-  const steps = o.steps !== undefined ? posInt(o.steps, 'steps', 1)! : Math.max(1, Math.ceil((o.epochs! * perStep) / p.batchSize))
+  const steps = o.steps !== undefined ? posInt(o.steps, 'steps', 1)! : stepsForEpochs(o.epochs!, perStep, p.batchSize, posInt(o.gradAccumulation, 'gradAccumulation', 1)!, p.distributed?.worldSize ?? 1)
 
   const data: TrainDataWire = {
     features: features.toWire(),

@@ -55,10 +55,11 @@ export interface TrainPlan {
   distributed: Required<DistributedOptions> | undefined
 }
 
-const isAsyncFunction = (f: unknown): boolean => typeof f === 'function' && (f.constructor?.name === 'AsyncFunction' || f.constructor?.name === 'AsyncGeneratorFunction')
-
 /** The checks train() makes before it returns (they throw synchronously). */
-export function checkTrainOptions(options: TrainOptions, model: { tokenizer: Gpt2Tokenizer | undefined; device: string }): TrainPlan {
+export function checkTrainOptions(
+  options: TrainOptions,
+  model: { tokenizer: Gpt2Tokenizer | undefined; device: string; prefixLength?: number; nPositions?: number },
+): TrainPlan {
   if (!options || typeof options !== 'object') throw new TypeError('train: options must be an object')
   const o = options
   if (o.stage !== 'supervised' && o.stage !== 'clip-reward') throw new RangeError(`stage must be 'supervised' or 'clip-reward', got ${String(o.stage)}`)
@@ -69,8 +70,6 @@ export function checkTrainOptions(options: TrainOptions, model: { tokenizer: Gpt
   const rewardType = reward.type ?? (o.stage === 'clip-reward' ? 'clipS' : 'refText')
   if (!['refText', 'refContrastive', 'clipS', 'custom'].includes(rewardType)) throw new RangeError(`reward.type must be refText, refContrastive, clipS or custom`)
   if (rewardType === 'custom' && typeof reward.fn !== 'function') throw new TypeError('a custom reward needs reward.fn')
-  if (rewardType === 'custom' && isAsyncFunction(reward.fn))
-    throw new SemicapError('E_VALUE', 'reward.fn is an async function: custom rewards must return their numbers synchronously (the native trainer waits for them inside one call into JS)')
   if (reward.aggregate !== undefined && reward.aggregate !== 'mean' && reward.aggregate !== 'max') throw new RangeError(`reward.aggregate must be 'mean' or 'max'`)
   const batchSize = posInt(o.batchSize, 'batchSize', 8)!
   const betas = o.betas ?? [0.9, 0.999]
@@ -82,7 +81,28 @@ export function checkTrainOptions(options: TrainOptions, model: { tokenizer: Gpt
   const tokenizer = model.tokenizer
   if (!tokenizer) throw new SemicapError('E_TOKENIZER', 'training needs a GPT-2 tokenizer (tokenizer files in the GPT-2 folder)')
   const distributed = resolveDistributed(o.distributed, model.device)
+  if (model.prefixLength !== undefined && model.nPositions !== undefined) checkSequenceLengths(o, objective, model.prefixLength, model.nPositions)
   return { o, objective, reward, rewardType, batchSize, betas, prefixText, tokenizer, distributed }
+}
+
+/**
+ * The prefix plus the longest sequence a step feeds GPT-2 must fit its n_positions: checked here, before any
+ * feature is computed, instead of failing at the first step.
+ */
+export function checkSequenceLengths(o: TrainOptions, objective: 'ce' | 'scst', prefixLength: number, nPositions: number): void {
+  const usesCe = (o.stage === 'supervised' && (objective === 'ce' || (o.ceSteps ?? 0) > 0 || (o.ceWeight ?? 0) > 0)) || (o.ceMix?.weight ?? 0) > 0
+  const usesScst = objective === 'scst' && !(o.stage === 'supervised' && o.steps !== undefined && (o.ceSteps ?? 0) >= o.steps)
+  if (usesCe) {
+    const maxCaptionTokens = posInt(o.maxCaptionTokens, 'maxCaptionTokens', 40)!
+    // Teacher forcing feeds the prefix and all caption tokens but the last.
+    if (prefixLength + maxCaptionTokens - 1 > nPositions)
+      throw new SemicapError('E_CONFIG', `prefix length ${prefixLength} + maxCaptionTokens ${maxCaptionTokens} - 1 exceeds GPT-2's n_positions ${nPositions}: lower maxCaptionTokens to at most ${nPositions - prefixLength + 1}`)
+  }
+  if (usesScst) {
+    const maxTokens = posInt(o.maxTokens, 'maxTokens', 20)!
+    if (prefixLength + maxTokens > nPositions)
+      throw new SemicapError('E_CONFIG', `prefix length ${prefixLength} + maxTokens ${maxTokens} exceeds GPT-2's n_positions ${nPositions}: lower maxTokens to at most ${nPositions - prefixLength}`)
+  }
 }
 
 /** What the run learned from the data and the files before it builds the config. */

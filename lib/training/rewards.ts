@@ -1,8 +1,7 @@
 // Rewards that need JS: the native trainer hands over sampled GPT-2 ids once per SCST step (a blocking call from
 // its thread); JS answers with CLIP token ids (refText / refContrastive / clipS, scored natively) or, for a custom
-// reward, with the rewards themselves. The answer must be synchronous: native/training_binding.cc reads the return
-// value inside the call, so a Promise cannot be awaited there.
-import { SemicapError } from '../errors.js'
+// reward, with the rewards themselves, synchronously or through a Promise (native/training_binding.cc attaches
+// then/catch and the training thread waits until it settles).
 import type { ScoreCallback, WireTensor } from '../native.js'
 import { Tensor } from '../tensor.js'
 import type { Gpt2Tokenizer } from '../tokenizers/gpt2.js'
@@ -38,25 +37,27 @@ export interface Scorer {
 export function makeScorer(p: TrainPlan, imageIds: string[], clipTokenize: (texts: string[]) => Tensor): Scorer {
   const { reward, rewardType, prefixText, tokenizer } = p
   let failure: unknown
+  const record = (err: unknown): never => {
+    failure ??= err
+    throw err
+  }
+  const toRewards = (r: unknown, n: number) => {
+    if (!Array.isArray(r) || r.length !== n) throw new TypeError('reward.fn must return one number per caption')
+    return { rewards: new Tensor('float32', [r.length], Float32Array.from(r as number[])).toWire() }
+  }
   const onScore: ScoreCallback = (ids, owners) => {
     try {
       const texts = decodeRows(ids, tokenizer)
       if (rewardType === 'custom') {
         const imgIds = Array.from(owners.data as BigInt64Array, (x) => imageIds[Number(x)]!)
         const r: unknown = reward.fn!(texts, imgIds)
-        if (isThenable(r)) {
-          // Keep an unawaited rejection from becoming an unhandled one.
-          ;(r as PromiseLike<unknown>).then(undefined, () => undefined)
-          throw new SemicapError('E_VALUE', 'reward.fn returned a Promise: custom rewards must return their numbers synchronously (the native trainer waits for them inside one call into JS)')
-        }
-        if (!Array.isArray(r) || r.length !== texts.length) throw new TypeError('reward.fn must return one number per caption')
-        return { rewards: new Tensor('float32', [r.length], Float32Array.from(r as number[])).toWire() }
+        if (isThenable(r)) return Promise.resolve(r as PromiseLike<unknown>).then((v) => toRewards(v, texts.length)).catch(record)
+        return toRewards(r, texts.length)
       }
       const withPrefix = rewardType === 'clipS' ? texts.map((t) => prefixText + t) : texts
       return { clipIds: clipTokenize(withPrefix).toWire() }
     } catch (err) {
-      failure ??= err
-      throw err
+      return record(err)
     }
   }
   return { onScore, error: () => failure }

@@ -14,7 +14,12 @@ import { makeScorer } from './rewards.js'
 import { runNativeTrainer } from './runner.js'
 
 export function startTraining(captioner: Captioner, options: TrainOptions, enqueue: Enqueue): TrainingRun {
-  const plan = checkTrainOptions(options, captioner)
+  const plan = checkTrainOptions(options, {
+    tokenizer: captioner.tokenizer,
+    device: captioner.device,
+    prefixLength: captioner.mapper.prefixLength,
+    nPositions: captioner.gpt2Config.nPositions,
+  })
   const o = plan.o
   return new TrainingRun(async (run, runSignal) => {
     const signal = o.signal ? AbortSignal.any([o.signal, runSignal]) : runSignal
