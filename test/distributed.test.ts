@@ -104,7 +104,11 @@ describe('data-parallel training (Gloo over loopback)', () => {
     console.log(`max |single - rank0| = ${maxDiff.toExponential(2)} (mean ${(sumDiff / n).toExponential(2)}), training moved weights by up to ${maxMove.toExponential(2)}; max |rank0 - rank1| = ${maxRankDiff}`)
     expect(maxRankDiff).toBe(0)
     expect(maxMove).toBeGreaterThan(1e-3)
-    expect(maxDiff).toBeLessThan(0.05 * maxMove)
+    // AdamW divides by sqrt(v): on a parameter whose gradient is ~0, a rounding-level difference between the
+    // all-reduced and the single-process gradient (summation order) still moves it by up to ~lr per step, so the
+    // largest single difference is bounded loosely and the mean tightly (a KL or loss weighted by world size, or
+    // samples that depend on it, move the mean by orders of magnitude more).
+    expect(maxDiff).toBeLessThan(0.1 * maxMove)
     expect(sumDiff / n).toBeLessThan(1e-6)
   })
 
@@ -150,7 +154,11 @@ describe('data-parallel training (Gloo over loopback)', () => {
     console.log(`${name}: max |single - rank0| = ${maxDiff.toExponential(2)} (mean ${(sumDiff / n).toExponential(2)}), moved up to ${maxMove.toExponential(2)}`)
     expect(maxRankDiff).toBe(0)
     expect(maxMove).toBeGreaterThan(1e-4)
-    expect(maxDiff).toBeLessThan(0.05 * maxMove)
+    // AdamW divides by sqrt(v): on a parameter whose gradient is ~0, a rounding-level difference between the
+    // all-reduced and the single-process gradient (summation order) still moves it by up to ~lr per step, so the
+    // largest single difference is bounded loosely and the mean tightly (a KL or loss weighted by world size, or
+    // samples that depend on it, move the mean by orders of magnitude more).
+    expect(maxDiff).toBeLessThan(0.1 * maxMove)
     expect(sumDiff / n).toBeLessThan(1e-6)
     return single.out
   }
