@@ -65,7 +65,7 @@ export interface TrainOptions {
   temperature?: number
   /** Longest sampled caption in tokens (the length limit). Default 20. */
   maxTokens?: number
-  /** Longest training caption in tokens (longer ones are cut). Default 40. */
+  /** Longest training caption in tokens (longer ones are cut). Default 40, or n_positions - prefix length + 1 when that is less. */
   maxCaptionTokens?: number
   reward?: RewardOptions
   /** Per-token KL penalty to a frozen copy of the starting model (stage 2 against reward hacking). */

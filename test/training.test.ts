@@ -252,6 +252,15 @@ describe('SCST', () => {
     await cap.train({ stage: 'supervised', labeled: examples, steps: 1, maxCaptionTokens: 61, featureCache: join(work, 'cache') })
     await cap.train({ stage: 'clip-reward', unlabeled: [examples[0]], steps: 1, batchSize: 1, samples: 1, maxTokens: 60, featureCache: join(work, 'cache') })
   })
+
+  it('the default maxCaptionTokens fits a small GPT-2 (n_positions - prefix + 1 when under 40)', async () => {
+    const { defaultMaxCaptionTokens, checkSequenceLengths } = await import('../lib/training/options.js')
+    expect(defaultMaxCaptionTokens(10, 48)).toBe(39)
+    expect(defaultMaxCaptionTokens(10, 1024)).toBe(40)
+    // Not given: no error for a model whose n_positions is below prefix + 40 - 1; given too long: the clear error.
+    expect(() => checkSequenceLengths({ stage: 'supervised', labeled: examples }, 'ce', 10, 48)).not.toThrow()
+    expect(() => checkSequenceLengths({ stage: 'supervised', labeled: examples, maxCaptionTokens: 40 }, 'ce', 10, 48)).toThrow(expect.objectContaining({ code: 'E_CONFIG' }))
+  })
 })
 
 describe('checkpoints, resume, abort', () => {

@@ -9,7 +9,7 @@ import { SemicapError } from '../errors.js'
 import type { TrainDataWire } from '../native.js'
 import { Tensor } from '../tensor.js'
 import type { TrainingRun } from '../trainable.js'
-import { posInt, type TrainPlan } from './options.js'
+import { defaultMaxCaptionTokens, posInt, type TrainPlan } from './options.js'
 
 export async function examplesOf(v: Example[] | Dataset | string | undefined, what: string): Promise<Example[]> {
   if (v === undefined) return []
@@ -84,7 +84,7 @@ export async function prepareTrainData(captioner: Captioner, p: TrainPlan, run: 
   })
   run.emit('prepare', { phase: 'features-done', hits, misses })
 
-  const maxCaptionTokens = posInt(o.maxCaptionTokens, 'maxCaptionTokens', 40)!
+  const maxCaptionTokens = posInt(o.maxCaptionTokens, 'maxCaptionTokens', defaultMaxCaptionTokens(captioner.mapper.prefixLength, captioner.gpt2Config.nPositions))!
   const capRows: number[][] = []
   const capImages: number[] = []
   for (const e of labeled)

@@ -85,6 +85,11 @@ export function checkTrainOptions(
   return { o, objective, reward, rewardType, batchSize, betas, prefixText, tokenizer, distributed }
 }
 
+/** maxCaptionTokens when not given: 40, or fewer when the prefix leaves GPT-2 less room (a small model). */
+export function defaultMaxCaptionTokens(prefixLength: number, nPositions: number): number {
+  return Math.max(1, Math.min(40, nPositions - prefixLength + 1))
+}
+
 /**
  * The prefix plus the longest sequence a step feeds GPT-2 must fit its n_positions: checked here, before any
  * feature is computed, instead of failing at the first step.
@@ -93,7 +98,7 @@ export function checkSequenceLengths(o: TrainOptions, objective: 'ce' | 'scst', 
   const usesCe = (o.stage === 'supervised' && (objective === 'ce' || (o.ceSteps ?? 0) > 0 || (o.ceWeight ?? 0) > 0)) || (o.ceMix?.weight ?? 0) > 0
   const usesScst = objective === 'scst' && !(o.stage === 'supervised' && o.steps !== undefined && (o.ceSteps ?? 0) >= o.steps)
   if (usesCe) {
-    const maxCaptionTokens = posInt(o.maxCaptionTokens, 'maxCaptionTokens', 40)!
+    const maxCaptionTokens = posInt(o.maxCaptionTokens, 'maxCaptionTokens', defaultMaxCaptionTokens(prefixLength, nPositions))!
     // Teacher forcing feeds the prefix and all caption tokens but the last.
     if (prefixLength + maxCaptionTokens - 1 > nPositions)
       throw new SemicapError('E_CONFIG', `prefix length ${prefixLength} + maxCaptionTokens ${maxCaptionTokens} - 1 exceeds GPT-2's n_positions ${nPositions}: lower maxCaptionTokens to at most ${nPositions - prefixLength + 1}`)
