@@ -5,6 +5,7 @@
 import { EventEmitter } from 'node:events'
 import { SemicapError } from './errors.js'
 import type { Dataset, Example } from './data/types.js'
+import type { ProgressWire } from './native.js'
 import type { Tensor } from './tensor.js'
 
 export interface RewardOptions {
@@ -106,21 +107,8 @@ export interface PretrainOptions {
   signal?: AbortSignal
 }
 
-export interface TrainProgress {
-  stage: string
-  step: number
-  totalSteps: number
-  loss: number
-  ce?: number
-  reward?: number
-  baselineReward?: number
-  kl?: number
-  lr: number
-  gradNorm: number
-  examplesPerSec: number
-  seconds: number
-  checkpoint?: string
-}
+/** One progress event of a training run (what the native trainer reports; undefined where it has no value). */
+export type TrainProgress = ProgressWire
 
 export interface TrainSummary {
   steps: number

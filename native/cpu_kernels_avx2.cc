@@ -11,14 +11,6 @@ namespace {
 #include "cpu_kernels_impl.h"
 }  // namespace
 
-int panel_width() { return P; }
-int segments() { return SEG; }
-
-int64_t scratch_size(int64_t rows, int64_t K) { return scratch_floats(rows, K); }
-
-void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,
-          int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, float* scratch) {
-  gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, scratch);
-}
+SK_ENTRY_POINTS
 
 }  // namespace semicap::kernels::avx2

@@ -407,3 +407,14 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
     default: break;
   }
 }
+
+// The entry points cpu_kernels.cc declares, expanded by each ISA file right after the anonymous namespace that
+// holds this file (a macro, so that the three files do not each spell them out).
+#define SK_ENTRY_POINTS                                                                                            \
+  int panel_width() { return P; }                                                                                  \
+  int segments() { return SEG; }                                                                                   \
+  int64_t scratch_size(int64_t rows, int64_t K) { return scratch_floats(rows, K); }                                \
+  void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,   \
+            int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, float* scratch) { \
+    gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, scratch);                     \
+  }
