@@ -6,7 +6,7 @@ import { createServer } from 'node:net'
 import { join } from 'node:path'
 import sharp from 'sharp'
 import { beforeAll, describe, expect, it } from 'vitest'
-import { loadSafetensors } from '../lib/index.js'
+import { loadSafetensors, type Tensor } from '../lib/index.js'
 import { makeTinyModels } from './helpers/models.js'
 import { repoRoot, tempDir } from './helpers/paths.js'
 
@@ -64,6 +64,27 @@ beforeAll(async () => {
   base = { clipDir, gpt2Dir: tiny.gpt2Dir, examples, steps: 3, cache: join(work, 'cache') }
 })
 
+/**
+ * Single process (a) against rank 0 (b) and rank 1 (c): the largest and summed |a - b|, the largest |b - c|, and how
+ * far training moved GPT-2's weights from `init` (the largest |a - init|).
+ */
+function weightDiffs(a: Record<string, Tensor>, b: Record<string, Tensor>, c: Record<string, Tensor>, init: Record<string, Tensor>) {
+  let maxDiff = 0, sumDiff = 0, n = 0, maxRankDiff = 0, maxMove = 0
+  for (const k of Object.keys(a)) {
+    const x = a[k]!.data as Float32Array, y = b[k]!.data as Float32Array, z = c[k]!.data as Float32Array
+    const x0 = k.startsWith('gpt.') ? (init[k.slice(4)]?.data as Float32Array | undefined) : undefined
+    for (let i = 0; i < x.length; i++) {
+      const d = Math.abs(x[i]! - y[i]!)
+      maxDiff = Math.max(maxDiff, d)
+      sumDiff += d
+      n++
+      maxRankDiff = Math.max(maxRankDiff, Math.abs(y[i]! - z[i]!))
+      if (x0) maxMove = Math.max(maxMove, Math.abs(x[i]! - x0[i]!))
+    }
+  }
+  return { maxDiff, sumDiff, n, maxRankDiff, maxMove }
+}
+
 describe('data-parallel training (Gloo over loopback)', () => {
   it('2 ranks x batch 2 give the parameters of 1 process x batch 4', async () => {
     const port = await freePort()
@@ -84,23 +105,7 @@ describe('data-parallel training (Gloo over loopback)', () => {
     // AdamW divides by sqrt(v): for near-zero gradients, float summation order alone moves an update by up to
     // lr, so parameters are compared against how far training moved them, not against an absolute 1e-5.
     const init = await loadSafetensors(join(base.gpt2Dir as string, 'model.safetensors'))
-    let maxDiff = 0
-    let sumDiff = 0
-    let n = 0
-    let maxRankDiff = 0
-    let maxMove = 0
-    for (const k of Object.keys(a)) {
-      const x = a[k].data as Float32Array, y = b[k].data as Float32Array, z = c[k].data as Float32Array
-      const x0 = k.startsWith('gpt.') ? (init[k.slice(4)]?.data as Float32Array | undefined) : undefined
-      for (let i = 0; i < x.length; i++) {
-        const d = Math.abs(x[i] - y[i])
-        maxDiff = Math.max(maxDiff, d)
-        sumDiff += d
-        n++
-        maxRankDiff = Math.max(maxRankDiff, Math.abs(y[i] - z[i]))
-        if (x0) maxMove = Math.max(maxMove, Math.abs(x[i] - x0[i]))
-      }
-    }
+    const { maxDiff, sumDiff, n, maxRankDiff, maxMove } = weightDiffs(a, b, c, init)
     console.log(`max |single - rank0| = ${maxDiff.toExponential(2)} (mean ${(sumDiff / n).toExponential(2)}), training moved weights by up to ${maxMove.toExponential(2)}; max |rank0 - rank1| = ${maxRankDiff}`)
     expect(maxRankDiff).toBe(0)
     expect(maxMove).toBeGreaterThan(1e-3)
@@ -138,19 +143,7 @@ describe('data-parallel training (Gloo over loopback)', () => {
     const b = await loadSafetensors(join(work, `${name}-rank0`, 'model.safetensors'))
     const c = await loadSafetensors(join(work, `${name}-rank1`, 'model.safetensors'))
     const init = await loadSafetensors(join(base.gpt2Dir as string, 'model.safetensors'))
-    let maxDiff = 0, sumDiff = 0, n = 0, maxRankDiff = 0, maxMove = 0
-    for (const k of Object.keys(a)) {
-      const x = a[k].data as Float32Array, y = b[k].data as Float32Array, z = c[k].data as Float32Array
-      const x0 = k.startsWith('gpt.') ? (init[k.slice(4)]?.data as Float32Array | undefined) : undefined
-      for (let i = 0; i < x.length; i++) {
-        const d = Math.abs(x[i] - y[i])
-        maxDiff = Math.max(maxDiff, d)
-        sumDiff += d
-        n++
-        maxRankDiff = Math.max(maxRankDiff, Math.abs(y[i] - z[i]))
-        if (x0) maxMove = Math.max(maxMove, Math.abs(x[i] - x0[i]))
-      }
-    }
+    const { maxDiff, sumDiff, n, maxRankDiff, maxMove } = weightDiffs(a, b, c, init)
     console.log(`${name}: max |single - rank0| = ${maxDiff.toExponential(2)} (mean ${(sumDiff / n).toExponential(2)}), moved up to ${maxMove.toExponential(2)}`)
     expect(maxRankDiff).toBe(0)
     expect(maxMove).toBeGreaterThan(1e-4)
