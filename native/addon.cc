@@ -13,7 +13,6 @@
 #include "bridge.h"
 #include "cpu_allocator.h"
 #include "cpu_kernels.h"
-#include "env.h"
 #include "packed.h"
 #include <dlfcn.h>
 #include "errors.h"
@@ -86,12 +85,6 @@ static Napi::Object blas_object(Napi::Env env) {
   return o;
 }
 
-// Whether float32 products may use the kernels (SEMICAP_NO_CPU_GEMM=1 / SEMICAP_CPU_GEMM=blas: never).
-static bool cpu_gemm_enabled() {
-  const char* v = std::getenv("SEMICAP_CPU_GEMM");
-  return !env_flag("SEMICAP_NO_CPU_GEMM") && !(v && std::string(v) == "blas");
-}
-
 Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
@@ -105,7 +98,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   b.Set("copied", static_cast<double>(bridge_stats().copied));
   o.Set("bridge", b);
   o.Set("cpuCache", cpu_cache_object(env));
-  o.Set("cpuGemm", cpu_gemm_enabled());
+  o.Set("cpuGemm", packing_used(kernels::WType::F32));  // false under SEMICAP_CPU_GEMM=blas / SEMICAP_NO_CPU_GEMM=1
   o.Set("blas", blas_object(env));
   Napi::Object c = Napi::Object::New(env);
   c.Set("isa", kernels::isa_name(kernels::active_isa()));

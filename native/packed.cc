@@ -41,14 +41,27 @@ F32Mode f32_mode() {
   return mode;
 }
 
-std::string rows_bucket(int64_t rows) {
-  if (rows <= 1) return "1";
-  int64_t lo = 2, hi = 4;
-  while (rows > hi && hi < 512) lo = hi + 1, hi *= 2;
-  return rows > hi ? "513+" : std::to_string(lo) + "-" + std::to_string(hi);
+// Rows are bucketed by powers of two: 1, 2-4, 5-8, ..., 257-512, 513+ (bucket 0, 1, 2, ..., 8, 9). The index keys
+// the lookup every product makes (no string on the decoding path); the label is for reports and the cache file.
+constexpr int kBuckets = 10;
+int rows_bucket(int64_t rows) {
+  int b = 0;
+  for (int64_t hi = 1; rows > hi && b < kBuckets - 1; hi = hi == 1 ? 4 : hi * 2) ++b;
+  return b;
+}
+std::string bucket_label(int b) {
+  if (b == 0) return "1";
+  if (b == kBuckets - 1) return "513+";
+  const int64_t hi = int64_t{4} << (b - 1), lo = b == 1 ? 2 : hi / 2 + 1;
+  return std::to_string(lo) + "-" + std::to_string(hi);
+}
+int bucket_of_label(const std::string& label) {
+  for (int b = 0; b < kBuckets; ++b)
+    if (bucket_label(b) == label) return b;
+  return -1;
 }
 
-using ChoiceKey = std::tuple<std::string, int64_t, int64_t, int>;
+using ChoiceKey = std::tuple<int, int64_t, int64_t, int>;
 
 // Choices are kept in a small text file per user so that a machine keeps making the same choice across processes
 // (float32 results then do not depend on which side won a close race in this process). One line per choice:
@@ -104,8 +117,9 @@ struct Calibration {
       if (f.size() != 9 || f[0] != "v1" || f[1] != machine || (f[6] != "kernel" && f[6] != "blas")) continue;
       try {
         KernelChoice c{f[2], std::stoll(f[3]), std::stoll(f[4]), std::stoi(f[5]), f[6] == "kernel", std::stod(f[7]), std::stod(f[8])};
-        if (c.K <= 0 || c.N <= 0 || c.threads <= 0) continue;
-        choices[ChoiceKey{c.rows, c.K, c.N, c.threads}] = c;
+        const int bucket = bucket_of_label(c.rows);
+        if (bucket < 0 || c.K <= 0 || c.N <= 0 || c.threads <= 0) continue;
+        choices[ChoiceKey{bucket, c.K, c.N, c.threads}] = c;
       } catch (...) {
       }
     }
@@ -247,7 +261,7 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   if (kernel && slot.file_backed()) page_out(w);  // the BLAS runs above read it back in
   {
     std::lock_guard<std::mutex> lock(cal.mu);
-    KernelChoice c{std::get<0>(key), pw->K, pw->N, threads, kernel, tk, tb};
+    KernelChoice c{bucket_label(std::get<0>(key)), pw->K, pw->N, threads, kernel, tk, tb};
     if (cal.choices.emplace(key, c).second) cal.append(c);
   }
   return kernel ? yk : yb;
