@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the safetensors fuzz target with clang (libFuzzer + ASan + UBSan) into build/fuzz/safetensors_fuzz.
-# The parser is torch-free, so this compiles native/safetensors.cc alone: no libtorch, no CMake, ~10 s.
+# Builds the fuzz targets with clang (libFuzzer + ASan + UBSan) into build/fuzz/:
+#   safetensors_fuzz        native/safetensors.cc
+#   torch_checkpoint_fuzz   native/torch_checkpoint.cc (+ safetensors.cc for the dtype table)
+# The parsers are torch-free, so this compiles them alone: no libtorch, no CMake, ~10 s each.
 #
-#   fuzz/build.sh                 # needs clang and its compiler-rt (Debian: apt-get install clang libclang-rt-dev)
+#   fuzz/build.sh [target...]     # default: both; needs clang and its compiler-rt (Debian: apt-get install clang libclang-rt-dev)
 #   CLANGXX=clang++-14 fuzz/build.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +17,13 @@ fi
 [[ -n $cxx ]] || { echo "fuzz/build.sh: no clang++ found (apt-get install clang libclang-rt-dev)"; exit 2; }
 mkdir -p build/fuzz
 flags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -Inative)
+targets=("$@")
+[[ ${#targets[@]} -gt 0 ]] || targets=(safetensors torch_checkpoint)
 set -x
-"$cxx" "${flags[@]}" fuzz/safetensors_fuzz.cc native/safetensors.cc -o build/fuzz/safetensors_fuzz
+for t in "${targets[@]}"; do
+  case $t in
+    safetensors) "$cxx" "${flags[@]}" fuzz/safetensors_fuzz.cc native/safetensors.cc -o build/fuzz/safetensors_fuzz ;;
+    torch_checkpoint) "$cxx" "${flags[@]}" fuzz/torch_checkpoint_fuzz.cc native/torch_checkpoint.cc native/safetensors.cc -o build/fuzz/torch_checkpoint_fuzz ;;
+    *) echo "fuzz/build.sh: unknown target $t (safetensors, torch_checkpoint)"; exit 2 ;;
+  esac
+done

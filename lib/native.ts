@@ -83,6 +83,22 @@ export interface AddonCaptioner {
   dispose(): void
 }
 
+/** One row's decode options in a decode batch: the decode wire plus its index in its request (with seed: its sampling seed). */
+export interface BatchRowWire extends DecodeWire {
+  row: number
+}
+/** What a row produced at a token boundary (native/batch_decode.h RowToken); `score` once finished. */
+export interface RowTokenWire { rowId: number; token: number; finished: boolean; logp: number; score?: number }
+/** Continuous batching over a captioner's GPT-2 (native/batch_binding.cc). */
+export interface AddonDecodeBatch {
+  /** Pixels [n,3,S,S] or CLIP features [n,clipDim], one options object per row: prefills them and returns their first tokens. */
+  add(input: WireTensor, rows: BatchRowWire[]): Promise<RowTokenWire[]>
+  step(): Promise<RowTokenWire[]>
+  remove(rowIds: number[]): Promise<number>
+  readonly size: number
+  dispose(): void
+}
+
 export interface AddonTrainer {
   start(): Promise<TrainSummaryWire>
   abort(): void
@@ -254,14 +270,25 @@ export interface Addon {
   AddonGpt2: new (config: Gpt2ConfigWire & { seed?: number }) => AddonGpt2
   AddonCaptioner: new (clip: AddonClip, config: { gpt2: Gpt2ConfigWire; mapper: MapperConfigWire; normalizePrefix: boolean; seed?: number }) => AddonCaptioner
   AddonTrainer: AddonTrainerConstructor
+  AddonDecodeBatch: new (captioner: AddonCaptioner) => AddonDecodeBatch
   losses: LossesAddon
   setNumThreads(n: number): void
   info(): NativeInfo
   setCpuCacheLimit(bytes: number): CpuCacheStats
   emptyCpuCache(): CpuCacheStats
+  /** Any weights format (native/safetensors.h WeightsFile): safetensors, a torch.save zip, a sharded `*.index.json`. */
   readSafetensorsHeader(path: string): Promise<SafetensorsHeader>
+  /** Any weights format, like readSafetensorsHeader. */
   loadSafetensors(path: string): Promise<Record<string, WireTensor>>
   writeSafetensors(path: string, tensors: Record<string, WireTensor>, metadata?: Record<string, string>): Promise<void>
+  /**
+   * Reads any weights format and writes it as a safetensors file (atomic, streamed tensor by tensor). Metadata: the
+   * source's, overridden by `metadata`. `onProgress(bytesWritten, totalBytes)` events arrive in order; the last one,
+   * (total, total), before the promise resolves.
+   */
+  convertWeights(inPath: string, outPath: string, metadata?: Record<string, string> | null, onProgress?: ((bytesWritten: number, totalBytes: number) => void) | null): Promise<{ tensors: number; bytes: number }>
+  /** A torch.save-compatible zip checkpoint (atomic). `aliases`: extra name -> tensor name whose storage it shares. */
+  writeTorchCheckpoint(path: string, tensors: Record<string, WireTensor>, aliases?: Record<string, string> | null): Promise<void>
 }
 
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..')

@@ -61,3 +61,34 @@ export function writeSafetensors(path: string, tensors: Record<string, Tensor>, 
   )
   return call(() => native().writeSafetensors(path, wire, metadata))
 }
+
+/**
+ * Writes any weights file the loader reads (safetensors, a torch.save zip such as pytorch_model.bin, a sharded
+ * `*.index.json`) as a safetensors file, atomically, streaming tensor by tensor. The output's metadata is the
+ * source's (a torch checkpoint lists its non-tensor leaves there) with `metadata`'s entries added. `onProgress`
+ * gets (bytesWritten, totalBytes), in order, the last call (total, total) before the promise resolves.
+ */
+export function convertWeights(
+  inPath: string,
+  outPath: string,
+  options: { metadata?: Record<string, string>; onProgress?: (bytesWritten: number, totalBytes: number) => void } = {},
+): Promise<{ tensors: number; bytes: number }> {
+  if (typeof inPath !== 'string' || typeof outPath !== 'string') throw new TypeError('inPath and outPath must be strings')
+  return call(() => native().convertWeights(inPath, outPath, options.metadata ?? null, options.onProgress ?? null))
+}
+
+/**
+ * Writes tensors as a torch.save-compatible checkpoint (zip format; `torch.load(path, weights_only=True)` reads it),
+ * atomically. `aliases` maps extra names to a tensor of `tensors` whose storage they share (a tied lm_head.weight ->
+ * transformer.wte.weight), as torch.save writes tied weights. Host data is copied when the call starts.
+ */
+export function writeTorchCheckpoint(path: string, tensors: Record<string, Tensor>, aliases: Record<string, string> = {}): Promise<void> {
+  if (typeof path !== 'string') throw new TypeError('path must be a string')
+  const wire = Object.fromEntries(
+    Object.entries(tensors).map(([k, t]) => {
+      if (!(t instanceof Tensor)) throw new TypeError(`tensor '${k}' must be a Tensor`)
+      return [k, t.toAsyncWire()]
+    }),
+  )
+  return call(() => native().writeTorchCheckpoint(path, wire, aliases))
+}

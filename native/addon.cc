@@ -6,7 +6,11 @@
 #include <torch/version.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <cstdlib>
 
 #include "addon_state.h"
@@ -18,6 +22,7 @@
 #include "errors.h"
 #include "models_binding.h"
 #include "safetensors.h"
+#include "torch_checkpoint.h"
 #include "nn.h"
 #include "training_binding.h"
 
@@ -134,7 +139,7 @@ Napi::Value ReadSafetensorsHeader(const Napi::CallbackInfo& info) {
     if (!info[0].IsString()) fail("E_CONFIG", "path must be a string");
     std::string path = info[0].As<Napi::String>().Utf8Value();
     return run_async(info.Env(), [path]() -> Finish {
-      auto file = SafetensorsFile::open(path);
+      auto file = WeightsFile::open(path);
       return [file](Napi::Env env) {
         Napi::Object o = Napi::Object::New(env), meta = Napi::Object::New(env), ts = Napi::Object::New(env);
         Napi::Array names = Napi::Array::New(env);
@@ -147,9 +152,9 @@ Napi::Value ReadSafetensorsHeader(const Napi::CallbackInfo& info) {
           Napi::Array shape = Napi::Array::New(env, v.shape.size());
           for (size_t j = 0; j < v.shape.size(); ++j) shape.Set(static_cast<uint32_t>(j), static_cast<double>(v.shape[j]));
           t.Set("shape", shape);
-          ts.Set(p.names[i], t);
+          ts.Set(Napi::String::New(env, p.names[i]), t);  // names may hold NUL: never via a C string
         }
-        for (auto& [k, v] : p.metadata) meta.Set(k, v);
+        for (auto& [k, v] : p.metadata) meta.Set(Napi::String::New(env, k), Napi::String::New(env, v));
         o.Set("names", names);
         o.Set("metadata", meta);
         o.Set("tensors", ts);
@@ -165,7 +170,7 @@ Napi::Value LoadSafetensors(const Napi::CallbackInfo& info) {
     if (!info[0].IsString()) fail("E_CONFIG", "path must be a string");
     std::string path = info[0].As<Napi::String>().Utf8Value();
     return run_async(info.Env(), [path]() -> Finish {
-      auto file = SafetensorsFile::open(path);
+      auto file = WeightsFile::open(path);
       std::vector<std::pair<std::string, at::Tensor>> out;
       for (const auto& n : file->parsed().names) {
         const TensorView& v = file->parsed().tensors.at(n);
@@ -175,7 +180,7 @@ Napi::Value LoadSafetensors(const Napi::CallbackInfo& info) {
       }
       return [out](Napi::Env env) {
         Napi::Object o = Napi::Object::New(env);
-        for (auto& [n, t] : out) o.Set(n, tensor_to_js(env, t));
+        for (auto& [n, t] : out) o.Set(Napi::String::New(env, n), tensor_to_js(env, t));
         return o;
       };
     });
@@ -227,6 +232,171 @@ Napi::Value WriteSafetensors(const Napi::CallbackInfo& info) {
   });
 }
 
+// The file dtype of a JS tensor (writeSafetensors / writeTorchCheckpoint).
+static DType file_dtype(const at::Tensor& t, const std::string& n) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::F32; case at::kHalf: return DType::F16; case at::kBFloat16: return DType::BF16;
+    case at::kDouble: return DType::F64; case at::kLong: return DType::I64; case at::kInt: return DType::I32;
+    case at::kShort: return DType::I16; case at::kChar: return DType::I8; case at::kByte: return DType::U8;
+    case at::kBool: return DType::BOOL;
+    default: fail("E_DTYPE", "tensor '" + n + "': unsupported dtype");
+  }
+}
+
+// convertWeights(inPath, outPath, metadata?, onProgress?(bytesWritten, totalBytes)) -> { tensors, bytes }: reads
+// any weights format (WeightsFile) and writes a safetensors file atomically, tensor by tensor straight from the
+// mapping. Metadata: the source's, overridden by `metadata`'s entries. Progress events arrive in order, the last
+// one (total, total) before the promise resolves.
+Napi::Value ConvertWeights(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsString() || !info[1].IsString()) fail("E_CONFIG", "convertWeights(inPath, outPath, metadata?, onProgress?)");
+    std::string in = info[0].As<Napi::String>().Utf8Value(), out = info[1].As<Napi::String>().Utf8Value();
+    std::map<std::string, std::string> meta;
+    if (info.Length() > 2 && info[2].IsObject()) {
+      Napi::Object m = info[2].As<Napi::Object>();
+      Napi::Array mk = m.GetPropertyNames();
+      for (uint32_t i = 0; i < mk.Length(); ++i) {
+        std::string k = mk.Get(i).As<Napi::String>().Utf8Value();
+        if (!m.Get(k).IsString()) fail("E_CONFIG", "metadata values must be strings");
+        meta[k] = m.Get(k).As<Napi::String>().Utf8Value();
+      }
+    } else if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+      fail("E_CONFIG", "metadata must be an object of strings");
+    }
+    // Progress events queue here (not in the thread-safe function's payloads) so that the finisher can deliver the
+    // ones still waiting, in order, before the promise settles: none is dropped, none arrives after it.
+    struct State {
+      std::atomic<bool> finished{false};
+      std::atomic<uint64_t> total{0};
+      std::mutex mu;
+      std::vector<std::pair<uint64_t, uint64_t>> pending;
+      std::shared_ptr<Napi::FunctionReference> callback;  // touched on the JS thread only
+      void drain(Napi::Env env) {
+        std::vector<std::pair<uint64_t, uint64_t>> now;
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          now.swap(pending);
+        }
+        for (auto& [done, all] : now) {
+          try {
+            callback->Call({Napi::Number::New(env, static_cast<double>(done)), Napi::Number::New(env, static_cast<double>(all))});
+          } catch (const Napi::Error&) {
+            // a throwing listener does not stop the conversion
+          }
+        }
+      }
+    };
+    auto state = std::make_shared<State>();
+    std::shared_ptr<Napi::ThreadSafeFunction> tsfn;
+    if (info.Length() > 3 && info[3].IsFunction()) {
+      state->callback = std::make_shared<Napi::FunctionReference>(Napi::Persistent(info[3].As<Napi::Function>()));
+      tsfn = std::make_shared<Napi::ThreadSafeFunction>(Napi::ThreadSafeFunction::New(info.Env(), info[3].As<Napi::Function>(), "semicap-convert", 0, 1));
+    } else if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) {
+      fail("E_CONFIG", "onProgress must be a function");
+    }
+    return run_async(info.Env(), [in, out, meta, state, tsfn]() -> Finish {
+      struct Release {
+        std::shared_ptr<Napi::ThreadSafeFunction> t;
+        ~Release() { if (t) t->Release(); }
+      } release{tsfn};
+      auto file = WeightsFile::open(in);
+      const auto& p = file->parsed();
+      std::map<std::string, std::string> m = p.metadata;
+      for (auto& [k, v] : meta) m[k] = v;
+      std::vector<TensorToWrite> items;
+      for (const auto& n : p.names) {
+        const TensorView& v = p.tensors.at(n);
+        items.push_back({n, v.dtype, v.shape, v.data, v.nbytes});
+      }
+      std::function<void(uint64_t, uint64_t)> progress;
+      if (tsfn) {
+        progress = [state, tsfn](uint64_t done, uint64_t total) {
+          state->total = total;
+          {
+            std::lock_guard<std::mutex> lock(state->mu);
+            state->pending.emplace_back(done, total);
+          }
+          tsfn->NonBlockingCall([state](Napi::Env env, Napi::Function) {
+            if (state->finished || env == nullptr) return;
+            state->drain(env);
+          });
+        };
+      }
+      write_safetensors(out, items, m, progress);
+      const double count = static_cast<double>(items.size());
+      uint64_t bytes = 0;
+      {
+        struct stat st;
+        if (::stat(out.c_str(), &st) == 0) bytes = static_cast<uint64_t>(st.st_size);
+      }
+      return [state, count, bytes](Napi::Env env) -> Napi::Value {
+        // Events not delivered yet go now, in order, then the final one, all before the promise settles.
+        state->finished = true;
+        if (state->callback) {
+          state->drain(env);
+          try {
+            state->callback->Call({Napi::Number::New(env, static_cast<double>(bytes)), Napi::Number::New(env, static_cast<double>(bytes))});
+          } catch (const Napi::Error&) {
+          }
+        }
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("tensors", count);
+        o.Set("bytes", static_cast<double>(bytes));
+        return o;
+      };
+    });
+  });
+}
+
+// writeTorchCheckpoint(path, { name: Tensor }, aliases?: { name: target }): a torch.save-compatible zip, atomic.
+// An alias names a tensor that shares the storage of `target` (an entry of `tensors`), as a tied lm_head does.
+Napi::Value WriteTorchCheckpoint(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsString() || !info[1].IsObject()) fail("E_CONFIG", "writeTorchCheckpoint(path, tensors, aliases?)");
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    Napi::Object obj = info[1].As<Napi::Object>();
+    Napi::Array keys = obj.GetPropertyNames();
+    KeepAlive keep;
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (uint32_t i = 0; i < keys.Length(); ++i) {
+      std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+      tensors.emplace_back(k, tensor_from_js(obj.Get(k), "tensor '" + k + "'", keep));
+    }
+    std::vector<std::pair<std::string, std::string>> aliases;
+    if (info.Length() > 2 && info[2].IsObject()) {
+      Napi::Object a = info[2].As<Napi::Object>();
+      Napi::Array ak = a.GetPropertyNames();
+      for (uint32_t i = 0; i < ak.Length(); ++i) {
+        std::string k = ak.Get(i).As<Napi::String>().Utf8Value();
+        if (!a.Get(k).IsString()) fail("E_CONFIG", "aliases must map names to names");
+        if (obj.Has(k)) fail("E_CONFIG", "alias '" + k + "' is also a tensor of its own");
+        std::string target = a.Get(k).As<Napi::String>().Utf8Value();
+        if (!obj.Has(target)) fail("E_CONFIG", "alias '" + k + "' names '" + target + "', which is not one of the tensors");
+        aliases.emplace_back(k, target);
+      }
+    } else if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+      fail("E_CONFIG", "aliases must be an object");
+    }
+    return run_async(info.Env(), [path, tensors, aliases]() -> Finish {
+      std::vector<at::Tensor> host;
+      std::vector<TorchTensorToWrite> items;
+      std::map<std::string, size_t> index;
+      for (auto& [n, t0] : tensors) {
+        at::Tensor t = t0.cpu().contiguous();
+        host.push_back(t);
+        index[n] = items.size();
+        items.push_back({n, file_dtype(t, n), std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(), t.nbytes(), ""});
+      }
+      for (auto& [n, target] : aliases) {
+        const TorchTensorToWrite& e = items[index.at(target)];
+        items.push_back({n, e.dtype, e.shape, nullptr, 0, target});
+      }
+      write_torch_checkpoint(path, items);
+      return [](Napi::Env env) { return env.Undefined(); };
+    }, std::move(keep));
+  });
+}
+
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -250,6 +420,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("AddonGpt2", gpt2);
   exports.Set("AddonCaptioner", captioner);
   exports.Set("AddonTrainer", AddonTrainer::Init(env));
+  { Napi::Function batch_init(Napi::Env); exports.Set("AddonDecodeBatch", batch_init(env)); }  // batch_binding.cc
   exports.Set("losses", losses_exports(env));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("info", Napi::Function::New(env, Info));
@@ -258,6 +429,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readSafetensorsHeader", Napi::Function::New(env, ReadSafetensorsHeader));
   exports.Set("loadSafetensors", Napi::Function::New(env, LoadSafetensors));
   exports.Set("writeSafetensors", Napi::Function::New(env, WriteSafetensors));
+  exports.Set("convertWeights", Napi::Function::New(env, ConvertWeights));
+  exports.Set("writeTorchCheckpoint", Napi::Function::New(env, WriteTorchCheckpoint));
   return exports;
 }
 

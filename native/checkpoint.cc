@@ -107,7 +107,7 @@ bool read_tensor_file(const std::string& dir, const std::string& name, const at:
     check(!required, "E_CHECKPOINT", path.string() + ": missing");
     return false;
   }
-  auto file = SafetensorsFile::open(path.string());
+  auto file = WeightsFile::open(path.string());
   out->name = name;
   out->tensors.clear();
   for (const auto& n : file->parsed().names)

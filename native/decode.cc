@@ -1,7 +1,5 @@
 #include "decode.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-
 #include <limits>
 
 #include "autocast.h"
@@ -32,9 +30,8 @@ uint64_t splitmix(uint64_t a, uint64_t b) {
   return z ^ (z >> 31);
 }
 
-// One uniform in [0, 1) per row: from the seeded CPU generator, or (row_seeds) from each row's seed and the step.
-at::Tensor uniforms(int64_t rows, const DecodeOptions& o, at::Generator& gen, int64_t t) {
-  if (o.row_seeds.empty()) return at::rand({rows, 1}, gen, at::TensorOptions().dtype(at::kFloat));
+// One uniform in [0, 1) per row, from each row's seed and the step.
+at::Tensor uniforms(int64_t rows, const DecodeOptions& o, int64_t t) {
   check(static_cast<int64_t>(o.row_seeds.size()) == rows, "E_NATIVE", "decode: one row seed per row");
   at::Tensor r = at::empty({rows, 1}, at::TensorOptions().dtype(at::kFloat));
   float* d = r.data_ptr<float>();
@@ -43,15 +40,15 @@ at::Tensor uniforms(int64_t rows, const DecodeOptions& o, at::Generator& gen, in
 }
 
 // Samples one token per row from softmax(logits / T) restricted to the top-k and the top-p nucleus. Uniform draws
-// come from a seeded CPU generator (or per-row seeds) so results are reproducible on every device.
-at::Tensor sample(const at::Tensor& logits, const DecodeOptions& o, at::Generator& gen, int64_t t) {
+// come from per-row seeds on the host, so results are reproducible on every device.
+at::Tensor sample(const at::Tensor& logits, const DecodeOptions& o, int64_t t) {
   at::Tensor l = logits / std::max(o.temperature, 1e-6);
   if (o.top_k > 0 && o.top_k < l.size(-1)) {
     at::Tensor kth = std::get<0>(l.topk(o.top_k, -1)).select(-1, o.top_k - 1).unsqueeze(-1);
     l = l.masked_fill(l < kth, kNegInf);
   }
   at::Tensor probs = at::softmax(l, -1);
-  at::Tensor r = uniforms(l.size(0), o, gen, t).to(l.device());
+  at::Tensor r = uniforms(l.size(0), o, t).to(l.device());
   if (o.top_p >= 1.0) {
     // No nucleus: invert the CDF in vocabulary order. Sorting 50k probabilities per row cost 30x more than the rest
     // of the step. The first position whose cumulative mass exceeds u has non-zero probability; u stays below the
@@ -74,9 +71,11 @@ at::Tensor sample(const at::Tensor& logits, const DecodeOptions& o, at::Generato
   return si.gather(-1, pos).squeeze(-1);
 }
 
-DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& o) {
+DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& opts) {
   const int64_t B = prefix.size(0);
-  at::Generator gen = at::detail::createCPUGenerator(o.seed);
+  DecodeOptions o = opts;
+  if (o.method == "sample" && o.row_seeds.empty())
+    for (int64_t i = 0; i < B; ++i) o.row_seeds.push_back(row_seed(o.seed, i));
   at::Tensor ends = end_mask(gpt, o);
   const bool can_end = !o.stop_ids.empty() || o.eos_id >= 0;
   KvCache cache(prefix.size(1) + o.max_tokens);
@@ -89,7 +88,7 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
   int64_t t = 0;
   for (; t < o.max_tokens; ++t) {
     if (t < o.min_tokens) logits = logits.masked_fill(ends, kNegInf);
-    at::Tensor next = o.method == "sample" ? sample(logits, o, gen, t) : logits.argmax(-1);
+    at::Tensor next = o.method == "sample" ? sample(logits, o, t) : logits.argmax(-1);
     at::Tensor alive = finished.logical_not();
     logp_sum += at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1) * alive;
     count += alive;
@@ -149,6 +148,12 @@ DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOp
 }
 
 }  // namespace
+
+uint64_t row_seed(uint64_t seed, int64_t row) { return splitmix(seed, static_cast<uint64_t>(row)); }
+
+at::Tensor sample_tokens(const at::Tensor& logits, const DecodeOptions& o, int64_t t) { return sample(logits, o, t); }
+
+at::Tensor end_token_mask(const Gpt2Model& gpt, const DecodeOptions& o) { return end_mask(gpt, o); }
 
 DecodeResult decode(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& o) {
   check(prefix.dim() == 3 && prefix.size(0) > 0 && prefix.size(2) == gpt.config().n_embd, "E_SHAPE",

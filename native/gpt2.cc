@@ -132,4 +132,35 @@ at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
   return ln_f_(x);
 }
 
+at::Tensor Gpt2Model::forward_rows(const at::Tensor& embeds, const std::vector<KvCache*>& caches) const {
+  const int64_t B = static_cast<int64_t>(caches.size()), C = cfg_.n_embd;
+  check(embeds.dim() == 3 && embeds.size(0) == B && embeds.size(1) == 1 && embeds.size(2) == C, "E_SHAPE",
+        "forward_rows: embeddings must have shape [rows, 1, " + std::to_string(C) + "], one row per cache");
+  std::vector<int64_t> pos(B);
+  for (int64_t r = 0; r < B; ++r) {
+    const KvCache* c = caches[r];
+    check(c && c->capacity > 0 && c->k.size() == blocks_.size() && c->len > 0, "E_NATIVE", "forward_rows: every row needs a prefilled capacity cache");
+    check(c->len + 1 <= c->capacity && c->len + 1 <= cfg_.n_positions, "E_NATIVE", "forward_rows: KV cache capacity exceeded");
+    pos[r] = c->len;
+  }
+  at::Tensor p = at::tensor(pos, at::TensorOptions().dtype(at::kLong)).to(device());
+  at::Tensor x = embeds + wpe_.index_select(0, p).unsqueeze(1);
+  std::vector<at::Tensor> outs(B);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const Gpt2Block& b = blocks_[i];
+    auto qkv = b.c_attn(b.ln1(x)).split(C, -1);
+    at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);
+    for (int64_t r = 0; r < B; ++r) {
+      KvCache& c = *caches[r];
+      c.k[i].narrow(2, pos[r], 1).copy_(k.narrow(0, r, 1));
+      c.v[i].narrow(2, pos[r], 1).copy_(v.narrow(0, r, 1));
+      outs[r] = attention(q.narrow(0, r, 1), c.k[i].narrow(2, 0, pos[r] + 1), c.v[i].narrow(2, 0, pos[r] + 1), true);
+    }
+    x = x + b.c_proj(merge_heads(B == 1 ? outs[0] : at::cat(outs, 0)));
+    x = x + b.mlp_proj(activate(b.c_fc(b.ln2(x)), b.act));
+  }
+  for (KvCache* c : caches) c->len += 1;
+  return ln_f_(x);
+}
+
 }  // namespace semicap

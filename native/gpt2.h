@@ -41,6 +41,11 @@ class Gpt2Model {
   // Runs the transformer over `embeds` [B,T,C] at positions cache.length().., appends to `cache` when given.
   // Returns final hidden states after ln_f.
   at::Tensor forward(const at::Tensor& embeds, KvCache* cache) const;
+  // One new token for each of B independent sequences (continuous batching, batch_decode.h): embeds [B,1,C], row r at
+  // position caches[r]->length() in its own capacity-allocated cache ([1,H,capacity,D] per layer, filled by a
+  // prefill). Layer norms and products run once over all rows; attention runs per row against its own cache, the
+  // same math as forward() on that row alone. Advances every cache by one; returns hidden states after ln_f [B,1,C].
+  at::Tensor forward_rows(const at::Tensor& embeds, const std::vector<KvCache*>& caches) const;
   // hidden [..., C] -> [..., V] against the tied embedding or lm_head.weight when untied (CPU inference: through
   // that weight's packed slot).
   at::Tensor logits(const at::Tensor& hidden) const;

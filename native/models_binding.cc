@@ -225,7 +225,7 @@ Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
     return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty()) {
-        auto file = SafetensorsFile::open(path);
+        auto file = WeightsFile::open(path);
         h->model->params().load(file, [](const std::string& k) {
           auto ends = [&](const char* s) { size_t n = strlen(s); return k.size() >= n && k.compare(k.size() - n, n, s) == 0; };
           return ends("position_ids") ? std::string() : k;
@@ -315,7 +315,7 @@ Napi::Value AddonGpt2::Load(const Napi::CallbackInfo& info) {
     return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       // The model's own key map: an untied head keeps lm_head.weight.
-      if (!path.empty()) h->model->params().load(SafetensorsFile::open(path), [m = h->model.get()](const std::string& k) { return m->key(k); });
+      if (!path.empty()) h->model->params().load(WeightsFile::open(path), [m = h->model.get()](const std::string& k) { return m->key(k); });
       h->model->params().to(device);
       return prepared(h->model->params(), device, dtype);
     });
@@ -436,7 +436,7 @@ Napi::Value AddonCaptioner::LoadGpt2(const Napi::CallbackInfo& info) {
     return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty())
-        h->model->params.load(SafetensorsFile::open(path), [g = h->model->gpt.get()](const std::string& k) {
+        h->model->params.load(WeightsFile::open(path), [g = h->model->gpt.get()](const std::string& k) {
           std::string n = g->key(k);
           return n.empty() ? n : "gpt." + n;
         }, "gpt.");
@@ -455,7 +455,7 @@ Napi::Value AddonCaptioner::Load(const Napi::CallbackInfo& info) {
     kernels::WType dtype = dtype_arg(info, 2, device);
     return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
-      h->model->params.load(SafetensorsFile::open(path), [m = h->model.get()](const std::string& k) { return m->key(k); });
+      h->model->params.load(WeightsFile::open(path), [m = h->model.get()](const std::string& k) { return m->key(k); });
       h->model->params.to(device);
       return prepared(h->model->params, device, dtype);
     });

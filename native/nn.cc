@@ -109,7 +109,7 @@ at::Tensor view_as_tensor(const TensorView& v) {
 
 // The parameter's storage becomes the mapped bytes when they are float32, aligned, and the parameter is on the CPU.
 // Every page is read once here so that the page-table work happens in load(), not in the first forward pass.
-static bool adopt_mapping(at::Tensor& param, const TensorView& v, const std::shared_ptr<SafetensorsFile>& file) {
+static bool adopt_mapping(at::Tensor& param, const TensorView& v, const std::shared_ptr<WeightsFile>& file) {
   static const bool disabled = env_flag("SEMICAP_NO_MMAP");
   if (disabled || v.dtype != DType::F32 || !param.is_cpu() || param.scalar_type() != at::kFloat || v.nbytes == 0 ||
       reinterpret_cast<uintptr_t>(v.data) % alignof(float) != 0)
@@ -123,8 +123,8 @@ static bool adopt_mapping(at::Tensor& param, const TensorView& v, const std::sha
   return true;
 }
 
-void ParamStore::load(const std::shared_ptr<SafetensorsFile>& file_ptr, const std::function<std::string(const std::string&)>& rename, const std::string& scope) {
-  const SafetensorsFile& file = *file_ptr;
+void ParamStore::load(const std::shared_ptr<WeightsFile>& file_ptr, const std::function<std::string(const std::string&)>& rename, const std::string& scope) {
+  const WeightsFile& file = *file_ptr;
   std::vector<std::string> unexpected, misshaped;
   std::set<std::string> filled;
   c10::NoGradGuard no_grad;

@@ -16,7 +16,7 @@
 
 namespace semicap {
 
-class SafetensorsFile;
+class WeightsFile;
 
 enum class Activation { QuickGelu, GeluTanh, Gelu, Relu, Tanh };
 Activation activation_from_name(const std::string& name);  // HF hidden_act / activation_function names
@@ -43,7 +43,7 @@ class ParamStore {
   // missing, unexpected and mis-shaped keys. Aligned float32 tensors of CPU parameters are not copied: the
   // parameter's storage becomes the file's (private, copy-on-write) mapping, which it keeps alive
   // (SEMICAP_NO_MMAP=1 copies instead).
-  void load(const std::shared_ptr<SafetensorsFile>& file, const std::function<std::string(const std::string&)>& rename,
+  void load(const std::shared_ptr<WeightsFile>& file, const std::function<std::string(const std::string&)>& rename,
             const std::string& scope = "");
 
   // Moves every parameter (in place, keeping references valid). Parameters that no checkpoint filled are

@@ -305,30 +305,6 @@ ParsedSafetensors parse_safetensors(const uint8_t* bytes, size_t size, const std
   return out;
 }
 
-std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail("E_CHECKPOINT", path + ": cannot open: " + std::strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) { ::close(fd); fail("E_CHECKPOINT", path + ": not a regular file"); }
-  std::shared_ptr<SafetensorsFile> f(new SafetensorsFile());
-  f->path_ = path;
-  f->size_ = static_cast<size_t>(st.st_size);
-  if (f->size_ > 0) {
-    // Private and writable: parameters can live on these pages (copy-on-write when training changes them; the
-    // file is never written through this mapping).
-    f->map_ = mmap(nullptr, f->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-    if (f->map_ == MAP_FAILED) { f->map_ = nullptr; ::close(fd); fail("E_CHECKPOINT", path + ": mmap failed: " + std::strerror(errno)); }
-  }
-  ::close(fd);
-  static const uint8_t empty = 0;
-  f->parsed_ = parse_safetensors(f->map_ ? static_cast<const uint8_t*>(f->map_) : &empty, f->size_, path);
-  return f;
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (map_) munmap(map_, size_);
-}
-
 namespace {
 std::string json_escape(const std::string& s) {
   std::string o = "\"";
@@ -356,6 +332,12 @@ void write_all(int fd, const void* data, size_t n, const std::string& path) {
 
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  write_safetensors(path, tensors, metadata, nullptr);
+}
+
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata,
+                       const std::function<void(uint64_t, uint64_t)>& progress) {
   std::string h = "{";
   bool first = true;
   if (!metadata.empty()) {
@@ -393,7 +375,19 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
     for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(hl >> (8 * i));
     write_all(fd, len, 8, tmp);
     write_all(fd, h.data(), h.size(), tmp);
-    for (const auto& t : tensors) write_all(fd, t.data, t.nbytes, tmp);
+    const uint64_t total = 8 + h.size() + offset;
+    uint64_t done = 8 + h.size();
+    if (progress) progress(done, total);
+    for (const auto& t : tensors) {
+      if (!progress) { write_all(fd, t.data, t.nbytes, tmp); continue; }
+      constexpr size_t kSlice = size_t{64} << 20;
+      for (size_t at = 0; at < t.nbytes; at += kSlice) {
+        const size_t n = std::min(kSlice, t.nbytes - at);
+        write_all(fd, static_cast<const uint8_t*>(t.data) + at, n, tmp);
+        done += n;
+        progress(done, total);
+      }
+    }
     if (::fsync(fd) != 0) fail("E_IO", tmp + ": fsync failed: " + std::strerror(errno));
   } catch (...) {
     ::close(fd);

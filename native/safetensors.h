@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -37,20 +38,30 @@ struct ParsedSafetensors {
 };
 ParsedSafetensors parse_safetensors(const uint8_t* bytes, size_t size, const std::string& what);
 
-// A private (copy-on-write) mapping of a file, parsed. Views stay valid while the object lives; writes to them never
-// reach the file.
-class SafetensorsFile {
+// Any weights file, opened by content (native/weights_file.cc): a safetensors file, a torch.save zip checkpoint
+// (`pytorch_model.bin`, `*.pt`: native/torch_checkpoint.h), or a sharded folder given by its `*.index.json`
+// (`{"metadata": {...}, "weight_map": {name: shard file}}`, each shard safetensors or torch zip, in the index's
+// folder). Files are private (copy-on-write) mappings; `parsed()` has one shape for every format: names in order
+// (shard by shard for a folder), views, metadata (a torch checkpoint lists its non-tensor leaves there, a folder its
+// index's metadata). Views stay valid while the object lives and never overlap (tensors of a torch file that share a
+// storage get views into separate private mappings of the same pages); writes to them never reach the file.
+// A legacy (pre-1.6) torch file or another pickle is refused with E_CHECKPOINT saying how to re-save it.
+class WeightsFile {
  public:
-  static std::shared_ptr<SafetensorsFile> open(const std::string& path);
-  ~SafetensorsFile();
+  static std::shared_ptr<WeightsFile> open(const std::string& path);
+  ~WeightsFile();
   const ParsedSafetensors& parsed() const { return parsed_; }
   const std::string& path() const { return path_; }
+  // "safetensors", "torch" or "sharded".
+  const std::string& format() const { return format_; }
 
  private:
-  SafetensorsFile() = default;
-  std::string path_;
-  void* map_ = nullptr;
-  size_t size_ = 0;
+  WeightsFile() = default;
+  friend struct WeightsFileLoader;
+  struct Mapping { void* addr; size_t size; };
+  std::string path_, format_;
+  std::vector<Mapping> maps_;
+  std::vector<std::shared_ptr<const void>> owned_;  // copies of non-contiguous torch tensors
   ParsedSafetensors parsed_;
 };
 
@@ -64,5 +75,10 @@ struct TensorToWrite {
 };
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata);
+// The same, calling `progress(bytes_written, total_bytes)` after the header and after every tensor (total counts the
+// 8-byte length, the header and the data). Data is written in slices of at most 64 MiB, each reported.
+void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
+                       const std::map<std::string, std::string>& metadata,
+                       const std::function<void(uint64_t, uint64_t)>& progress);
 
 }  // namespace semicap

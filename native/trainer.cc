@@ -356,7 +356,7 @@ class Loop {
     fs::path dir(cfg_.resume_dir);
     {
       c10::NoGradGuard no_grad;
-      m_.params.load(SafetensorsFile::open((dir / "model.safetensors").string()), [this](const std::string& k) { return m_.key(k); });
+      m_.params.load(WeightsFile::open((dir / "model.safetensors").string()), [this](const std::string& k) { return m_.key(k); });
     }
     TensorFile f;
     read_tensor_file(cfg_.resume_dir, "optimizer.safetensors", device_, &f);

@@ -1,8 +1,8 @@
-// Replays the fuzzer's corpus (fuzz/corpus: inputs libFuzzer found interesting, fuzz/seeds: valid files and the
-// hostile cases) through the addon's safetensors reader, and fuzzes the JS loaders of config.json, vocab.json,
-// merges.txt and tokenizer.json with seeded random mutations. Each input either loads or fails with a SemicapError
-// (E_CHECKPOINT for weights; E_CONFIG / E_TOKENIZER, or a TypeError / RangeError, for the JS loaders): never a crash,
-// another error type, or a hang.
+// Replays the fuzzers' corpora (fuzz/corpus, fuzz/corpus-torch: inputs libFuzzer found interesting, fuzz/seeds,
+// fuzz/seeds-torch: valid files and the hostile cases) through the addon's weights reader (safetensors, torch zip),
+// and fuzzes the JS loaders of config.json, vocab.json, merges.txt and tokenizer.json with seeded random
+// mutations. Each input either loads or fails with a SemicapError (E_CHECKPOINT for weights; E_CONFIG /
+// E_TOKENIZER, or a TypeError / RangeError, for the JS loaders): never a crash, another error type, or a hang.
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { beforeAll, describe, expect, it } from 'vitest'
@@ -72,6 +72,63 @@ describe('safetensors: the fuzz corpus replayed through the addon', () => {
     }
     expect(ok).toBeGreaterThan(5)
     expect(refused).toBeGreaterThan(30)
+  })
+})
+
+describe('torch checkpoints: the torch fuzz corpus replayed through the addon', () => {
+  function torchCorpus(): string[] {
+    const out: string[] = []
+    for (const d of ['fuzz/corpus-torch', 'fuzz/seeds-torch']) {
+      let names: string[] = []
+      try {
+        names = readdirSync(join(repoRoot, d))
+      } catch {
+        continue
+      }
+      for (const n of names.sort()) if (statSync(join(repoRoot, d, n)).isFile()) out.push(join(repoRoot, d, n))
+    }
+    return out
+  }
+
+  it('fuzz/corpus-torch is small enough to commit (< 300 files, < 1 MB)', () => {
+    const files = readdirSync(join(repoRoot, 'fuzz/corpus-torch'))
+    expect(files.length).toBeGreaterThan(20)
+    expect(files.length).toBeLessThan(300)
+    expect(files.reduce((n, f) => n + statSync(join(repoRoot, 'fuzz/corpus-torch', f)).size, 0)).toBeLessThan(1 << 20)
+  })
+
+  it('every input reads consistently, or fails with E_CHECKPOINT naming the file', async () => {
+    const files = torchCorpus()
+    expect(files.length).toBeGreaterThan(60)
+    let ok = 0
+    let refused = 0
+    for (const [i, f] of files.entries()) {
+      // A .pt name: the loader dispatches by content, and the message must name the path it was given.
+      const path = join(tmp, `t${i}.pt`)
+      writeFileSync(path, readFileSync(f))
+      const header = await readSafetensorsHeader(path).then(
+        (h) => h,
+        (e: unknown) => e,
+      )
+      if (header instanceof Error) {
+        expect(header, f).toBeInstanceOf(SemicapError)
+        expect((header as SemicapError).code, `${f}: ${header.message}`).toBe('E_CHECKPOINT')
+        expect(header.message).toContain(path)
+        await expect(loadSafetensors(path), f).rejects.toMatchObject({ code: 'E_CHECKPOINT' })
+        refused++
+      } else {
+        const h = header as Awaited<ReturnType<typeof readSafetensorsHeader>>
+        expect(Object.keys(h.tensors).sort(), f).toEqual([...h.names].sort())
+        const tensors = await loadSafetensors(path)
+        for (const n of h.names) expect(tensors[n]!.shape, `${f} ${n}`).toEqual(h.tensors[n]!.shape)
+        // Twice the same answer.
+        expect(await readSafetensorsHeader(path), f).toEqual(h)
+        ok++
+      }
+      rmSync(path)
+    }
+    expect(ok).toBeGreaterThan(10)
+    expect(refused).toBeGreaterThan(40)
   })
 })
 

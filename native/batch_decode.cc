@@ -1,0 +1,164 @@
+#include "batch_decode.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "errors.h"
+
+namespace semicap {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+bool is_end(const DecodeOptions& o, int64_t token) {
+  return token == o.eos_id || std::find(o.stop_ids.begin(), o.stop_ids.end(), token) != o.stop_ids.end();
+}
+
+}  // namespace
+
+void DecodeBatch::validate(const Gpt2Model& gpt, int64_t prefix_length, const DecodeOptions& o) {
+  const Gpt2Config& c = gpt.config();
+  check(o.method == "greedy" || o.method == "sample", "E_VALUE",
+        o.method == "beam" ? "beam search is not batched across requests: decode it with decode() (caption() does)"
+                           : "decoding must be 'greedy' or 'sample', got '" + o.method + "'");
+  check(!o.bf16, "E_VALUE", "bf16 autocast is not batched: decode bf16 requests with decode()");
+  check(o.max_tokens >= 1, "E_VALUE", "maxTokens must be at least 1");
+  check(o.min_tokens >= 0 && o.min_tokens <= o.max_tokens, "E_VALUE", "minTokens must lie in [0, maxTokens]");
+  check(prefix_length + o.max_tokens <= c.n_positions, "E_VALUE",
+        "prefix length + maxTokens exceeds GPT-2's n_positions (" + std::to_string(c.n_positions) + ")");
+  for (int64_t id : o.stop_ids) check(id >= 0 && id < c.vocab_size, "E_VALUE", "stop token id " + std::to_string(id) + " out of range [0, " + std::to_string(c.vocab_size) + ")");
+  check(o.eos_id >= -1 && o.eos_id < c.vocab_size, "E_VALUE", "eos token id out of range");
+  check(std::isfinite(o.temperature) && o.temperature > 0 && o.top_p > 0 && o.top_p <= 1 && o.top_k >= 0 && o.top_k <= c.vocab_size, "E_VALUE",
+        "temperature must be > 0, topP in (0, 1], topK in [0, vocabulary size]");
+  check(o.method != "sample" || o.row_seeds.size() == 1, "E_NATIVE", "a sampled row needs exactly one row seed");
+}
+
+std::vector<RowToken> DecodeBatch::choose(const Gpt2Model& gpt, const at::Tensor& logits_in, const std::vector<int64_t>& ids) {
+  const int64_t R = static_cast<int64_t>(ids.size());
+  std::vector<Row*> rows(R);
+  bool any_min = false, any_sample = false;
+  for (int64_t r = 0; r < R; ++r) {
+    rows[r] = &rows_.at(ids[r]);
+    any_min = any_min || rows[r]->t < rows[r]->opts.min_tokens;
+    any_sample = any_sample || rows[r]->opts.method == "sample";
+  }
+  at::Tensor logits = logits_in;
+  if (any_min) {
+    // Rows still short of their minTokens may not end: their end tokens are masked, as decode() masks them.
+    std::vector<at::Tensor> masks(R);
+    for (int64_t r = 0; r < R; ++r) masks[r] = rows[r]->t < rows[r]->opts.min_tokens ? rows[r]->ends : at::zeros_like(rows[r]->ends);
+    logits = logits.masked_fill(at::stack(masks), kNegInf);
+  }
+  at::Tensor next = logits.argmax(-1);
+  if (any_sample) {
+    next = next.clone();
+    for (int64_t r = 0; r < R; ++r)
+      if (rows[r]->opts.method == "sample") next.narrow(0, r, 1).copy_(sample_tokens(logits.narrow(0, r, 1), rows[r]->opts, rows[r]->t));
+  }
+  at::Tensor logp = at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1);
+  // The one host sync of a boundary.
+  at::Tensor next_h = next.to(at::kCPU, at::kLong).contiguous(), logp_h = logp.to(at::kCPU, at::kFloat).contiguous();
+  const int64_t* nx = next_h.data_ptr<int64_t>();
+  const float* lp = logp_h.data_ptr<float>();
+  std::vector<RowToken> out(R);
+  for (int64_t r = 0; r < R; ++r) {
+    Row& row = *rows[r];
+    row.logp_sum += lp[r];
+    row.count += 1;
+    row.t += 1;
+    row.last = nx[r];
+    RowToken& o = out[r];
+    o.row = ids[r];
+    o.token = nx[r];
+    o.logp = lp[r];
+    o.finished = is_end(row.opts, nx[r]) || row.t >= row.opts.max_tokens;
+    if (o.finished) o.score = row.logp_sum / std::max(row.count, 1.0f);
+  }
+  return out;
+}
+
+std::vector<RowToken> DecodeBatch::add(const Gpt2Model& gpt, const at::Tensor& prefix, const std::vector<DecodeOptions>& opts) {
+  const int64_t n = static_cast<int64_t>(opts.size());
+  check(n >= 1 && prefix.dim() == 3 && prefix.size(0) == n && prefix.size(1) >= 1 && prefix.size(2) == gpt.config().n_embd, "E_SHAPE",
+        "batch add: prefix must have shape [rows, K, " + std::to_string(gpt.config().n_embd) + "] with one option set per row");
+  const int64_t K = prefix.size(1);
+  for (const auto& o : opts) validate(gpt, K, o);
+  KvCache tmp(K);
+  at::Tensor logits = gpt.logits(gpt.forward(prefix, &tmp).select(1, -1)).to(at::kFloat);
+  std::vector<int64_t> ids(n);
+  for (int64_t r = 0; r < n; ++r) {
+    Row row;
+    row.opts = opts[r];
+    row.ends = end_token_mask(gpt, opts[r]);
+    ids[r] = next_id_++;
+    rows_.emplace(ids[r], std::move(row));
+  }
+  std::vector<RowToken> out;
+  try {
+    out = choose(gpt, logits, ids);
+    for (int64_t r = 0; r < n; ++r) {
+      if (out[r].finished) continue;
+      Row& row = rows_.at(ids[r]);
+      row.cache = KvCache(K + row.opts.max_tokens);
+      const size_t L = tmp.k.size();
+      row.cache.k.resize(L);
+      row.cache.v.resize(L);
+      for (size_t i = 0; i < L; ++i) {
+        auto shape = tmp.k[i].sizes().vec();
+        shape[0] = 1;
+        shape[2] = row.cache.capacity;
+        row.cache.k[i] = at::empty(shape, tmp.k[i].options());
+        row.cache.v[i] = at::empty(shape, tmp.v[i].options());
+        row.cache.k[i].narrow(2, 0, K).copy_(tmp.k[i].narrow(0, r, 1));
+        row.cache.v[i].narrow(2, 0, K).copy_(tmp.v[i].narrow(0, r, 1));
+      }
+      row.cache.len = K;
+    }
+  } catch (...) {
+    for (int64_t id : ids) rows_.erase(id);
+    throw;
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    if (out[r].finished) rows_.erase(ids[r]);
+    else order_.push_back(ids[r]);
+  }
+  return out;
+}
+
+std::vector<RowToken> DecodeBatch::step(const Gpt2Model& gpt) {
+  if (order_.empty()) return {};
+  const int64_t B = static_cast<int64_t>(order_.size());
+  std::vector<int64_t> last(B);
+  std::vector<KvCache*> caches(B);
+  for (int64_t r = 0; r < B; ++r) {
+    Row& row = rows_.at(order_[r]);
+    last[r] = row.last;
+    caches[r] = &row.cache;
+  }
+  // Tokens come from argmax / sampling over the vocabulary: no range check needed.
+  at::Tensor tokens = at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(gpt.device());
+  at::Tensor hidden = gpt.forward_rows(at::embedding(gpt.wte(), tokens.unsqueeze(1)), caches);
+  at::Tensor logits = gpt.logits(hidden.select(1, 0)).to(at::kFloat);
+  std::vector<RowToken> out = choose(gpt, logits, order_);
+  std::vector<int64_t> keep;
+  keep.reserve(B);
+  for (int64_t r = 0; r < B; ++r) {
+    if (out[r].finished) rows_.erase(order_[r]);
+    else keep.push_back(order_[r]);
+  }
+  order_ = std::move(keep);
+  return out;
+}
+
+int64_t DecodeBatch::remove(const std::vector<int64_t>& ids) {
+  int64_t n = 0;
+  for (int64_t id : ids) {
+    if (rows_.erase(id) == 0) continue;
+    ++n;
+    order_.erase(std::find(order_.begin(), order_.end(), id));
+  }
+  return n;
+}
+
+}  // namespace semicap

@@ -1,0 +1,64 @@
+// Continuous batching over one GPT-2: rows (captions being decoded, each from its own prefix and with its own
+// options) join and leave at token boundaries, and one step decodes one token for every active row together.
+//
+// Each row keeps its own KV cache ([1, H, prefix + maxTokens, D] per layer) and position. A step runs the token
+// embeddings, layer norms and every matrix product once over all rows ([B,1,C]); attention runs per row against
+// that row's own cache (Gpt2Model::forward_rows), the same math as decoding the row alone. Newcomers are prefilled
+// together (their prefixes all have the mapper's length K) into a temporary cache that is then split per row.
+//
+// Token choice is the unbatched decoder's (decode.cc): greedy argmax, or sampling with temperature / top-k / top-p
+// whose uniforms come from the row's seed and the step index only (row_seed(request seed, row index)), so a row
+// decodes the same tokens alone or with any company. Beam search is not batched across requests (its beams already
+// form a batch; it keeps decode()'s path).
+#pragma once
+#include <unordered_map>
+
+#include "decode.h"
+
+namespace semicap {
+
+// What one row produced at one token boundary.
+struct RowToken {
+  int64_t row = 0;      // the row's id (from add())
+  int64_t token = 0;    // the token chosen (an end token is reported too; it ends the row)
+  bool finished = false;  // the row ended with this token (end token or maxTokens) and has left the batch
+  float logp = 0;       // log-probability of the token (after min-tokens masking, as decode() scores it)
+  float score = 0;      // when finished: mean log-probability per token, as decode()'s score
+};
+
+class DecodeBatch {
+ public:
+  // Checks one row's options against the model: method greedy / sample, lengths, sampling ranges, token ids.
+  static void validate(const Gpt2Model& gpt, int64_t prefix_length, const DecodeOptions& o);
+
+  // Prefills newcomers (prefix [n, K, C] float on the model's device, one option set per row, each with exactly one
+  // row seed when sampling) and chooses their first tokens. Rows that end at once are reported finished and are
+  // not kept. Returns one RowToken per newcomer, in order.
+  std::vector<RowToken> add(const Gpt2Model& gpt, const at::Tensor& prefix, const std::vector<DecodeOptions>& opts);
+  // One token for every active row; finished rows leave. Empty when no row is active.
+  std::vector<RowToken> step(const Gpt2Model& gpt);
+  // Drops rows (an abort, a deadline); unknown ids (already finished or removed) are ignored. Returns how many left.
+  int64_t remove(const std::vector<int64_t>& rows);
+  void clear() { rows_.clear(); order_.clear(); }
+  int64_t size() const { return static_cast<int64_t>(order_.size()); }
+  bool has(int64_t row) const { return rows_.count(row) > 0; }
+
+ private:
+  struct Row {
+    DecodeOptions opts;
+    at::Tensor ends;       // [V] bool: stop ids and eos
+    KvCache cache;
+    int64_t t = 0;         // tokens produced so far
+    int64_t last = 0;      // the last token (the next step's input)
+    float logp_sum = 0;
+    float count = 0;
+    Row() : cache(0) {}
+  };
+  // Chooses the tokens at one boundary for `rows` (their step t = row.t) from logits [R, V]; updates the rows.
+  std::vector<RowToken> choose(const Gpt2Model& gpt, const at::Tensor& logits, const std::vector<int64_t>& ids);
+  std::unordered_map<int64_t, Row> rows_;
+  std::vector<int64_t> order_;  // active rows in the order they joined
+  int64_t next_id_ = 1;
+};
+
+}  // namespace semicap
