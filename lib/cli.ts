@@ -6,6 +6,7 @@ import { realpathSync } from 'node:fs'
 import { pathToFileURL } from 'node:url'
 import { Command, CommanderError, Option } from 'commander'
 import { Captioner } from './captioner.js'
+import { convertCommand } from './cli-convert.js'
 import { demoCommand } from './cli-demo.js'
 import { evalCommand } from './cli-eval.js'
 import { trainCommand } from './cli-train.js'
@@ -86,7 +87,7 @@ export const infoCommand: CommandModule = (program) => {
 }
 
 /** The commands of `semicap`, in help order. Add new command modules here. */
-export const commands: CommandModule[] = [captionCommand, infoCommand, trainCommand, evalCommand, demoCommand]
+export const commands: CommandModule[] = [captionCommand, infoCommand, trainCommand, evalCommand, demoCommand, convertCommand]
 
 /** A fresh program with `modules` registered; it throws CommanderError instead of exiting. */
 export function createProgram(modules: readonly CommandModule[] = commands): Command {

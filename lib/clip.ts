@@ -7,6 +7,7 @@ import { SemicapError } from './errors.js'
 import { preprocessImages, type ImageInput } from './image.js'
 import { call, callSync, native, type AddonClip, type TowerOutputWire } from './native.js'
 import { saveHfFolder } from './hf-folder.js'
+import { findWeights } from './weights-files.js'
 import { Lifecycle } from './lifecycle.js'
 import { Tensor } from './tensor.js'
 import { ClipTokenizer } from './tokenizers/clip.js'
@@ -48,6 +49,8 @@ async function exists(p: string): Promise<boolean> {
 
 export class Clip {
   readonly dir: string | undefined
+  /** The weights file load() read (undefined for a created model). */
+  weightsPath: string | undefined
   readonly config: ClipFolderConfig
   readonly device: string
   /** How the weights are held for CPU inference (set by load). */
@@ -74,7 +77,10 @@ export class Clip {
     return callSync(() => addon.logitScale())
   }
 
-  /** Loads `config.json` + `model.safetensors` (and the tokenizer files, when present) from a Hugging Face folder. */
+  /**
+   * Loads a Hugging Face CLIP folder: `config.json`, the weights (model.safetensors, else a sharded safetensors index,
+   * pytorch_model.bin or a sharded .bin index: see WEIGHTS_FILE_NAMES) and the tokenizer files, when present.
+   */
   static async load(dir: string, options: ModelLoadOptions = {}): Promise<Clip> {
     if (typeof dir !== 'string') throw new TypeError('Clip.load: dir must be a string')
     const device = resolveDevice(options.device)
@@ -87,8 +93,10 @@ export class Clip {
       if ((await exists(join(dir, 'tokenizer.json'))) || (await exists(join(dir, 'vocab.json')))) return ClipTokenizer.load(dir)
       return undefined
     }
-    const [loaded, tokenizer] = await Promise.all([call(() => addon.load(join(dir, 'model.safetensors'), device, dtype)), loadTokenizer()])
+    const weightsPath = await findWeights(dir)
+    const [loaded, tokenizer] = await Promise.all([call(() => addon.load(weightsPath, device, dtype)), loadTokenizer()])
     const clip = new Clip(dir, config, device, addon, tokenizer)
+    clip.weightsPath = weightsPath
     clip.weights = loadedWeights(loaded, dtype)
     return clip
   }

@@ -18,6 +18,11 @@ export interface DecodeOptions {
   seed?: number
   /** A caption ends after a token containing this text (kept), or at the end token. Default '.'; null for none. */
   stop?: string | null
+  /**
+   * Explicit token ids that end a caption and are kept (e.g. ClipCap's "stop at the '.' token"). When given, `stop`
+   * is not used.
+   */
+  stopIds?: number[]
   /** End at the end-of-text token (not kept). Default true. */
   stopAtEos?: boolean
   /** bf16 autocast for the models' matrix products (CUDA only; ignored on the CPU). Default false. */
@@ -53,14 +58,38 @@ function num(v: unknown, name: string, ok: (x: number) => boolean, fallback: num
   return v
 }
 
+/**
+ * `options` over `defaults` (a captioner's decode defaults): an option the call leaves undefined takes the default.
+ * A call that gives `stop` overrides default `stopIds` (and the other way round), since stopIds replaces stop.
+ */
+export function withDecodeDefaults<T extends DecodeOptions>(options: T, defaults: DecodeOptions | undefined): T {
+  if (options === null || typeof options !== 'object') throw new TypeError('options must be an object')
+  if (!defaults) return options
+  const out: Record<string, unknown> = { ...defaults }
+  if (options.stop !== undefined && options.stopIds === undefined) delete out.stopIds
+  if (options.stopIds !== undefined && options.stop === undefined) delete out.stop
+  for (const [k, v] of Object.entries(options)) if (v !== undefined) out[k] = v
+  return out as T
+}
+
+function tokenIds(v: unknown, name: string, vocabSize: number): number[] {
+  if (!Array.isArray(v)) throw new TypeError(`${name} must be an array of token ids`)
+  return v.map((x, i) => {
+    if (typeof x !== 'number' || !Number.isInteger(x) || x < 0 || x >= vocabSize) throw new RangeError(`${name}[${i}] must be a token id in [0, ${vocabSize}), got ${String(x)}`)
+    return x
+  })
+}
+
 export function decodeWire(o: DecodeOptions, tokenizer: Gpt2Tokenizer | undefined, cfg: Gpt2ConfigWire): DecodeWire {
   if (o === null || typeof o !== 'object') throw new TypeError('options must be an object')
+  const explicitStops = o.stopIds === undefined ? undefined : tokenIds(o.stopIds, 'stopIds', cfg.vocabSize)
   const method = o.decoding ?? 'greedy'
   if (method !== 'greedy' && method !== 'beam' && method !== 'sample') throw new RangeError(`decoding must be 'greedy', 'beam' or 'sample', got ${String(method)}`)
   const maxTokens = int(o.maxTokens, 'maxTokens', 1, cfg.nPositions, 30)
   // Without a tokenizer there is no text to find the default stop string in; an explicit one is an error.
-  const stop = o.stop === undefined ? (tokenizer ? '.' : null) : o.stop
-  if (stop !== null && (typeof stop !== 'string' || stop.length === 0)) throw new TypeError('stop must be a non-empty string or null')
+  // Explicit stopIds replace the stop string.
+  const stop = explicitStops ? null : o.stop === undefined ? (tokenizer ? '.' : null) : o.stop
+  if (!explicitStops && stop !== null && (typeof stop !== 'string' || stop.length === 0)) throw new TypeError('stop must be a non-empty string or null')
   if (stop !== null && !tokenizer) throw new SemicapError('E_TOKENIZER', 'a stop string needs a tokenizer; this model has none')
   if (o.stopAtEos !== undefined && typeof o.stopAtEos !== 'boolean') throw new TypeError('stopAtEos must be a boolean')
   if (o.bf16 !== undefined && typeof o.bf16 !== 'boolean') throw new TypeError('bf16 must be a boolean')
@@ -74,7 +103,7 @@ export function decodeWire(o: DecodeOptions, tokenizer: Gpt2Tokenizer | undefine
     temperature: num(o.temperature, 'temperature', (x) => x > 0, 1, '> 0'),
     topP: num(o.topP, 'topP', (x) => x > 0 && x <= 1, 1, 'in (0, 1]'),
     seed: int(o.seed, 'seed', 0, Number.MAX_SAFE_INTEGER, 0),
-    stopIds: stop === null || !tokenizer ? [] : stopTokenIds(tokenizer, stop),
+    stopIds: explicitStops ?? (stop === null || !tokenizer ? [] : stopTokenIds(tokenizer, stop)),
     eosId: o.stopAtEos === false || eos >= cfg.vocabSize ? -1 : eos,
     bf16: o.bf16 ?? false,
   }

@@ -1,5 +1,4 @@
 // GPT-2 from a Hugging Face folder: logits (with an optional prefix of embeddings) and batched generation.
-import { join } from 'node:path'
 import { gpt2ConfigFromJson, readGpt2Config } from './config.js'
 import { loadedWeights, resolveDevice, resolveDtype, type LoadedWeights } from './device.js'
 import type { ModelLoadOptions } from './clip.js'
@@ -7,6 +6,7 @@ import { decodeWire, type DecodeOptions } from './decoding.js'
 import { SemicapError } from './errors.js'
 import { call, native, type AddonGpt2, type Gpt2ConfigWire } from './native.js'
 import { saveHfFolder } from './hf-folder.js'
+import { findWeights } from './weights-files.js'
 import { Lifecycle } from './lifecycle.js'
 import { trainingBackend, type PretrainOptions, type TrainingRun } from './trainable.js'
 import { Tensor } from './tensor.js'
@@ -57,14 +57,18 @@ export class Gpt2 {
     return this.#life.track(trainingBackend().gpt2(this as never, data, options, (job) => this.#life.job(job)))
   }
 
-  /** Loads `config.json` + `model.safetensors` and the tokenizer (folder files, else GPT-2's own vocabulary). */
+  /**
+   * Loads `config.json`, the weights (model.safetensors, else a sharded index or pytorch_model.bin: see
+   * WEIGHTS_FILE_NAMES) and the tokenizer (folder files, else GPT-2's own vocabulary).
+   */
   static async load(dir: string, options: ModelLoadOptions = {}): Promise<Gpt2> {
     if (typeof dir !== 'string') throw new TypeError('Gpt2.load: dir must be a string')
     const device = resolveDevice(options.device)
     const dtype = resolveDtype(options.dtype, device)
     const { wire, raw } = await readGpt2Config(dir)
     const addon = await call(() => new (native().AddonGpt2)(wire))
-    const loaded = await call(() => addon.load(join(dir, 'model.safetensors'), device, dtype))
+    const weightsPath = await findWeights(dir)
+    const loaded = await call(() => addon.load(weightsPath, device, dtype))
     const tokenizer = await loadGpt2Tokenizer(dir, wire)
     const gpt2 = new Gpt2(dir, wire, device, addon, tokenizer, raw)
     gpt2.weights = loadedWeights(loaded, dtype)

@@ -87,7 +87,10 @@ describe('concurrent callers', () => {
     const sequential: Caption[][] = []
     for (let i = 0; i < 20; i++) sequential.push(await a.caption(inputs(i), opts[i]))
     const concurrent = await Promise.all(opts.map((o, i) => a.caption(inputs(i), o)))
-    expect(concurrent).toEqual(sequential)
+    // Same tokens and text; scores may differ in the last bits: concurrent calls share decode steps (continuous
+    // batching), and a matrix product's summation order depends on how many rows it holds.
+    expect(concurrent.map((r) => r.map((c) => [c.ids, c.text]))).toEqual(sequential.map((r) => r.map((c) => [c.ids, c.text])))
+    concurrent.forEach((r, i) => r.forEach((c, j) => expect(c.score).toBeCloseTo(sequential[i]![j]!.score, 5)))
   })
 
   it('two Captioners in one process work concurrently and give their own answers', async () => {
@@ -95,10 +98,15 @@ describe('concurrent callers', () => {
     const seqA = await a.caption(pixels, o)
     const seqB = await b.caption(pixels, o)
     const runs = await Promise.all([a.caption(pixels, o), b.caption(pixels, o), a.caption(images, o), b.caption(images, o)])
-    expect(runs[0]).toEqual(seqA)
-    expect(runs[1]).toEqual(seqB)
-    expect(runs[2]).toEqual(seqA)
-    expect(runs[3]).toEqual(seqB)
+    // Ids and text exactly; scores to rounding (calls on one captioner may share decode steps).
+    const same = (x: Caption[], y: Caption[]) => {
+      expect(x.map((c) => [c.ids, c.text])).toEqual(y.map((c) => [c.ids, c.text]))
+      x.forEach((c, j) => expect(c.score).toBeCloseTo(y[j]!.score, 5))
+    }
+    same(runs[0]!, seqA)
+    same(runs[1]!, seqB)
+    same(runs[2]!, seqA)
+    same(runs[3]!, seqB)
     // Different mappers, different captions (a check that the two are not sharing state).
     expect(seqA.map((c) => c.ids)).not.toEqual(seqB.map((c) => c.ids))
   })

@@ -184,7 +184,10 @@ describe('concurrency', () => {
     const sequential: Caption[][] = []
     for (let i = 0; i < 100; i++) sequential.push(await cap.caption(inputs(i), opts(i)))
     const concurrent = await Promise.all(Array.from({ length: 100 }, (_, i) => cap.caption(inputs(i), opts(i))))
-    expect(concurrent).toEqual(sequential)
+    // Same tokens and text; scores may differ in the last bits: concurrent calls share decode steps (continuous
+    // batching), and a matrix product's summation order depends on how many rows it holds.
+    expect(concurrent.map((r) => r.map((c) => [c.ids, c.text]))).toEqual(sequential.map((r) => r.map((c) => [c.ids, c.text])))
+    concurrent.forEach((r, i) => r.forEach((c, j) => expect(c.score).toBeCloseTo(sequential[i]![j]!.score, 5)))
   })
 
   it('caption() during train() on the same Captioner waits for the run to end, then sees the trained weights', async () => {

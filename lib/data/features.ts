@@ -8,6 +8,7 @@ import { loadSafetensors, readSafetensorsHeader, writeSafetensors } from '../run
 import { Tensor } from '../tensor.js'
 import type { Example } from './types.js'
 import { io } from './util.js'
+import { findWeights, weightsHash } from '../weights-files.js'
 
 /**
  * What the cache needs of a CLIP model; `Clip` from lib/clip.ts satisfies it. The weights file is `weightsPath`
@@ -150,11 +151,11 @@ export async function cachedImageFeatures(clip: FeatureEncoder, examples: readon
   const aborted = () => new AbortError('cachedImageFeatures was aborted', { cause: signal?.reason })
   if (signal?.aborted) throw aborted()
 
-  const weightsPath = clip.weightsPath ?? (typeof clip.dir === 'string' ? join(clip.dir, 'model.safetensors') : undefined)
+  const weightsPath = clip.weightsPath ?? (typeof clip.dir === 'string' ? await findWeights(clip.dir) : undefined)
   if (weightsPath === undefined) throw new TypeError('cachedImageFeatures: clip has neither weightsPath nor dir (a model loaded from a folder)')
   const imageSize = clip.imageSize
   if (!Number.isInteger(imageSize) || imageSize < 1) throw new TypeError('cachedImageFeatures: clip.imageSize must be a positive integer')
-  const clipHash = await fileSha256(weightsPath)
+  const clipHash = await weightsHash(weightsPath, fileSha256)
   const metadata = { clipHash, imageSize: String(imageSize), format: FEATURE_CACHE_FORMAT }
   const dir = resolve(cacheDir)
   const cacheFile = join(dir, `clip-${clipHash.slice(0, 16)}-${imageSize}px.safetensors`)
