@@ -349,7 +349,15 @@ export class Batcher {
         room -= n
         if (r.next === r.slots.length) this.#queue.shift()
       }
-      for (const slots of joining) if (!(await this.#prefill(slots))) return
+      // Newcomers with inputs of one shape (pixels of one size, or CLIP features) are encoded and prefilled together.
+      const groups = new Map<string, Slot[][]>()
+      for (const slots of joining) {
+        const key = slots[0]!.req.rowShape.join('x')
+        const g = groups.get(key)
+        if (g) g.push(slots)
+        else groups.set(key, [slots])
+      }
+      for (const parts of groups.values()) if (!(await this.#prefill(parts))) return
       if (this.#active.size === 0) {
         if (this.#queue.length === 0) return
         continue
@@ -400,23 +408,24 @@ export class Batcher {
   }
 
   /**
-   * Prefills rows of one request: its images are CLIP-encoded, mapped and prefilled together, as an unbatched call
-   * does (the native batch could take newcomers of several requests at once; prefilling per request keeps a
-   * request's numbers independent of the requests that join with it). False when the batcher is closing.
+   * Prefills newcomers: parts of one or more requests whose inputs have one shape. Their images are CLIP-encoded,
+   * mapped and prefilled in one native call (one batch through CLIP and GPT-2's prefix, the expensive part of a short
+   * caption), and they join the decode. A failure fails the requests of this call. False when the batcher is closing.
    */
-  async #prefill(slots: Slot[]): Promise<boolean> {
-    const req = slots[0]!.req
-    if (req.settled) return true
-    const { rowShape, rowSize } = req
-    const first = slots[0]!.index
-    const input = req.input.slice(first * rowSize, (first + slots.length) * rowSize)
-    const rows: BatchRowWire[] = slots.map((s) => ({ ...req.wire, row: s.index }))
+  async #prefill(parts: Slot[][]): Promise<boolean> {
+    const live = parts.filter((slots) => !slots[0]!.req.settled)
+    if (live.length === 0) return true
+    const { rowShape, rowSize } = live[0]![0]!.req
+    const slots = live.flat()
+    const input = new Float32Array(slots.length * rowSize)
+    slots.forEach((s, i) => input.set(s.req.input.subarray(s.index * rowSize, (s.index + 1) * rowSize), i * rowSize))
+    const rows: BatchRowWire[] = slots.map((s) => ({ ...s.req.wire, row: s.index }))
     let out: RowTokenWire[]
     try {
       out = await this.#host.job(() => this.#host.batch().add({ dtype: 'float32', shape: [slots.length, ...rowShape], data: input }, rows))
     } catch (err) {
       if (this.#fatal(err)) return false
-      req.fail(err, 'failed')
+      for (const part of live) part[0]!.req.fail(err, 'failed')
       return true
     }
     if (this.#closed !== undefined) return false
