@@ -187,51 +187,6 @@ Napi::Value LoadSafetensors(const Napi::CallbackInfo& info) {
   });
 }
 
-// writeSafetensors(path, { name: Tensor }, metadata?): atomic write.
-Napi::Value WriteSafetensors(const Napi::CallbackInfo& info) {
-  return guarded(info.Env(), [&]() -> Napi::Value {
-    if (!info[0].IsString() || !info[1].IsObject()) fail("E_CONFIG", "writeSafetensors(path, tensors, metadata?)");
-    std::string path = info[0].As<Napi::String>().Utf8Value();
-    Napi::Object obj = info[1].As<Napi::Object>();
-    Napi::Array keys = obj.GetPropertyNames();
-    KeepAlive keep;
-    std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (uint32_t i = 0; i < keys.Length(); ++i) {
-      std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
-      tensors.emplace_back(k, tensor_from_js(obj.Get(k), "tensor '" + k + "'", keep));
-    }
-    std::map<std::string, std::string> meta;
-    if (info.Length() > 2 && info[2].IsObject()) {
-      Napi::Object m = info[2].As<Napi::Object>();
-      Napi::Array mk = m.GetPropertyNames();
-      for (uint32_t i = 0; i < mk.Length(); ++i) {
-        std::string k = mk.Get(i).As<Napi::String>().Utf8Value();
-        if (!m.Get(k).IsString()) fail("E_CONFIG", "metadata values must be strings");
-        meta[k] = m.Get(k).As<Napi::String>().Utf8Value();
-      }
-    }
-    return run_async(info.Env(), [path, tensors, meta]() -> Finish {
-      std::vector<at::Tensor> host;
-      std::vector<TensorToWrite> items;
-      for (auto& [n, t0] : tensors) {
-        at::Tensor t = t0.cpu().contiguous();
-        DType d;
-        switch (t.scalar_type()) {
-          case at::kFloat: d = DType::F32; break; case at::kHalf: d = DType::F16; break;
-          case at::kBFloat16: d = DType::BF16; break; case at::kDouble: d = DType::F64; break;
-          case at::kLong: d = DType::I64; break; case at::kInt: d = DType::I32; break;
-          case at::kByte: d = DType::U8; break; case at::kBool: d = DType::BOOL; break;
-          default: fail("E_DTYPE", "tensor '" + n + "': unsupported dtype");
-        }
-        host.push_back(t);
-        items.push_back({n, d, std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(), t.nbytes()});
-      }
-      write_safetensors(path, items, meta);
-      return [](Napi::Env env) { return env.Undefined(); };
-    }, std::move(keep));
-  });
-}
-
 // The file dtype of a JS tensor (writeSafetensors / writeTorchCheckpoint).
 static DType file_dtype(const at::Tensor& t, const std::string& n) {
   switch (t.scalar_type()) {
@@ -241,6 +196,60 @@ static DType file_dtype(const at::Tensor& t, const std::string& n) {
     case at::kBool: return DType::BOOL;
     default: fail("E_DTYPE", "tensor '" + n + "': unsupported dtype");
   }
+}
+
+// The `{ name: Tensor }` argument of writeSafetensors / writeTorchCheckpoint, in property order; `keep` holds the
+// JS buffers the tensors view until the write is done.
+static std::vector<std::pair<std::string, at::Tensor>> tensors_from_js(const Napi::Object& obj, KeepAlive& keep) {
+  Napi::Array keys = obj.GetPropertyNames();
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+    tensors.emplace_back(k, tensor_from_js(obj.Get(k), "tensor '" + k + "'", keep));
+  }
+  return tensors;
+}
+
+// Calls `each(key, value)` for the properties of an object of strings, in order; a value that is not a string is
+// E_CONFIG `not_string`.
+template <typename Each>
+static void for_each_string(const Napi::Object& obj, const char* not_string, Each&& each) {
+  Napi::Array keys = obj.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+    if (!obj.Get(k).IsString()) fail("E_CONFIG", not_string);
+    each(k, obj.Get(k).As<Napi::String>().Utf8Value());
+  }
+}
+
+// The metadata argument of writeSafetensors / convertWeights: `{ key: string }`.
+static std::map<std::string, std::string> metadata_from_js(const Napi::Object& m) {
+  std::map<std::string, std::string> meta;
+  for_each_string(m, "metadata values must be strings", [&](const std::string& k, std::string v) { meta[k] = std::move(v); });
+  return meta;
+}
+
+// writeSafetensors(path, { name: Tensor }, metadata?): atomic write.
+Napi::Value WriteSafetensors(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    if (!info[0].IsString() || !info[1].IsObject()) fail("E_CONFIG", "writeSafetensors(path, tensors, metadata?)");
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    KeepAlive keep;
+    std::vector<std::pair<std::string, at::Tensor>> tensors = tensors_from_js(info[1].As<Napi::Object>(), keep);
+    std::map<std::string, std::string> meta;
+    if (info.Length() > 2 && info[2].IsObject()) meta = metadata_from_js(info[2].As<Napi::Object>());
+    return run_async(info.Env(), [path, tensors, meta]() -> Finish {
+      std::vector<at::Tensor> host;
+      std::vector<TensorToWrite> items;
+      for (auto& [n, t0] : tensors) {
+        at::Tensor t = t0.cpu().contiguous();
+        host.push_back(t);
+        items.push_back({n, file_dtype(t, n), std::vector<int64_t>(t.sizes().begin(), t.sizes().end()), t.data_ptr(), t.nbytes()});
+      }
+      write_safetensors(path, items, meta);
+      return [](Napi::Env env) { return env.Undefined(); };
+    }, std::move(keep));
+  });
 }
 
 // convertWeights(inPath, outPath, metadata?, onProgress?(bytesWritten, totalBytes)) -> { tensors, bytes }: reads
@@ -253,13 +262,7 @@ Napi::Value ConvertWeights(const Napi::CallbackInfo& info) {
     std::string in = info[0].As<Napi::String>().Utf8Value(), out = info[1].As<Napi::String>().Utf8Value();
     std::map<std::string, std::string> meta;
     if (info.Length() > 2 && info[2].IsObject()) {
-      Napi::Object m = info[2].As<Napi::Object>();
-      Napi::Array mk = m.GetPropertyNames();
-      for (uint32_t i = 0; i < mk.Length(); ++i) {
-        std::string k = mk.Get(i).As<Napi::String>().Utf8Value();
-        if (!m.Get(k).IsString()) fail("E_CONFIG", "metadata values must be strings");
-        meta[k] = m.Get(k).As<Napi::String>().Utf8Value();
-      }
+      meta = metadata_from_js(info[2].As<Napi::Object>());
     } else if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
       fail("E_CONFIG", "metadata must be an object of strings");
     }
@@ -355,25 +358,15 @@ Napi::Value WriteTorchCheckpoint(const Napi::CallbackInfo& info) {
     if (!info[0].IsString() || !info[1].IsObject()) fail("E_CONFIG", "writeTorchCheckpoint(path, tensors, aliases?)");
     std::string path = info[0].As<Napi::String>().Utf8Value();
     Napi::Object obj = info[1].As<Napi::Object>();
-    Napi::Array keys = obj.GetPropertyNames();
     KeepAlive keep;
-    std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (uint32_t i = 0; i < keys.Length(); ++i) {
-      std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
-      tensors.emplace_back(k, tensor_from_js(obj.Get(k), "tensor '" + k + "'", keep));
-    }
+    std::vector<std::pair<std::string, at::Tensor>> tensors = tensors_from_js(obj, keep);
     std::vector<std::pair<std::string, std::string>> aliases;
     if (info.Length() > 2 && info[2].IsObject()) {
-      Napi::Object a = info[2].As<Napi::Object>();
-      Napi::Array ak = a.GetPropertyNames();
-      for (uint32_t i = 0; i < ak.Length(); ++i) {
-        std::string k = ak.Get(i).As<Napi::String>().Utf8Value();
-        if (!a.Get(k).IsString()) fail("E_CONFIG", "aliases must map names to names");
+      for_each_string(info[2].As<Napi::Object>(), "aliases must map names to names", [&](const std::string& k, std::string target) {
         if (obj.Has(k)) fail("E_CONFIG", "alias '" + k + "' is also a tensor of its own");
-        std::string target = a.Get(k).As<Napi::String>().Utf8Value();
         if (!obj.Has(target)) fail("E_CONFIG", "alias '" + k + "' names '" + target + "', which is not one of the tensors");
-        aliases.emplace_back(k, target);
-      }
+        aliases.emplace_back(k, std::move(target));
+      });
     } else if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
       fail("E_CONFIG", "aliases must be an object");
     }

@@ -1,11 +1,6 @@
 #include "torch_checkpoint.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +10,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "atomic_file.h"
 #include "errors.h"
 
 namespace semicap {
@@ -850,19 +846,6 @@ struct PickleOut {
   }
 };
 
-void write_all_fd(int fd, const void* data, size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      fail("E_IO", path + ": write failed: " + std::strerror(errno));
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
 }  // namespace
 
 bool looks_like_pickle(const uint8_t* b, size_t n) { return n >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5; }
@@ -961,114 +944,100 @@ void write_torch_checkpoint(const std::string& path, const std::vector<TorchTens
   recs.push_back({root + "/version", reinterpret_cast<const uint8_t*>(version.data()), version.size(), 0, 0});
   for (auto& r : recs) r.crc = crc32_update(0, r.data, static_cast<size_t>(r.size));
 
-  std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail("E_IO", tmp + ": cannot create: " + std::strerror(errno));
-  try {
-    uint64_t off = 0;
-    const uint16_t dos_date = (0 << 9) | (1 << 5) | 1;  // 1980-01-01, as miniz writes without a clock
-    static const uint8_t zeros[64] = {};
-    for (auto& r : recs) {
-      r.offset = off;
-      const bool z64 = force_zip64 || r.size >= 0xFFFFFFFFu;
-      std::string h;
-      put32(h, 0x04034b50);
-      put16(h, z64 ? 45 : 20);
-      put16(h, 0);
-      put16(h, 0);
-      put16(h, 0);
-      put16(h, dos_date);
-      put32(h, r.crc);
-      put32(h, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
-      put32(h, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
-      put16(h, static_cast<uint16_t>(r.name.size()));
-      std::string extra;
-      if (z64) { put16(extra, 0x0001); put16(extra, 16); put64(extra, r.size); put64(extra, r.size); }
-      // "FB" padding so the data starts 64-byte aligned (PyTorchStreamWriter's kFieldAlignment).
-      const uint64_t base = off + 30 + r.name.size() + extra.size() + 4;
-      const uint64_t pad = (64 - base % 64) % 64;
-      put16(extra, 0x4246);
-      put16(extra, static_cast<uint16_t>(pad));
-      extra.append(static_cast<size_t>(pad), 'Z');
-      put16(h, static_cast<uint16_t>(extra.size()));
-      h += r.name;
-      h += extra;
-      write_all_fd(fd, h.data(), h.size(), tmp);
-      if (r.size) write_all_fd(fd, r.data, static_cast<size_t>(r.size), tmp);
-      off += h.size() + r.size;
-    }
-    (void)zeros;
-    const uint64_t cd_off = off;
-    std::string cd;
-    for (const auto& r : recs) {
-      const bool big_size = force_zip64 || r.size >= 0xFFFFFFFFu, big_off = force_zip64 || r.offset >= 0xFFFFFFFFu;
-      std::string extra;
-      if (big_size || big_off) {
-        put16(extra, 0x0001);
-        put16(extra, static_cast<uint16_t>((big_size ? 16 : 0) + (big_off ? 8 : 0)));
-        if (big_size) { put64(extra, r.size); put64(extra, r.size); }
-        if (big_off) put64(extra, r.offset);
-      }
-      put32(cd, 0x02014b50);
-      put16(cd, extra.empty() ? 20 : 45);
-      put16(cd, extra.empty() ? 20 : 45);
-      put16(cd, 0);
-      put16(cd, 0);
-      put16(cd, 0);
-      put16(cd, dos_date);
-      put32(cd, r.crc);
-      put32(cd, big_size ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
-      put32(cd, big_size ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
-      put16(cd, static_cast<uint16_t>(r.name.size()));
-      put16(cd, static_cast<uint16_t>(extra.size()));
-      put16(cd, 0);
-      put16(cd, 0);
-      put16(cd, 0);
-      put32(cd, 0);
-      put32(cd, big_off ? 0xFFFFFFFFu : static_cast<uint32_t>(r.offset));
-      cd += r.name;
-      cd += extra;
-    }
-    const uint64_t cd_size = cd.size(), count = recs.size();
-    const bool z64 = force_zip64 || count >= 0xFFFF || cd_off >= 0xFFFFFFFFu || cd_size >= 0xFFFFFFFFu;
-    if (z64) {
-      const uint64_t rec_off = cd_off + cd_size;
-      put32(cd, 0x06064b50);
-      put64(cd, 44);
-      put16(cd, 45);
-      put16(cd, 45);
-      put32(cd, 0);
-      put32(cd, 0);
-      put64(cd, count);
-      put64(cd, count);
-      put64(cd, cd_size);
-      put64(cd, cd_off);
-      put32(cd, 0x07064b50);
-      put32(cd, 0);
-      put64(cd, rec_off);
-      put32(cd, 1);
-    }
-    put32(cd, 0x06054b50);
-    put16(cd, 0);
-    put16(cd, 0);
-    put16(cd, z64 ? 0xFFFF : static_cast<uint16_t>(count));
-    put16(cd, z64 ? 0xFFFF : static_cast<uint16_t>(count));
-    put32(cd, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(cd_size));
-    put32(cd, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(cd_off));
-    put16(cd, 0);
-    write_all_fd(fd, cd.data(), cd.size(), tmp);
-    if (::fsync(fd) != 0) fail("E_IO", tmp + ": fsync failed: " + std::strerror(errno));
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
+  AtomicFile file(path);
+  uint64_t off = 0;
+  const uint16_t dos_date = (0 << 9) | (1 << 5) | 1;  // 1980-01-01, as miniz writes without a clock
+  static const uint8_t zeros[64] = {};
+  for (auto& r : recs) {
+    r.offset = off;
+    const bool z64 = force_zip64 || r.size >= 0xFFFFFFFFu;
+    std::string h;
+    put32(h, 0x04034b50);
+    put16(h, z64 ? 45 : 20);
+    put16(h, 0);
+    put16(h, 0);
+    put16(h, 0);
+    put16(h, dos_date);
+    put32(h, r.crc);
+    put32(h, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
+    put32(h, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
+    put16(h, static_cast<uint16_t>(r.name.size()));
+    std::string extra;
+    if (z64) { put16(extra, 0x0001); put16(extra, 16); put64(extra, r.size); put64(extra, r.size); }
+    // "FB" padding so the data starts 64-byte aligned (PyTorchStreamWriter's kFieldAlignment).
+    const uint64_t base = off + 30 + r.name.size() + extra.size() + 4;
+    const uint64_t pad = (64 - base % 64) % 64;
+    put16(extra, 0x4246);
+    put16(extra, static_cast<uint16_t>(pad));
+    extra.append(static_cast<size_t>(pad), 'Z');
+    put16(h, static_cast<uint16_t>(extra.size()));
+    h += r.name;
+    h += extra;
+    file.write(h.data(), h.size());
+    if (r.size) file.write(r.data, static_cast<size_t>(r.size));
+    off += h.size() + r.size;
   }
-  if (::close(fd) != 0) { ::unlink(tmp.c_str()); fail("E_IO", tmp + ": close failed: " + std::strerror(errno)); }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    fail("E_IO", path + ": rename failed: " + std::strerror(e));
+  (void)zeros;
+  const uint64_t cd_off = off;
+  std::string cd;
+  for (const auto& r : recs) {
+    const bool big_size = force_zip64 || r.size >= 0xFFFFFFFFu, big_off = force_zip64 || r.offset >= 0xFFFFFFFFu;
+    std::string extra;
+    if (big_size || big_off) {
+      put16(extra, 0x0001);
+      put16(extra, static_cast<uint16_t>((big_size ? 16 : 0) + (big_off ? 8 : 0)));
+      if (big_size) { put64(extra, r.size); put64(extra, r.size); }
+      if (big_off) put64(extra, r.offset);
+    }
+    put32(cd, 0x02014b50);
+    put16(cd, extra.empty() ? 20 : 45);
+    put16(cd, extra.empty() ? 20 : 45);
+    put16(cd, 0);
+    put16(cd, 0);
+    put16(cd, 0);
+    put16(cd, dos_date);
+    put32(cd, r.crc);
+    put32(cd, big_size ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
+    put32(cd, big_size ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
+    put16(cd, static_cast<uint16_t>(r.name.size()));
+    put16(cd, static_cast<uint16_t>(extra.size()));
+    put16(cd, 0);
+    put16(cd, 0);
+    put16(cd, 0);
+    put32(cd, 0);
+    put32(cd, big_off ? 0xFFFFFFFFu : static_cast<uint32_t>(r.offset));
+    cd += r.name;
+    cd += extra;
   }
+  const uint64_t cd_size = cd.size(), count = recs.size();
+  const bool z64 = force_zip64 || count >= 0xFFFF || cd_off >= 0xFFFFFFFFu || cd_size >= 0xFFFFFFFFu;
+  if (z64) {
+    const uint64_t rec_off = cd_off + cd_size;
+    put32(cd, 0x06064b50);
+    put64(cd, 44);
+    put16(cd, 45);
+    put16(cd, 45);
+    put32(cd, 0);
+    put32(cd, 0);
+    put64(cd, count);
+    put64(cd, count);
+    put64(cd, cd_size);
+    put64(cd, cd_off);
+    put32(cd, 0x07064b50);
+    put32(cd, 0);
+    put64(cd, rec_off);
+    put32(cd, 1);
+  }
+  put32(cd, 0x06054b50);
+  put16(cd, 0);
+  put16(cd, 0);
+  put16(cd, z64 ? 0xFFFF : static_cast<uint16_t>(count));
+  put16(cd, z64 ? 0xFFFF : static_cast<uint16_t>(count));
+  put32(cd, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(cd_size));
+  put32(cd, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(cd_off));
+  put16(cd, 0);
+  file.write(cd.data(), cd.size());
+  file.commit();
 }
 
 }  // namespace semicap

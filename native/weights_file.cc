@@ -11,6 +11,7 @@
 #include <set>
 
 #include "errors.h"
+#include "json_reader.h"
 #include "safetensors.h"
 #include "torch_checkpoint.h"
 
@@ -24,134 +25,6 @@ bool ends_with(const std::string& s, const char* suffix) {
   const size_t n = std::strlen(suffix);
   return s.size() >= n && s.compare(s.size() - n, n, suffix) == 0;
 }
-
-// A small strict JSON reader for `*.index.json` (objects, arrays, strings, numbers, literals; depth <= 32).
-struct Json {
-  enum Type { Null, Bool, Number, String, Array, Object } type = Null;
-  std::string text;  // String: the value; Number / Bool: the literal as written
-  std::vector<std::pair<std::string, Json>> members;
-  std::vector<Json> elements;
-};
-
-class JsonReader {
- public:
-  JsonReader(const char* p, size_t n, const std::string& what) : p_(p), b_(p), e_(p + n), what_(what) {}
-  [[noreturn]] void err(const std::string& why) const { bad(what_, "invalid index JSON: " + why + " (at byte " + std::to_string(p_ - b_) + ")"); }
-  void ws() { while (p_ < e_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_; }
-  bool done() { ws(); return p_ == e_; }
-  Json value(int depth = 0) {
-    if (depth > 32) err("nesting too deep");
-    ws();
-    if (p_ >= e_) err("unexpected end");
-    Json j;
-    const char c = *p_;
-    if (c == '{') {
-      ++p_;
-      j.type = Json::Object;
-      ws();
-      if (p_ < e_ && *p_ == '}') { ++p_; return j; }
-      while (true) {
-        ws();
-        std::string k = string();
-        ws();
-        if (p_ >= e_ || *p_ != ':') err("expected ':'");
-        ++p_;
-        j.members.emplace_back(std::move(k), value(depth + 1));
-        ws();
-        if (p_ < e_ && *p_ == ',') { ++p_; continue; }
-        if (p_ < e_ && *p_ == '}') { ++p_; return j; }
-        err("expected ',' or '}'");
-      }
-    }
-    if (c == '[') {
-      ++p_;
-      j.type = Json::Array;
-      ws();
-      if (p_ < e_ && *p_ == ']') { ++p_; return j; }
-      while (true) {
-        j.elements.push_back(value(depth + 1));
-        ws();
-        if (p_ < e_ && *p_ == ',') { ++p_; continue; }
-        if (p_ < e_ && *p_ == ']') { ++p_; return j; }
-        err("expected ',' or ']'");
-      }
-    }
-    if (c == '"') { j.type = Json::String; j.text = string(); return j; }
-    for (const char* lit : {"true", "false", "null"}) {
-      const size_t n = std::strlen(lit);
-      if (static_cast<size_t>(e_ - p_) >= n && std::memcmp(p_, lit, n) == 0) {
-        p_ += n;
-        j.type = lit[0] == 'n' ? Json::Null : Json::Bool;
-        j.text = lit;
-        return j;
-      }
-    }
-    if (c == '-' || (c >= '0' && c <= '9')) {
-      const char* s = p_;
-      while (p_ < e_ && ((*p_ >= '0' && *p_ <= '9') || *p_ == '-' || *p_ == '+' || *p_ == '.' || *p_ == 'e' || *p_ == 'E')) ++p_;
-      j.type = Json::Number;
-      j.text.assign(s, p_);
-      return j;
-    }
-    err("unexpected character");
-  }
-
- private:
-  std::string string() {
-    if (p_ >= e_ || *p_ != '"') err("expected a string");
-    ++p_;
-    std::string out;
-    while (true) {
-      if (p_ >= e_) err("unterminated string");
-      const unsigned char c = static_cast<unsigned char>(*p_++);
-      if (c == '"') return out;
-      if (c < 0x20) err("control character in a string");
-      if (c != '\\') { out += static_cast<char>(c); continue; }
-      if (p_ >= e_) err("unterminated escape");
-      const char x = *p_++;
-      switch (x) {
-        case '"': out += '"'; break; case '\\': out += '\\'; break; case '/': out += '/'; break;
-        case 'b': out += '\b'; break; case 'f': out += '\f'; break; case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break; case 't': out += '\t'; break;
-        case 'u': {
-          uint32_t cp = hex4();
-          if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (e_ - p_ < 6 || p_[0] != '\\' || p_[1] != 'u') err("lone surrogate");
-            p_ += 2;
-            const uint32_t lo = hex4();
-            if (lo < 0xDC00 || lo > 0xDFFF) err("bad surrogate pair");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            err("lone surrogate");
-          }
-          if (cp < 0x80) out += static_cast<char>(cp);
-          else if (cp < 0x800) { out += static_cast<char>(0xC0 | (cp >> 6)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
-          else if (cp < 0x10000) { out += static_cast<char>(0xE0 | (cp >> 12)); out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
-          else { out += static_cast<char>(0xF0 | (cp >> 18)); out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F)); out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)); out += static_cast<char>(0x80 | (cp & 0x3F)); }
-          break;
-        }
-        default: err("bad escape");
-      }
-    }
-  }
-  uint32_t hex4() {
-    if (e_ - p_ < 4) err("short \\u escape");
-    uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) {
-      const char c = *p_++;
-      v <<= 4;
-      if (c >= '0' && c <= '9') v |= static_cast<uint32_t>(c - '0');
-      else if (c >= 'a' && c <= 'f') v |= static_cast<uint32_t>(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') v |= static_cast<uint32_t>(c - 'A' + 10);
-      else err("bad \\u escape");
-    }
-    return v;
-  }
-  const char* p_;
-  const char* b_;
-  const char* e_;
-  const std::string& what_;
-};
 
 struct Fd {
   int fd = -1;
@@ -258,9 +131,9 @@ struct WeightsFileLoader {
       if (r <= 0) bad(path, std::string("read failed: ") + (r < 0 ? std::strerror(errno) : "short read"));
       got += static_cast<size_t>(r);
     }
-    JsonReader jr(text.data(), text.size(), path);
+    JsonReader jr(text.data(), text.size(), path, "invalid index JSON");
     Json root = jr.value();
-    if (!jr.done()) jr.err("trailing bytes");
+    if (!jr.at_end()) jr.bad("trailing bytes");
     if (root.type != Json::Object) bad(path, "a sharded index must be a JSON object");
     const Json* map = nullptr;
     std::map<std::string, std::string> meta;

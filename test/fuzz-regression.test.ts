@@ -17,9 +17,34 @@ beforeAll(() => {
   tmp = tempDir('semicap-fuzzreg-')
 })
 
-function corpusFiles(): string[] {
+// Each weights corpus: where its files are, the name a copy gets (the loader dispatches by content, and a message must
+// name the path it was given), and the least the replay must see.
+const CORPORA = [
+  {
+    label: 'safetensors',
+    corpus: 'fuzz/corpus',
+    seeds: 'fuzz/seeds',
+    copyAs: (i: number) => `c${i}.safetensors`,
+    maxFiles: 200,
+    minFiles: 40,
+    minOk: 5,
+    minRefused: 30,
+  },
+  {
+    label: 'torch checkpoints',
+    corpus: 'fuzz/corpus-torch',
+    seeds: 'fuzz/seeds-torch',
+    copyAs: (i: number) => `t${i}.pt`,
+    maxFiles: 300,
+    minFiles: 60,
+    minOk: 10,
+    minRefused: 40,
+  },
+]
+
+function corpusFiles(dirs: string[]): string[] {
   const out: string[] = []
-  for (const d of ['fuzz/corpus', 'fuzz/seeds']) {
+  for (const d of dirs) {
     const dir = join(repoRoot, d)
     let names: string[] = []
     try {
@@ -32,22 +57,22 @@ function corpusFiles(): string[] {
   return out
 }
 
-describe('safetensors: the fuzz corpus replayed through the addon', () => {
-  it('fuzz/corpus is small enough to commit (< 200 files, < 1 MB)', () => {
-    const files = readdirSync(join(repoRoot, 'fuzz/corpus'))
+describe.each(CORPORA)('$label: the fuzz corpus replayed through the addon', (c) => {
+  it(`${c.corpus} is small enough to commit (< ${c.maxFiles} files, < 1 MB)`, () => {
+    const files = readdirSync(join(repoRoot, c.corpus))
     expect(files.length).toBeGreaterThan(20)
-    expect(files.length).toBeLessThan(200)
-    expect(files.reduce((n, f) => n + statSync(join(repoRoot, 'fuzz/corpus', f)).size, 0)).toBeLessThan(1 << 20)
+    expect(files.length).toBeLessThan(c.maxFiles)
+    expect(files.reduce((n, f) => n + statSync(join(repoRoot, c.corpus, f)).size, 0)).toBeLessThan(1 << 20)
   })
 
-  it('every input reads, or fails with E_CHECKPOINT naming the file', async () => {
-    const files = corpusFiles()
-    expect(files.length).toBeGreaterThan(40)
+  it('every input reads consistently, or fails with E_CHECKPOINT naming the file', async () => {
+    const files = corpusFiles([c.corpus, c.seeds])
+    expect(files.length).toBeGreaterThan(c.minFiles)
     let ok = 0
     let refused = 0
     for (const [i, f] of files.entries()) {
       // Copied under a plain name: the reader maps the file, and the message must name the path it was given.
-      const path = join(tmp, `c${i}.safetensors`)
+      const path = join(tmp, c.copyAs(i))
       writeFileSync(path, readFileSync(f))
       const header = await readSafetensorsHeader(path).then(
         (h) => h,
@@ -66,69 +91,14 @@ describe('safetensors: the fuzz corpus replayed through the addon', () => {
         // A file the header reader accepts loads completely, with the shapes the header gives.
         const tensors = await loadSafetensors(path)
         for (const n of h.names) expect(tensors[n]!.shape, `${f} ${n}`).toEqual(h.tensors[n]!.shape)
-        ok++
-      }
-      rmSync(path)
-    }
-    expect(ok).toBeGreaterThan(5)
-    expect(refused).toBeGreaterThan(30)
-  })
-})
-
-describe('torch checkpoints: the torch fuzz corpus replayed through the addon', () => {
-  function torchCorpus(): string[] {
-    const out: string[] = []
-    for (const d of ['fuzz/corpus-torch', 'fuzz/seeds-torch']) {
-      let names: string[] = []
-      try {
-        names = readdirSync(join(repoRoot, d))
-      } catch {
-        continue
-      }
-      for (const n of names.sort()) if (statSync(join(repoRoot, d, n)).isFile()) out.push(join(repoRoot, d, n))
-    }
-    return out
-  }
-
-  it('fuzz/corpus-torch is small enough to commit (< 300 files, < 1 MB)', () => {
-    const files = readdirSync(join(repoRoot, 'fuzz/corpus-torch'))
-    expect(files.length).toBeGreaterThan(20)
-    expect(files.length).toBeLessThan(300)
-    expect(files.reduce((n, f) => n + statSync(join(repoRoot, 'fuzz/corpus-torch', f)).size, 0)).toBeLessThan(1 << 20)
-  })
-
-  it('every input reads consistently, or fails with E_CHECKPOINT naming the file', async () => {
-    const files = torchCorpus()
-    expect(files.length).toBeGreaterThan(60)
-    let ok = 0
-    let refused = 0
-    for (const [i, f] of files.entries()) {
-      // A .pt name: the loader dispatches by content, and the message must name the path it was given.
-      const path = join(tmp, `t${i}.pt`)
-      writeFileSync(path, readFileSync(f))
-      const header = await readSafetensorsHeader(path).then(
-        (h) => h,
-        (e: unknown) => e,
-      )
-      if (header instanceof Error) {
-        expect(header, f).toBeInstanceOf(SemicapError)
-        expect((header as SemicapError).code, `${f}: ${header.message}`).toBe('E_CHECKPOINT')
-        expect(header.message).toContain(path)
-        await expect(loadSafetensors(path), f).rejects.toMatchObject({ code: 'E_CHECKPOINT' })
-        refused++
-      } else {
-        const h = header as Awaited<ReturnType<typeof readSafetensorsHeader>>
-        expect(Object.keys(h.tensors).sort(), f).toEqual([...h.names].sort())
-        const tensors = await loadSafetensors(path)
-        for (const n of h.names) expect(tensors[n]!.shape, `${f} ${n}`).toEqual(h.tensors[n]!.shape)
         // Twice the same answer.
         expect(await readSafetensorsHeader(path), f).toEqual(h)
         ok++
       }
       rmSync(path)
     }
-    expect(ok).toBeGreaterThan(10)
-    expect(refused).toBeGreaterThan(40)
+    expect(ok).toBeGreaterThan(c.minOk)
+    expect(refused).toBeGreaterThan(c.minRefused)
   })
 })
 
