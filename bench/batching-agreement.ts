@@ -34,7 +34,7 @@ for (const name of names) {
   for (const img of tests) solo.push((await alone.caption([img], decode))[0]!.ids)
   const soloMs = performance.now() - t0
   await alone.dispose()
-  const batched = await Captioner.load(dir, { maxBatch })
+  const batched = await Captioner.load(dir, { maxBatch, maxQueue: tests.length })
   const t1 = performance.now()
   const together = await Promise.all(tests.map(async (img) => (await batched.caption([img], decode))[0]!.ids))
   const batchMs = performance.now() - t1

@@ -8,7 +8,7 @@
 //
 //   node --import tsx examples/server/load-test.ts [--levels 1,4,16,64] [--modes batch,nobatch] [--max-batch 16]
 //        [--requests 200] [--time-limit 60] [--bad-ratio 0.05] [--disconnect-ratio 0.05] [--stream-ratio 0.25]
-//        [--max-tokens 10-19] [--server-args "--tiny"] [--json out.json]
+//        [--max-tokens 10-19] [--server-args="--tiny"] [--json out.json]
 //   node --import tsx examples/server/load-test.ts --concurrency 16 --requests 500     (one level)
 //   node --import tsx examples/server/load-test.ts --soak 300 [--sample-every 5] [--concurrency 16]
 //
