@@ -2,7 +2,7 @@
 import { createRequire } from 'node:module'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { chooseBlasCore, type BlasCoreChoice } from './cpu.js'
+import { chooseBlasCore, physicalCores, type BlasCoreChoice, type ThreadsChoice } from './cpu.js'
 import { SemicapError, type ErrorCode } from './errors.js'
 
 /** A tensor as it crosses the boundary: host data (borrowed, not copied) or a handle to device memory. */
@@ -252,6 +252,28 @@ export interface NativeInfo {
 
 /** What the library decided about OpenBLAS's core type before libtorch loaded (see lib/cpu.ts). */
 export let blasCoreChoice: BlasCoreChoice = { coreType: null, source: 'none' }
+export let threadsChoice: ThreadsChoice = { threads: 1, source: 'libtorch' }
+/** setThreads() records its choice here. */
+export function setThreadsChoice(c: ThreadsChoice): void {
+  threadsChoice = c
+}
+
+/** SEMICAP_THREADS, else OMP_NUM_THREADS (libtorch read it), else one thread per physical core (see physicalCores). */
+function chooseThreads(a: Addon): ThreadsChoice {
+  const threads = Number(process.env.SEMICAP_THREADS ?? '')
+  if (Number.isInteger(threads) && threads > 0) {
+    a.setNumThreads(threads)
+    return { threads, source: 'SEMICAP_THREADS' }
+  }
+  const current = a.info().threads
+  if (process.env.OMP_NUM_THREADS) return { threads: current, source: 'OMP_NUM_THREADS' }
+  const cores = physicalCores()
+  if (cores !== undefined && cores > current && cores <= 1024) {
+    a.setNumThreads(cores)
+    return { threads: cores, source: 'physical cores' }
+  }
+  return { threads: current, source: 'libtorch' }
+}
 
 /** The CPU caching allocator's counters (blocks of 1 MiB and more are kept on free and reused). */
 export interface CpuCacheStats {
@@ -312,8 +334,7 @@ export function native(): Addon {
   } catch (err) {
     throw new SemicapError('E_NATIVE', `semicap: the native addon could not be loaded (${(err as Error).message}). Build it with \`npm rebuild semicap\`; it needs libtorch (see README).`, { cause: err })
   }
-  const threads = Number(process.env.SEMICAP_THREADS ?? '')
-  if (Number.isInteger(threads) && threads > 0) addon.setNumThreads(threads)
+  threadsChoice = chooseThreads(addon)
   return addon
 }
 

@@ -1,21 +1,22 @@
 // Process-wide runtime controls and safetensors file access.
-import { blasCoreChoice, call, native, type CpuCacheStats, type NativeInfo, type SafetensorsHeader } from './native.js'
-import type { BlasCoreChoice } from './cpu.js'
+import { blasCoreChoice, call, native, setThreadsChoice, threadsChoice, type CpuCacheStats, type NativeInfo, type SafetensorsHeader } from './native.js'
+import type { BlasCoreChoice, ThreadsChoice } from './cpu.js'
 import { Tensor } from './tensor.js'
 
 /**
  * libtorch's version, CUDA availability, thread counts, how tensors crossed the boundary so far, the BLAS and its
  * core type (and whether semicap chose it: `blas.coreType`), the CPU's features and the kernels' choices.
  */
-export function runtimeInfo(): NativeInfo & { blasCoreType: BlasCoreChoice } {
+export function runtimeInfo(): NativeInfo & { blasCoreType: BlasCoreChoice; threadsChoice: ThreadsChoice } {
   const info = native().info()
-  return { ...info, blasCoreType: blasCoreChoice }
+  return { ...info, blasCoreType: blasCoreChoice, threadsChoice }
 }
 
 /** Intra-op threads for libtorch (process-wide). `SEMICAP_THREADS` sets it at load time. */
 export function setThreads(n: number): void {
   if (!Number.isInteger(n) || n < 1 || n > 1024) throw new RangeError('threads must be an integer in [1, 1024]')
   native().setNumThreads(n)
+  setThreadsChoice({ threads: n, source: 'setThreads' })
 }
 
 /**
