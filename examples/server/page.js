@@ -69,7 +69,11 @@ async function readEvents(stream, onEvent) {
 
 async function captionFile(file, view) {
   const t0 = performance.now()
-  const tick = setInterval(() => (view.time.textContent = `${((performance.now() - t0) / 1000).toFixed(1)} s`), 100)
+  // The running clock stops at the 'done' event: the stream may still be open then, and a later tick must not
+  // overwrite the server's time.
+  const tick = setInterval(() => {
+    if (view.card.dataset.state !== 'done') view.time.textContent = `${((performance.now() - t0) / 1000).toFixed(1)} s`
+  }, 100)
   try {
     for (let attempt = 0; ; attempt++) {
       const n = Math.min(40, Math.max(1, Number(maxTokens.value) || 20))
@@ -95,6 +99,7 @@ async function captionFile(file, view) {
           view.card.dataset.pieces = String(++pieces)
         } else if (name === 'done') {
           finished = true
+          clearInterval(tick)
           view.caption.textContent = data.caption
           view.card.dataset.caption = data.caption
           view.time.textContent = `${data.ms} ms`
