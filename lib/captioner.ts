@@ -10,7 +10,7 @@ import { loadedWeights, resolveDtype, type DeviceOption, type InferenceDtype, ty
 import { SemicapError } from './errors.js'
 import { loadGpt2Tokenizer } from './gpt2.js'
 import type { ImageInput } from './image.js'
-import { call, native, type AddonCaptioner, type AddonDecodeBatch, type DecodeWire, type Gpt2ConfigWire, type MapperConfigWire } from './native.js'
+import { call, native, type AddonCaptioner, type AddonDecodeBatch, type DecodeWire, type Gpt2ConfigWire, type LoadedWeightsWire, type MapperConfigWire } from './native.js'
 import { Tensor, tensor } from './tensor.js'
 import type { Gpt2Tokenizer } from './tokenizers/gpt2.js'
 import { Lifecycle } from './lifecycle.js'
@@ -165,22 +165,42 @@ export class Captioner {
     if (!options || typeof options !== 'object') throw new TypeError('Captioner.create: options must be an object')
     if (typeof options.gpt2 !== 'string') throw new TypeError('Captioner.create: gpt2 must be a folder path')
     if (options.normalizePrefix !== undefined && typeof options.normalizePrefix !== 'boolean') throw new TypeError('normalizePrefix must be a boolean')
+    const seed = options.seed ?? 0
+    if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError('seed must be a non-negative integer')
+    const { wire: g, raw } = await readGpt2Config(options.gpt2)
+    const gpt2Weights = await findWeights(options.gpt2)
+    return Captioner.#assemble(options, g, raw, seed, (clip) => mapperWire(options.mapper, clip.projectionDim, g.nEmbd), (addon, device, dtype) => addon.loadGpt2(gpt2Weights, device, dtype))
+  }
+
+  /**
+   * What create() and fromClipCap() share: CLIP (loaded unless given), the native captioner, its weights (`load`)
+   * and GPT-2's tokenizer, in parallel; an owned CLIP is disposed again if any of it fails.
+   */
+  static async #assemble(
+    options: CaptionerCreateOptions | ClipCapOptions,
+    g: Gpt2ConfigWire,
+    raw: Record<string, unknown>,
+    seed: number | undefined,
+    mapperFor: (clip: Clip) => MapperConfigWire,
+    load: (addon: AddonCaptioner, device: string, dtype: InferenceDtype) => Promise<LoadedWeightsWire>,
+  ): Promise<Captioner> {
     const batching = batchingSettings(options)
     const ownsClip = !(options.clip instanceof Clip)
     const clip = options.clip instanceof Clip ? options.clip : await Clip.load(options.clip, { device: options.device, dtype: options.dtype })
-    const dtype = resolveDtype(options.dtype, clip.device)
-    const { wire: g, raw } = await readGpt2Config(options.gpt2)
-    const mapper = mapperWire(options.mapper, clip.projectionDim, g.nEmbd)
-    const normalizePrefix = options.normalizePrefix ?? false
-    const seed = options.seed ?? 0
-    if (!Number.isSafeInteger(seed) || seed < 0) throw new RangeError('seed must be a non-negative integer')
-    const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix, seed }))
-    const gpt2Weights = await findWeights(options.gpt2)
-    const [loaded, tokenizer] = await Promise.all([call(() => addon.loadGpt2(gpt2Weights, clip.device, dtype)), loadGpt2Tokenizer(options.gpt2, g)])
-    const captioner = new Captioner(clip, addon, g, raw, mapper, normalizePrefix, tokenizer, options.gpt2, ownsClip)
-    captioner.weights = loadedWeights(loaded, dtype)
-    captioner.#batching = batching
-    return captioner
+    try {
+      const dtype = resolveDtype(options.dtype, clip.device)
+      const mapper = mapperFor(clip)
+      const normalizePrefix = options.normalizePrefix ?? false
+      const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix, ...(seed === undefined ? {} : { seed }) }))
+      const [loaded, tokenizer] = await Promise.all([call(() => load(addon, clip.device, dtype)), loadGpt2Tokenizer(options.gpt2, g)])
+      const captioner = new Captioner(clip, addon, g, raw, mapper, normalizePrefix, tokenizer, options.gpt2, ownsClip)
+      captioner.weights = loadedWeights(loaded, dtype)
+      captioner.#batching = batching
+      return captioner
+    } catch (err) {
+      if (ownsClip) await clip.dispose()
+      throw err
+    }
   }
 
   /**
@@ -195,29 +215,17 @@ export class Captioner {
     if (!options || typeof options !== 'object') throw new TypeError('Captioner.fromClipCap: options must be an object')
     if (typeof options.gpt2 !== 'string') throw new TypeError('Captioner.fromClipCap: gpt2 must be a folder path')
     if (options.normalizePrefix !== undefined && typeof options.normalizePrefix !== 'boolean') throw new TypeError('normalizePrefix must be a boolean')
-    const batching = batchingSettings(options)
     const [header, { wire: g, raw }] = await Promise.all([readSafetensorsHeader(weightsPath), readGpt2Config(options.gpt2)])
     const layout = inferClipCapLayout(header, weightsPath, g, options.heads ?? 8)
-    const ownsClip = !(options.clip instanceof Clip)
-    const clip = options.clip instanceof Clip ? options.clip : await Clip.load(options.clip, { device: options.device, dtype: options.dtype })
-    try {
+    const mapperFor = (clip: Clip) => {
       if (layout.clipDim !== clip.projectionDim) {
         throw new SemicapError('E_CHECKPOINT', `${weightsPath}: the mapper takes ${layout.clipDim}-dim CLIP features but the CLIP model gives ${clip.projectionDim}: pass the CLIP the checkpoint was trained on`)
       }
-      const dtype = resolveDtype(options.dtype, clip.device)
-      const mapper = mapperWire(layout.mapper, clip.projectionDim, g.nEmbd)
-      const normalizePrefix = options.normalizePrefix ?? false
-      const addon = await call(() => new (native().AddonCaptioner)(clip.addon, { gpt2: g, mapper, normalizePrefix }))
-      const [loaded, tokenizer] = await Promise.all([call(() => addon.load(weightsPath, clip.device, dtype)), loadGpt2Tokenizer(options.gpt2, g)])
-      const captioner = new Captioner(clip, addon, g, raw, mapper, normalizePrefix, tokenizer, options.gpt2, ownsClip)
-      captioner.weights = loadedWeights(loaded, dtype)
-      captioner.decodeDefaults = clipCapDecodeDefaults(tokenizer, g, mapper.prefixLength)
-      captioner.#batching = batching
-      return captioner
-    } catch (err) {
-      if (ownsClip) await clip.dispose()
-      throw err
+      return mapperWire(layout.mapper, clip.projectionDim, g.nEmbd)
     }
+    const captioner = await Captioner.#assemble(options, g, raw, undefined, mapperFor, (addon, device, dtype) => addon.load(weightsPath, device, dtype))
+    captioner.decodeDefaults = clipCapDecodeDefaults(captioner.tokenizer, g, captioner.mapper.prefixLength)
+    return captioner
   }
 
   /** Loads a folder written by `save()`. */

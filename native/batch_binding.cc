@@ -35,6 +35,25 @@ struct BatchState {
     if (disposed) batch.clear();
     size = batch.size();
   }
+  // Runs `op` (on a worker thread) holding the model's lock, then the batch's, in inference mode; settles after it,
+  // whether it returned or threw.
+  template <class F>
+  std::vector<RowToken> locked(Locked<CaptionerModel>& h, F&& op) {
+    std::lock_guard<std::mutex> lock(h.mu);
+    if (!h.model) fail("E_DISPOSED", "model was disposed");
+    std::lock_guard<std::mutex> batch_lock(mu);
+    if (disposed) fail("E_DISPOSED", "the decode batch was disposed");
+    std::vector<RowToken> out;
+    try {
+      c10::InferenceMode guard;
+      out = op(*h.model);
+    } catch (...) {
+      settle();
+      throw;
+    }
+    settle();
+    return out;
+  }
 };
 
 using Model = std::shared_ptr<Locked<CaptionerModel>>;
@@ -139,30 +158,20 @@ class AddonDecodeBatch : public Napi::ObjectWrap<AddonDecodeBatch> {
       for (uint32_t i = 0; i < rows.Length(); ++i) opts.push_back(row_options_from_js(rows.Get(i), i, m));
       auto st = state_;
       return run_async(info.Env(), [h, st, input, pixels, opts]() -> Finish {
-        std::lock_guard<std::mutex> lock(h->mu);
-        if (!h->model) fail("E_DISPOSED", "model was disposed");
-        std::lock_guard<std::mutex> batch_lock(st->mu);
-        if (st->disposed) fail("E_DISPOSED", "the decode batch was disposed");
-        std::vector<RowToken> out;
-        try {
-          c10::InferenceMode guard;
+        std::vector<RowToken> out = st->locked(*h, [&](CaptionerModel& m) {
           at::Tensor features = input;
           if (pixels) {
-            auto clip = h->model->clip;
+            auto clip = m.clip;
             if (!clip || !clip->model) fail("E_DISPOSED", "the captioner's CLIP was disposed");
             std::lock_guard<std::mutex> clip_lock(clip->mu);
             at::Tensor px = input;
             if (clip->model->device().is_cuda() && px.is_cpu()) px = px.to(at::kFloat).pin_memory().to(clip->model->device(), /*non_blocking=*/true);
             features = clip->model->vision(px).features.to(at::kFloat);
           }
-          at::Tensor prefix = h->model->prefix_from_features(features);
+          at::Tensor prefix = m.prefix_from_features(features);
           check(at::isfinite(prefix).all().item<bool>(), "E_VALUE", "add: the prefix (or the features it was mapped from) contains NaN or infinite values");
-          out = st->batch.add(*h->model->gpt, prefix, opts);
-        } catch (...) {
-          st->settle();
-          throw;
-        }
-        st->settle();
+          return st->batch.add(*m.gpt, prefix, opts);
+        });
         return [out](Napi::Env env) { return row_tokens_to_js(env, out); };
       }, std::move(keep));
     });
@@ -173,19 +182,7 @@ class AddonDecodeBatch : public Napi::ObjectWrap<AddonDecodeBatch> {
       Model h = live();
       auto st = state_;
       return run_async(info.Env(), [h, st]() -> Finish {
-        std::lock_guard<std::mutex> lock(h->mu);
-        if (!h->model) fail("E_DISPOSED", "model was disposed");
-        std::lock_guard<std::mutex> batch_lock(st->mu);
-        if (st->disposed) fail("E_DISPOSED", "the decode batch was disposed");
-        std::vector<RowToken> out;
-        try {
-          c10::InferenceMode guard;
-          out = st->batch.step(*h->model->gpt);
-        } catch (...) {
-          st->settle();
-          throw;
-        }
-        st->settle();
+        std::vector<RowToken> out = st->locked(*h, [&](CaptionerModel& m) { return st->batch.step(*m.gpt); });
         return [out](Napi::Env env) { return row_tokens_to_js(env, out); };
       });
     });

@@ -10,12 +10,16 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-at::Tensor end_mask(const Gpt2Model& gpt, const DecodeOptions& o) {
+}  // namespace
+
+at::Tensor end_token_mask(const Gpt2Model& gpt, const DecodeOptions& o) {
   at::Tensor m = at::zeros({gpt.config().vocab_size}, at::TensorOptions().dtype(at::kBool));
   for (int64_t id : o.stop_ids) m[id] = true;
   if (o.eos_id >= 0) m[o.eos_id] = true;
   return m.to(gpt.device());
 }
+
+namespace {
 
 // Token ids here come from argmax / sampling / topk over the vocabulary, so they need no range check (which
 // would cost a device sync per step).
@@ -39,9 +43,11 @@ at::Tensor uniforms(int64_t rows, const DecodeOptions& o, int64_t t) {
   return r;
 }
 
+}  // namespace
+
 // Samples one token per row from softmax(logits / T) restricted to the top-k and the top-p nucleus. Uniform draws
 // come from per-row seeds on the host, so results are reproducible on every device.
-at::Tensor sample(const at::Tensor& logits, const DecodeOptions& o, int64_t t) {
+at::Tensor sample_tokens(const at::Tensor& logits, const DecodeOptions& o, int64_t t) {
   at::Tensor l = logits / std::max(o.temperature, 1e-6);
   if (o.top_k > 0 && o.top_k < l.size(-1)) {
     at::Tensor kth = std::get<0>(l.topk(o.top_k, -1)).select(-1, o.top_k - 1).unsqueeze(-1);
@@ -71,12 +77,14 @@ at::Tensor sample(const at::Tensor& logits, const DecodeOptions& o, int64_t t) {
   return si.gather(-1, pos).squeeze(-1);
 }
 
+namespace {
+
 DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& opts) {
   const int64_t B = prefix.size(0);
   DecodeOptions o = opts;
   if (o.method == "sample" && o.row_seeds.empty())
     for (int64_t i = 0; i < B; ++i) o.row_seeds.push_back(row_seed(o.seed, i));
-  at::Tensor ends = end_mask(gpt, o);
+  at::Tensor ends = end_token_mask(gpt, o);
   const bool can_end = !o.stop_ids.empty() || o.eos_id >= 0;
   KvCache cache(prefix.size(1) + o.max_tokens);
   at::Tensor logits = gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat);
@@ -88,7 +96,7 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
   int64_t t = 0;
   for (; t < o.max_tokens; ++t) {
     if (t < o.min_tokens) logits = logits.masked_fill(ends, kNegInf);
-    at::Tensor next = o.method == "sample" ? sample(logits, o, t) : logits.argmax(-1);
+    at::Tensor next = o.method == "sample" ? sample_tokens(logits, o, t) : logits.argmax(-1);
     at::Tensor alive = finished.logical_not();
     logp_sum += at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1) * alive;
     count += alive;
@@ -104,7 +112,7 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
 DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& o) {
   const int64_t B = prefix.size(0), K = o.beams, V = gpt.config().vocab_size;
   check(K >= 1 && K <= V, "E_VALUE", "beams must be between 1 and the vocabulary size");
-  at::Tensor ends = end_mask(gpt, o);
+  at::Tensor ends = end_token_mask(gpt, o);
   KvCache cache(prefix.size(1) + o.max_tokens);
   // As ClipCap's generate_beam: log-softmax of logits / temperature.
   at::Tensor logp = at::log_softmax(gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat) / o.temperature, -1);
@@ -150,10 +158,6 @@ DecodeResult beam(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOp
 }  // namespace
 
 uint64_t row_seed(uint64_t seed, int64_t row) { return splitmix(seed, static_cast<uint64_t>(row)); }
-
-at::Tensor sample_tokens(const at::Tensor& logits, const DecodeOptions& o, int64_t t) { return sample(logits, o, t); }
-
-at::Tensor end_token_mask(const Gpt2Model& gpt, const DecodeOptions& o) { return end_mask(gpt, o); }
 
 DecodeResult decode(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& o) {
   check(prefix.dim() == 3 && prefix.size(0) > 0 && prefix.size(2) == gpt.config().n_embd, "E_SHAPE",

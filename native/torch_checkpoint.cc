@@ -943,25 +943,28 @@ void write_torch_checkpoint(const std::string& path, const std::vector<TorchTens
     recs.push_back({root + "/data/" + std::to_string(i), static_cast<const uint8_t*>(storages[i].t->data), storages[i].t->nbytes, 0, 0});
   recs.push_back({root + "/version", reinterpret_cast<const uint8_t*>(version.data()), version.size(), 0, 0});
   for (auto& r : recs) r.crc = crc32_update(0, r.data, static_cast<size_t>(r.size));
+  const uint16_t dos_date = (0 << 9) | (1 << 5) | 1;  // 1980-01-01, as miniz writes without a clock
+  // The fields local and central headers share: flags, method (stored), time, date, CRC, sizes, name length.
+  auto put_common = [&](std::string& h, const Rec& r, bool big_size) {
+    put16(h, 0);
+    put16(h, 0);
+    put16(h, 0);
+    put16(h, dos_date);
+    put32(h, r.crc);
+    put32(h, big_size ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
+    put32(h, big_size ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
+    put16(h, static_cast<uint16_t>(r.name.size()));
+  };
 
   AtomicFile file(path);
   uint64_t off = 0;
-  const uint16_t dos_date = (0 << 9) | (1 << 5) | 1;  // 1980-01-01, as miniz writes without a clock
-  static const uint8_t zeros[64] = {};
   for (auto& r : recs) {
     r.offset = off;
     const bool z64 = force_zip64 || r.size >= 0xFFFFFFFFu;
     std::string h;
     put32(h, 0x04034b50);
     put16(h, z64 ? 45 : 20);
-    put16(h, 0);
-    put16(h, 0);
-    put16(h, 0);
-    put16(h, dos_date);
-    put32(h, r.crc);
-    put32(h, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
-    put32(h, z64 ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
-    put16(h, static_cast<uint16_t>(r.name.size()));
+    put_common(h, r, z64);
     std::string extra;
     if (z64) { put16(extra, 0x0001); put16(extra, 16); put64(extra, r.size); put64(extra, r.size); }
     // "FB" padding so the data starts 64-byte aligned (PyTorchStreamWriter's kFieldAlignment).
@@ -977,7 +980,6 @@ void write_torch_checkpoint(const std::string& path, const std::vector<TorchTens
     if (r.size) file.write(r.data, static_cast<size_t>(r.size));
     off += h.size() + r.size;
   }
-  (void)zeros;
   const uint64_t cd_off = off;
   std::string cd;
   for (const auto& r : recs) {
@@ -992,14 +994,7 @@ void write_torch_checkpoint(const std::string& path, const std::vector<TorchTens
     put32(cd, 0x02014b50);
     put16(cd, extra.empty() ? 20 : 45);
     put16(cd, extra.empty() ? 20 : 45);
-    put16(cd, 0);
-    put16(cd, 0);
-    put16(cd, 0);
-    put16(cd, dos_date);
-    put32(cd, r.crc);
-    put32(cd, big_size ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
-    put32(cd, big_size ? 0xFFFFFFFFu : static_cast<uint32_t>(r.size));
-    put16(cd, static_cast<uint16_t>(r.name.size()));
+    put_common(cd, r, big_size);
     put16(cd, static_cast<uint16_t>(extra.size()));
     put16(cd, 0);
     put16(cd, 0);
