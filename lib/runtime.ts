@@ -51,15 +51,20 @@ export async function loadSafetensors(path: string): Promise<Record<string, Tens
   return Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, Tensor.fromWire(v)]))
 }
 
-/** Writes tensors atomically (temp file + rename). Host data is copied when the call starts (see Tensor.toAsyncWire). */
-export function writeSafetensors(path: string, tensors: Record<string, Tensor>, metadata: Record<string, string> = {}): Promise<void> {
-  if (typeof path !== 'string') throw new TypeError('path must be a string')
-  const wire = Object.fromEntries(
+/** Each tensor's wire for an async native call (host data copied now: see Tensor.toAsyncWire). */
+function asyncWires(tensors: Record<string, Tensor>): Record<string, ReturnType<Tensor['toAsyncWire']>> {
+  return Object.fromEntries(
     Object.entries(tensors).map(([k, t]) => {
       if (!(t instanceof Tensor)) throw new TypeError(`tensor '${k}' must be a Tensor`)
       return [k, t.toAsyncWire()]
     }),
   )
+}
+
+/** Writes tensors atomically (temp file + rename). Host data is copied when the call starts (see Tensor.toAsyncWire). */
+export function writeSafetensors(path: string, tensors: Record<string, Tensor>, metadata: Record<string, string> = {}): Promise<void> {
+  if (typeof path !== 'string') throw new TypeError('path must be a string')
+  const wire = asyncWires(tensors)
   return call(() => native().writeSafetensors(path, wire, metadata))
 }
 
@@ -85,11 +90,6 @@ export function convertWeights(
  */
 export function writeTorchCheckpoint(path: string, tensors: Record<string, Tensor>, aliases: Record<string, string> = {}): Promise<void> {
   if (typeof path !== 'string') throw new TypeError('path must be a string')
-  const wire = Object.fromEntries(
-    Object.entries(tensors).map(([k, t]) => {
-      if (!(t instanceof Tensor)) throw new TypeError(`tensor '${k}' must be a Tensor`)
-      return [k, t.toAsyncWire()]
-    }),
-  )
+  const wire = asyncWires(tensors)
   return call(() => native().writeTorchCheckpoint(path, wire, aliases))
 }
