@@ -91,6 +91,23 @@ at::Tensor Gpt2Model::embed_tokens(const at::Tensor& ids_in) const {
   return at::embedding(wte_, ids);
 }
 
+namespace {
+// Whether the fused decoding loop (decode_attention) can write c's buffers: every layer's keys and values CPU
+// float32 [rows, H, capacity, D], contiguous.
+bool fusable(const KvCache& c, int64_t rows) {
+  if (c.capacity <= 0 || c.k.empty() || c.v.size() != c.k.size()) return false;
+  for (size_t i = 0; i < c.k.size(); ++i) {
+    const at::Tensor& k = c.k[i];
+    const at::Tensor& v = c.v[i];
+    if (!k.defined() || !v.defined() || !k.is_cpu() || k.scalar_type() != at::kFloat || !k.is_contiguous() ||
+        !v.is_contiguous() || k.dim() != 4 || k.size(0) != rows || k.size(2) != c.capacity || !v.is_cpu() ||
+        v.scalar_type() != at::kFloat || v.sizes() != k.sizes())
+      return false;
+  }
+  return true;
+}
+}  // namespace
+
 at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
   check(embeds.dim() == 3 && embeds.size(2) == cfg_.n_embd, "E_SHAPE", "GPT-2 input embeddings must have shape [B, T, " + std::to_string(cfg_.n_embd) + "]");
   const int64_t past = cache ? cache->length() : 0, T = embeds.size(1);
@@ -102,30 +119,45 @@ at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
     cache->v.resize(blocks_.size());
   }
   const int64_t C = cfg_.n_embd;
+  // Decoding one token per row into capacity buffers on the CPU: the fused loop (the same one forward_rows runs).
+  const bool fused = T == 1 && cache && decode_attention_usable(embeds) && fusable(*cache, embeds.size(0));
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const Gpt2Block& b = blocks_[i];
-    auto qkv = b.c_attn(b.ln1(x)).split(C, -1);
-    at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);
-    if (cache && cache->capacity > 0) {
-      if (!cache->k[i].defined()) {
+    at::Tensor qkv_all = b.c_attn(b.ln1(x)), att;
+    if (fused) {
+      check(past < cache->capacity, "E_NATIVE", "KV cache capacity exceeded");
+      const int64_t B = embeds.size(0), row_stride = cache->k[i].numel() / std::max<int64_t>(B, 1);
+      std::vector<float*> kp(B), vp(B);
+      for (int64_t r = 0; r < B; ++r) {
+        kp[r] = cache->k[i].data_ptr<float>() + r * row_stride;
+        vp[r] = cache->v[i].data_ptr<float>() + r * row_stride;
+      }
+      att = decode_attention(qkv_all.contiguous(), b.heads, kp, vp, cache->capacity, std::vector<int64_t>(B, past));
+    } else {
+      auto qkv = qkv_all.split(C, -1);
+      at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);
+      if (cache && cache->capacity > 0) {
+        if (!cache->k[i].defined()) {
+          check(cache->capacity >= past + T, "E_NATIVE", "KV cache capacity exceeded");
+          cache->k[i] = at::empty({k.size(0), k.size(1), cache->capacity, k.size(3)}, k.options());
+          cache->v[i] = at::empty_like(cache->k[i]);
+        }
         check(cache->capacity >= past + T, "E_NATIVE", "KV cache capacity exceeded");
-        cache->k[i] = at::empty({k.size(0), k.size(1), cache->capacity, k.size(3)}, k.options());
-        cache->v[i] = at::empty_like(cache->k[i]);
+        cache->k[i].narrow(2, past, T).copy_(k);
+        cache->v[i].narrow(2, past, T).copy_(v);
+        k = cache->k[i].narrow(2, 0, past + T);
+        v = cache->v[i].narrow(2, 0, past + T);
+      } else if (cache) {
+        if (cache->k[i].defined()) {
+          k = at::cat({cache->k[i], k}, 2);
+          v = at::cat({cache->v[i], v}, 2);
+        }
+        cache->k[i] = k;
+        cache->v[i] = v;
       }
-      check(cache->capacity >= past + T, "E_NATIVE", "KV cache capacity exceeded");
-      cache->k[i].narrow(2, past, T).copy_(k);
-      cache->v[i].narrow(2, past, T).copy_(v);
-      k = cache->k[i].narrow(2, 0, past + T);
-      v = cache->v[i].narrow(2, 0, past + T);
-    } else if (cache) {
-      if (cache->k[i].defined()) {
-        k = at::cat({cache->k[i], k}, 2);
-        v = at::cat({cache->v[i], v}, 2);
-      }
-      cache->k[i] = k;
-      cache->v[i] = v;
+      att = merge_heads(attention(q, k, v, true));
     }
-    x = x + b.c_proj(merge_heads(attention(q, k, v, true)));
+    x = x + b.c_proj(att);
     x = x + b.mlp_proj(activate(b.c_fc(b.ln2(x)), b.act));
   }
   if (cache) cache->len = past + T;
@@ -146,17 +178,31 @@ at::Tensor Gpt2Model::forward_rows(const at::Tensor& embeds, const std::vector<K
   at::Tensor p = at::tensor(pos, at::TensorOptions().dtype(at::kLong)).to(device());
   at::Tensor x = embeds + wpe_.index_select(0, p).unsqueeze(1);
   std::vector<at::Tensor> outs(B);
+  // The fused loop needs every row's buffers as plain CPU float32 of one capacity (batch_decode makes them so).
+  bool fused = decode_attention_usable(embeds);
+  for (int64_t r = 0; r < B && fused; ++r) fused = caches[r]->capacity == caches[0]->capacity && fusable(*caches[r], 1);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const Gpt2Block& b = blocks_[i];
-    auto qkv = b.c_attn(b.ln1(x)).split(C, -1);
-    at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);
-    for (int64_t r = 0; r < B; ++r) {
-      KvCache& c = *caches[r];
-      c.k[i].narrow(2, pos[r], 1).copy_(k.narrow(0, r, 1));
-      c.v[i].narrow(2, pos[r], 1).copy_(v.narrow(0, r, 1));
-      outs[r] = attention(q.narrow(0, r, 1), c.k[i].narrow(2, 0, pos[r] + 1), c.v[i].narrow(2, 0, pos[r] + 1), true);
+    at::Tensor qkv_all = b.c_attn(b.ln1(x)), att;
+    if (fused) {
+      std::vector<float*> kp(B), vp(B);
+      for (int64_t r = 0; r < B; ++r) {
+        kp[r] = caches[r]->k[i].data_ptr<float>();
+        vp[r] = caches[r]->v[i].data_ptr<float>();
+      }
+      att = decode_attention(qkv_all.contiguous(), b.heads, kp, vp, caches[0]->capacity, pos);
+    } else {
+      auto qkv = qkv_all.split(C, -1);
+      at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);
+      for (int64_t r = 0; r < B; ++r) {
+        KvCache& c = *caches[r];
+        c.k[i].narrow(2, pos[r], 1).copy_(k.narrow(0, r, 1));
+        c.v[i].narrow(2, pos[r], 1).copy_(v.narrow(0, r, 1));
+        outs[r] = attention(q.narrow(0, r, 1), c.k[i].narrow(2, 0, pos[r] + 1), c.v[i].narrow(2, 0, pos[r] + 1), true);
+      }
+      att = merge_heads(B == 1 ? outs[0] : at::cat(outs, 0));
     }
-    x = x + b.c_proj(merge_heads(B == 1 ? outs[0] : at::cat(outs, 0)));
+    x = x + b.c_proj(att);
     x = x + b.mlp_proj(activate(b.c_fc(b.ln2(x)), b.act));
   }
   for (KvCache* c : caches) c->len += 1;

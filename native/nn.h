@@ -121,6 +121,16 @@ struct LayerNorm {
   at::Tensor operator()(const at::Tensor& x) const { return at::layer_norm(x, {weight.size(0)}, weight, bias, eps); }
 };
 
+// Decoding on the CPU in float32 without autograd: one new token per row attends to that row's own cache. qkv is
+// c_attn's output [rows, 1, 3C]; row r's key and value go into k_cache[r] / v_cache[r] (its [H, capacity, D] buffers)
+// at position pos[r], and its attention over positions [0, pos[r]] comes back as [rows, 1, C] (heads merged). One
+// plain loop per (row, head) instead of ~15 ATen calls per row and layer; the arithmetic of a row does not depend on
+// the other rows or the thread count, so a row decoded in any batch gets the bits it gets alone.
+// Whether x ([rows, 1, C] activations of a decoding step) can take that path.
+bool decode_attention_usable(const at::Tensor& x);
+at::Tensor decode_attention(const at::Tensor& qkv, int64_t heads, const std::vector<float*>& k_cache,
+                            const std::vector<float*>& v_cache, int64_t capacity, const std::vector<int64_t>& pos);
+
 // Scaled dot-product attention over [B, H, Tq, D] x [B, H, Tk, D]. `causal` masks keys after each query, aligned
 // so the last query sees every key (what a KV-cached decoding step needs).
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal);

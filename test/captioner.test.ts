@@ -118,7 +118,11 @@ describe.each(MAPPERS)('Captioner with the %s mapper', (name, mapper) => {
     expect(fromTensor).toEqual(fromBuffers)
     const path = join(tmp, `${name}-0.png`)
     writeFileSync(path, images[0]!)
-    expect(await cap.caption([path])).toEqual([fromBuffers[0]])
+    // Alone, the image gets the same tokens; its score may differ in the last bit (a batch of 8 takes other tile
+    // shapes in the products than one row, so sums round differently).
+    const [alone] = await cap.caption([path])
+    expect({ ids: alone!.ids, text: alone!.text }).toEqual({ ids: fromBuffers[0]!.ids, text: fromBuffers[0]!.text })
+    expect(alone!.score).toBeCloseTo(fromBuffers[0]!.score, 5)
     for (const c of fromBuffers) {
       expect(typeof c.text).toBe('string')
       expect(c.ids.length).toBeGreaterThan(0)
