@@ -13,10 +13,11 @@
 // (Captioner.dispose()) rejects every request not settled yet with E_DISPOSED at once.
 //
 // Sampling in the batch depends only on the request's seed, the row's index in its request and the step, never on
-// the company a row keeps, so a request decodes the same tokens batched or alone (native/batch_decode.h). With the
-// packed CPU kernels (whose per-row results do not depend on how many rows share a product) a request's ids and
-// scores are bit-identical batched or alone; with the timed kernel / BLAS choice per row count, scores may differ in
-// the last bits. Beam search and bf16 autocast are not batched (Captioner sends them down the unbatched path).
+// the company a row keeps, so a request decodes the same tokens batched or alone (native/batch_decode.h). The
+// products do not: a product over 8 rows tiles (and so rounds) differently from one over 1 row, and the kernel / BLAS
+// choice is per row count, so scores may differ in the last bits and a near-tie argmax could flip (measured: 2700 of
+// 2700 demo test captions identical, bench/batching-agreement.ts). Beam search and bf16 autocast are not batched
+// (Captioner sends them down the unbatched path).
 import { AbortError, SemicapError } from './errors.js'
 import type { AddonDecodeBatch, BatchRowWire, DecodeWire, RowTokenWire } from './native.js'
 import type { Tensor } from './tensor.js'
