@@ -30,7 +30,15 @@ export {
   type DiversityStats,
   type DistinctOptions,
 } from './distinct.js'
-export { renderReport, type ReportInput, type ReportRow, type TrainingLogEntry } from './report.js'
+export {
+  renderReport,
+  type ReportInput,
+  type ReportRow,
+  type ReportFact,
+  type ReportFilter,
+  type ReportClaim,
+  type TrainingLogEntry,
+} from './report.js'
 
 type Keyed<T> = ReadonlyMap<string | number, T> | Readonly<Record<string, T>>
 

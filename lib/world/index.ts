@@ -51,6 +51,16 @@ export {
   type ObjectScore,
 } from './parse.js'
 export {
+  captionFacts,
+  parsedFacts,
+  bindMentions,
+  countFacts,
+  preferByFacts,
+  winRates,
+  type CaptionFact,
+  type CaptionFactKind,
+} from './facts.js'
+export {
   SPLITS,
   buildWorld,
   writeWorld,

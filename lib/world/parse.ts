@@ -17,7 +17,7 @@
  *   into precision/recall: a relation is correct if both its mentions matched objects and it holds
  *   between their grid cells; a count is correct if it equals the number of objects.
  */
-import { COLOURS, SHAPES, relationsBetween, type Colour, type Relation, type Scene, type Shape, type Size } from './scene.js'
+import { COLOURS, SHAPES, relationsBetween, type Colour, type Relation, type Scene, type SceneObject, type Shape, type Size } from './scene.js'
 import { SemicapError } from '../errors.js'
 import { SHAPE_WORDS, SIZE_WORDS } from './captions.js'
 
@@ -173,50 +173,91 @@ export interface ObjectScore {
   counts: { stated: number; correct: number }
 }
 
-function factCount(m: Mention): number {
+/** The number of facts a mention states: one per stated shape, colour and size. */
+export function factCount(m: Mention): number {
   return (m.shape ? 1 : 0) + (m.colour ? 1 : 0) + (m.size ? 1 : 0)
+}
+
+/**
+ * For each of `relations`, whether it holds when object o is matched to mention assign[o] (-1: none): both its
+ * mentions matched objects and the relation holds between their grid cells.
+ */
+export function relationTruths(
+  relations: readonly ParsedRelation[],
+  assign: readonly number[],
+  objects: readonly SceneObject[],
+): boolean[] {
+  const objectOf = new Map<number, number>()
+  assign.forEach((m, o) => m >= 0 && objectOf.set(m, o))
+  return relations.map((r) => {
+    const oa = objectOf.get(r.from)
+    const ob = objectOf.get(r.to)
+    return oa !== undefined && ob !== undefined && relationsBetween(objects[oa]!, objects[ob]!).includes(r.relation)
+  })
+}
+
+/** Whether scene object `o` has every attribute mention `m` states. */
+export function mentionFits(m: Mention, o: SceneObject): boolean {
+  return (!m.shape || m.shape === o.shape) && (!m.colour || m.colour === o.colour) && (!m.size || m.size === o.size)
+}
+
+/**
+ * The best one-to-one matching of mentions to objects, by exhaustive search over objects -> an unused mention or
+ * none (scenes have at most a few objects, so this is tiny). `gain(m, o)` is what matching mention m to object o is
+ * worth, or null where they cannot be matched. The matching with the largest total gain wins, ties go to the larger
+ * `tieBreak(assign)`, then to the first found (objects in order, "none" before mentions in order).
+ * Returns assign (object index -> mention index or -1), its total gain and its tieBreak.
+ */
+export function bestMatching<M>(
+  mentions: readonly M[],
+  objects: readonly SceneObject[],
+  gain: (m: M, o: SceneObject) => number | null,
+  tieBreak: (assign: readonly number[]) => number = () => 0,
+): { assign: number[]; gain: number; tieBreak: number } {
+  const assign: number[] = new Array<number>(objects.length).fill(-1)
+  const used = new Set<number>()
+  let best = { gain: -Infinity, tieBreak: -Infinity, assign: assign.slice() }
+  const search = (o: number, total: number) => {
+    if (o === objects.length) {
+      const t = tieBreak(assign)
+      if (total > best.gain || (total === best.gain && t > best.tieBreak)) {
+        best = { gain: total, tieBreak: t, assign: assign.slice() }
+      }
+      return
+    }
+    search(o + 1, total)
+    mentions.forEach((m, mi) => {
+      if (used.has(mi)) return
+      const g = gain(m, objects[o]!)
+      if (g === null) return
+      used.add(mi)
+      assign[o] = mi
+      search(o + 1, total + g)
+      assign[o] = -1
+      used.delete(mi)
+    })
+  }
+  search(0, 0)
+  return best
+}
+
+/** Matches mentions to objects as scoreParsed does: only fitting mentions, most stated facts, ties to more correct relations. */
+export function matchMentions(parsed: ParsedCaption, scene: Scene): { assign: number[]; facts: number; relations: number } {
+  const objects = scene.objects
+  const best = bestMatching(
+    parsed.mentions,
+    objects,
+    (m, o) => (mentionFits(m, o) ? factCount(m) : null),
+    (a) => relationTruths(parsed.relations, a, objects).filter(Boolean).length,
+  )
+  return { assign: best.assign, facts: best.gain, relations: best.tieBreak }
 }
 
 /** Scores an already parsed caption; see the file comment for the definition. */
 export function scoreParsed(parsed: ParsedCaption, scene: Scene): ObjectScore {
   const { mentions } = parsed
   const objects = scene.objects
-  const fits = (m: Mention, o: (typeof objects)[number]) =>
-    (!m.shape || m.shape === o.shape) && (!m.colour || m.colour === o.colour) && (!m.size || m.size === o.size)
-
-  // Exhaustive search over one-to-one matchings (objects -> compatible unused mention or none):
-  // scenes have at most a few objects, so this is tiny. Ties go to more correct relations.
-  const assign: number[] = new Array<number>(objects.length).fill(-1)
-  const used = new Set<number>()
-  let best = { facts: -1, relations: -1, assign: assign.slice() }
-  const relationHits = (a: number[]) => {
-    const objectOf = new Map<number, number>()
-    a.forEach((m, o) => m >= 0 && objectOf.set(m, o))
-    return parsed.relations.filter((r) => {
-      const oa = objectOf.get(r.from)
-      const ob = objectOf.get(r.to)
-      return oa !== undefined && ob !== undefined && relationsBetween(objects[oa]!, objects[ob]!).includes(r.relation)
-    }).length
-  }
-  const search = (o: number, facts: number) => {
-    if (o === objects.length) {
-      const rel = relationHits(assign)
-      if (facts > best.facts || (facts === best.facts && rel > best.relations)) {
-        best = { facts, relations: rel, assign: assign.slice() }
-      }
-      return
-    }
-    search(o + 1, facts)
-    mentions.forEach((m, mi) => {
-      if (used.has(mi) || !fits(m, objects[o]!)) return
-      used.add(mi)
-      assign[o] = mi
-      search(o + 1, facts + factCount(m))
-      assign[o] = -1
-      used.delete(mi)
-    })
-  }
-  search(0, 0)
+  const best = matchMentions(parsed, scene)
 
   const statedFacts = mentions.reduce((s, m) => s + factCount(m), 0)
   const sceneFacts = 3 * objects.length
