@@ -4,7 +4,7 @@
 // depends on how many rows it holds, so batched logits can differ from the unbatched ones in the last bits; this
 // counts how often that flips a greedy choice.
 //
-//   node --import tsx bench/batching-agreement.ts --demo demo-out [--captioners full-seed0,small-seed0,...] [--max-batch 16]
+//   node --import tsx bench/batching-agreement.ts --demo demo-out/world-seed0 [--captioners full-seed0,small-seed0,...] [--max-batch 16]
 import { readFile, readdir } from 'node:fs/promises'
 import { cpus } from 'node:os'
 import { join } from 'node:path'
@@ -14,7 +14,7 @@ const arg = (name: string, d: string) => {
   const i = process.argv.indexOf(`--${name}`)
   return i >= 0 ? process.argv[i + 1]! : d
 }
-const demo = arg('demo', 'demo-out')
+const demo = arg('demo', 'demo-out/world-seed0')  // a demo run's stage cache of one world seed
 const maxBatch = Number(arg('max-batch', '16'))
 const names = arg('captioners', '') ? arg('captioners', '').split(',') : (await readdir(join(demo, 'captioners'))).sort()
 const tests = (await readFile(join(demo, 'world', 'test.jsonl'), 'utf8'))

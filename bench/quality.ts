@@ -2,7 +2,7 @@
 // assumed: the share of greedy captions identical to fp32 and the CIDEr-D / CLIP-S differences; target >= 95% of
 // greedy captions identical to fp32 (int8)").
 //
-//   node --import tsx bench/quality.ts --demo /tmp/demo-q [--captioners full,small,reward] [--seed 0]
+//   node --import tsx bench/quality.ts --demo demo-out/world-seed0 [--captioners full,small,reward] [--seed 0]
 //                                      [--dtypes float32,bfloat16,int8] [--threads 1] [--out bench/out/quality.json]
 //
 // For each captioner folder of a finished demo run (captioners/<name>-seed<k>/) it loads the captioner once per dtype

@@ -1,5 +1,5 @@
 // The demo's configuration: every size, step count and learning rate of the end-to-end run, in one plain object.
-// `demoConfig()` gives the default (about three minutes on two CPU cores: 2m59s measured), `--quick` a toy version
+// `demoConfig()` gives the default (see the README for its measured time on two CPU cores), `--quick` a toy version
 // for tests (seconds), `--scale n` a bigger world and bigger models. Stages are cached by a hash of the parts of this
 // object they depend on (see stageKeys), so changing one learning rate retrains only what it affects.
 import { createHash } from 'node:crypto'
@@ -79,6 +79,23 @@ export interface DemoSupervisedConfig {
   lr: number
 }
 
+/**
+ * The second half of the paper's stage 1: self-critical training on the labeled images with the reference-contrastive
+ * reward (a sampled caption is rewarded for being closer, in CLIP text space, to its own image's references than to
+ * the other images' of the batch: log-softmax over the batch at temperature `tau`).
+ */
+export interface DemoContrastConfig {
+  steps: number
+  batchSize: number
+  samples: number
+  lr: number
+  temperature: number
+  tau: number
+  klCoef: number
+  repetitionPenalty: number
+  maxTokens: number
+}
+
 /** Stage 2: self-critical training with the CLIP-S reward on unlabeled images. */
 export interface DemoRewardConfig {
   steps: number
@@ -97,10 +114,24 @@ export interface DemoCaptionerConfig {
   prefixLength: number
   /** (a): stage 1 on every train reference. */
   full: DemoSupervisedConfig
-  /** (b): stage 1 on the labeled subset. */
+  /** (b): stage 1 (cross-entropy) on the labeled subset. */
   small: DemoSupervisedConfig
-  /** (c): stage 2 after (b). */
+  /** (b+): (b) then the reference-contrastive SCST on the same labeled subset. */
+  contrast: DemoContrastConfig
+  /** (c): stage 2 after (b+); (c-) the same after (b); the ablations without the KL or the repetition penalty. */
   reward: DemoRewardConfig
+}
+
+/**
+ * The held-out judge: a second stand-in CLIP with the reward CLIP's architecture and training budget, trained on
+ * another draw of the "web" (other icons, other scenes, other alt texts) from other initial weights. Stage 2 never
+ * sees it, so a CLIP-S gain it confirms is not just the reward CLIP being gamed.
+ */
+export interface DemoJudgeConfig {
+  /** Mixed into every seed of the judge's web data (the reward CLIP's web is drawn without it). */
+  webSalt: string
+  /** Added to the world seed for the judge's initial weights and batch order (the reward CLIP uses +1 and +0). */
+  seedOffset: number
 }
 
 export interface DemoEvalConfig {
@@ -116,6 +147,7 @@ export interface DemoConfig {
   web: DemoWebConfig
   tokenizer: DemoTokenizerConfig
   clip: DemoClipConfig
+  judge: DemoJudgeConfig
   gpt2: DemoGpt2Config
   captioner: DemoCaptionerConfig
   eval: DemoEvalConfig
@@ -146,7 +178,7 @@ export const DEMO_PALETTE: Partial<Record<Shape, Colour[]>> = {
   cross: ['green', 'red'],
 }
 
-/** The default configuration: about ten minutes on two CPU cores. */
+/** The default configuration (its time on two CPU cores is in the README). */
 export function defaultConfig(seed = 0): DemoConfig {
   return {
     version: DEMO_VERSION,
@@ -154,11 +186,13 @@ export function defaultConfig(seed = 0): DemoConfig {
     web: { icons: 6400, images: 8000, singleObjectShare: 0.3, promptShare: 0.5 },
     tokenizer: { vocabSize: 512, lmSentences: 6000 },
     clip: { textHidden: 64, visionHidden: 128, layers: 2, heads: 4, patchSize: 16, projectionDim: 64, maxPositions: 32, iconSteps: 500, steps: 1200, batchSize: 64, lr: 5e-4, warmupSteps: 30, gradClip: 0 },
+    judge: { webSalt: 'judge', seedOffset: 1000 },
     gpt2: { nEmbd: 64, nLayer: 2, nHead: 4, nPositions: 48, sentences: 20000, steps: 300, batchSize: 64, lr: 3e-3 },
     captioner: {
       prefixLength: 10,
       full: { steps: 800, batchSize: 32, lr: 3e-3 },
       small: { steps: 500, batchSize: 32, lr: 1e-3 },
+      contrast: { steps: 150, batchSize: 16, samples: 5, lr: 3e-4, temperature: 1, tau: 0.1, klCoef: 0.1, repetitionPenalty: 1, maxTokens: 28 },
       reward: { steps: 400, batchSize: 16, samples: 5, lr: 1e-3, temperature: 1, klCoef: 0.1, repetitionPenalty: 1, ceMix: 0, maxTokens: 28 },
     },
     eval: { maxTokens: 30, beams: 1, batchSize: 64 },
@@ -179,6 +213,7 @@ export function quickConfig(seed = 0): DemoConfig {
       prefixLength: 2,
       full: { steps: 3, batchSize: 8, lr: 1e-3 },
       small: { steps: 2, batchSize: 4, lr: 1e-3 },
+      contrast: { ...d.captioner.contrast, steps: 2, batchSize: 4, samples: 2, maxTokens: 8 },
       reward: { ...d.captioner.reward, steps: 2, batchSize: 4, samples: 2, maxTokens: 8 },
     },
     eval: { maxTokens: 8, beams: 1, batchSize: 8 },
@@ -217,6 +252,7 @@ export function demoConfig(options: DemoConfigOptions = {}): DemoConfig {
       ...captioner,
       full: { ...captioner.full, steps: n(captioner.full.steps) },
       small: { ...captioner.small, steps: n(captioner.small.steps) },
+      contrast: { ...captioner.contrast, steps: n(captioner.contrast.steps) },
       reward: { ...captioner.reward, steps: n(captioner.reward.steps) },
     },
   }
@@ -232,15 +268,61 @@ export function hashOf(value: unknown): string {
   return createHash('sha256').update(JSON.stringify(canon(value))).digest('hex').slice(0, 16)
 }
 
+/** The demo's captioners; the name is also their folder under captioners/ and evaluations/. */
+export type CaptionerName = 'full' | 'small' | 'contrast' | 'reward' | 'reward-from-b' | 'reward-no-kl' | 'reward-no-rep'
+
+export interface CaptionerSpec {
+  name: CaptionerName
+  /** The short name tables, claims and the report use: a, b, b+, c, c-, c/noKL, c/noRep. */
+  letter: string
+  /** The table row. */
+  label: string
+  /** supervised: cross-entropy from the stand-ins; contrast: stage-1 SCST; reward: stage 2 (CLIP-S SCST). */
+  kind: 'supervised' | 'contrast' | 'reward'
+  /** The captioner it continues from (contrast and reward). */
+  from?: CaptionerName
+  /** Stage-2 settings changed from captioner.reward (the ablations). */
+  rewardOverrides?: Partial<Pick<DemoRewardConfig, 'klCoef' | 'repetitionPenalty'>>
+  /** Run only with the ablations on (`--ablations`): they show reward hacking, they are not the method. */
+  ablation?: boolean
+}
+
+/** In training order: a captioner comes after the one it continues from. */
+export const CAPTIONERS: readonly CaptionerSpec[] = [
+  { name: 'full', letter: 'a', label: '(a) stage 1 CE, 100% labels', kind: 'supervised' },
+  { name: 'small', letter: 'b', label: '(b) stage 1 CE, 2% labels', kind: 'supervised' },
+  { name: 'contrast', letter: 'b+', label: '(b+) (b) + stage 1 contrastive SCST', kind: 'contrast', from: 'small' },
+  { name: 'reward', letter: 'c', label: '(c) (b+) + stage 2 CLIP-S', kind: 'reward', from: 'contrast' },
+  { name: 'reward-from-b', letter: 'c-', label: '(c-) (b) + stage 2 CLIP-S', kind: 'reward', from: 'small' },
+  { name: 'reward-no-kl', letter: 'c/noKL', label: '(c/noKL) (c) without KL penalty', kind: 'reward', from: 'contrast', rewardOverrides: { klCoef: 0 }, ablation: true },
+  { name: 'reward-no-rep', letter: 'c/noRep', label: '(c/noRep) (c) without repetition penalty', kind: 'reward', from: 'contrast', rewardOverrides: { repetitionPenalty: 0 }, ablation: true },
+]
+
+export function captionerSpec(name: CaptionerName): CaptionerSpec {
+  const spec = CAPTIONERS.find((c) => c.name === name)
+  if (!spec) throw new RangeError(`unknown captioner '${name}'`)
+  return spec
+}
+
+/** The captioners a run trains: every one, or all but the ablations. */
+export function captionersOf(ablations: boolean): CaptionerSpec[] {
+  return CAPTIONERS.filter((c) => ablations || !c.ablation)
+}
+
+/** Stage-2 settings of a reward captioner (its overrides applied). */
+export function rewardConfigOf(cfg: DemoConfig, spec: CaptionerSpec): DemoRewardConfig {
+  return { ...cfg.captioner.reward, ...spec.rewardOverrides }
+}
+
 /** The cache key of every stage: a hash of its own settings and its inputs' keys. Captioners also hash the seed. */
 export interface StageKeys {
   world: string
   tokenizer: string
   clip: string
+  /** The held-out judge CLIP. */
+  judge: string
   gpt2: string
-  full(seed: number): string
-  small(seed: number): string
-  reward(seed: number): string
+  captioner(name: CaptionerName, seed: number): string
   evaluation(stageKey: string): string
 }
 
@@ -255,17 +337,29 @@ export function stageKeys(cfg: DemoConfig, device: string): StageKeys {
   // Models trained on a GPU are not bit-identical to CPU ones: the device is part of the key. The CLIP stage also
   // reports retrieval on the val split.
   const clip = hashOf({ v, tokenizer, webWorld, web: cfg.web, clip: cfg.clip, device, val: w.valImages })
+  const judge = hashOf({ v, tokenizer, webWorld, web: cfg.web, clip: cfg.clip, judge: cfg.judge, device, val: w.valImages })
   const gpt2 = hashOf({ v, tokenizer, webWorld, gpt2: cfg.gpt2, device })
   const base = { v, world, clip, gpt2, prefixLength: cfg.captioner.prefixLength, device }
-  const small = (seed: number) => hashOf({ ...base, seed, small: cfg.captioner.small })
+  const captioner = (name: CaptionerName, seed: number): string => {
+    const spec = captionerSpec(name)
+    const start = () => captioner(spec.from!, seed)
+    switch (spec.kind) {
+      case 'supervised':
+        return hashOf({ ...base, seed, [name]: cfg.captioner[name as 'full' | 'small'] })
+      case 'contrast':
+        return hashOf({ start: start(), seed, contrast: cfg.captioner.contrast })
+      case 'reward':
+        return hashOf({ start: start(), seed, reward: rewardConfigOf(cfg, spec) })
+    }
+  }
   return {
     world,
     tokenizer,
     clip,
+    judge,
     gpt2,
-    full: (seed) => hashOf({ ...base, seed, full: cfg.captioner.full }),
-    small,
-    reward: (seed) => hashOf({ small: small(seed), seed, reward: cfg.captioner.reward }),
-    evaluation: (stageKey) => hashOf({ stageKey, eval: cfg.eval, world }),
+    captioner,
+    // The evaluation scores with the judge too (format 2: judge metrics and per-image facts).
+    evaluation: (stageKey) => hashOf({ stageKey, eval: cfg.eval, world, judge, format: 2 }),
   }
 }

@@ -1,18 +1,20 @@
-// The demo's stages, each cached in its own folder under the output folder:
+// The demo's stages, each cached in its own folder under the output folder of its world seed:
 //   world/      the synthetic captioning dataset (PNGs, JSONL, scenes.json with the ground truth)
 //   tokenizer/  a byte-level BPE trained on the world's text (caption-like sentences and web alt texts)
-//   clip/       the stand-in CLIP, trained contrastively on web icons and alt texts of web scenes (never the references)
+//   clip/       the stand-in CLIP, trained contrastively on web icons and alt texts of web scenes (never the references);
+//               the captioners are built on it and stage 2 optimises its CLIP-S
+//   judge/      the held-out judge: another stand-in CLIP trained on another draw of the web; it only evaluates
 //   gpt2/       the stand-in GPT-2, trained as a language model on caption-like text (no images)
-//   captioners/{full,small,reward}-seed<k>/   (a) stage 1 on all references, (b) stage 1 on the labeled 2%,
-//                                             (c) (b) + stage 2 (CLIP-S reward) on the unlabeled rest
-//   evaluations/{full,small,reward}-seed<k>/  test-split metrics and captions of each captioner (result.json)
+//   captioners/<name>-seed<k>/   one folder per captioner of config.ts's CAPTIONERS: (a) full, (b) small,
+//                                (b+) contrast, (c) reward, (c-) reward-from-b, and the ablations reward-no-kl/-no-rep
+//   evaluations/<name>-seed<k>/  test-split metrics (reward CLIP and judge), captions, per-image scores (result.json)
 // A stage folder holds stage.json with its key (a hash of the settings it depends on, see stageKeys); a stage whose
 // folder has the right key is skipped. Stages are built in <name>.partial and renamed into place when complete.
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { Captioner } from '../captioner.js'
 import { Clip } from '../clip.js'
-import type { Example } from '../data/index.js'
+import { cachedImageFeatures, type Example } from '../data/index.js'
 import { resolveDevice, type DeviceOption } from '../device.js'
 import { AbortError } from '../errors.js'
 import { CLIP_S_PREFIX } from '../evaluate.js'
@@ -23,7 +25,7 @@ import type { Tensor } from '../tensor.js'
 import { Gpt2Tokenizer, saveGpt2TokenizerFiles, trainByteLevelBpe } from '../tokenizers/index.js'
 // Imported for its effect too: it registers training with the model classes' train() methods.
 import '../training/index.js'
-import type { TrainingRun, TrainProgress } from '../training/index.js'
+import type { TrainingRun, TrainOptions, TrainProgress } from '../training/index.js'
 import {
   COLOURS,
   Rng,
@@ -44,7 +46,9 @@ import {
   type World,
   type WorldExample,
 } from '../world/index.js'
-import { stageKeys, type DemoConfig, type StageKeys } from './config.js'
+import { captionerSpec, rewardConfigOf, stageKeys, type CaptionerName, type CaptionerSpec, type DemoConfig, type StageKeys } from './config.js'
+
+export type { CaptionerName } from './config.js'
 
 /** The prompt CLIP-S puts before every caption (as the official clipscore code does). */
 export const CLIP_PROMPT = CLIP_S_PREFIX
@@ -243,19 +247,21 @@ export interface WebPairs {
  *    images of a batch apart (a shortcut), and the tiny CLIP never learns shapes within the budget.
  * 2. scenes with one alt text each, of random detail (lib/world altTexts); some reduced to their salient object.
  * Some texts of both phases are written after the CLIP-S prompt "A photo depicts ", as some web text is.
+ * `salt` draws another web of the same kind (the held-out judge's): every seed gets it as an extra part.
  */
-export function webPairs(cfg: DemoConfig): { icons: WebPairs; scenes: WebPairs } {
+export function webPairs(cfg: DemoConfig, salt?: string): { icons: WebPairs; scenes: WebPairs } {
   const { icons, images, singleObjectShare, promptShare } = cfg.web
   const sceneOptions = sceneOptionsOf(cfg)
-  const rng = new Rng(deriveSeed(cfg.world.seed, 'web-text'))
+  const seedOf = (purpose: string) => (salt === undefined ? deriveSeed(cfg.world.seed, purpose) : deriveSeed(cfg.world.seed, purpose, salt))
+  const rng = new Rng(seedOf('web-text'))
   const prompt = (t: string) => (rng.chance(promptShare) ? CLIP_PROMPT + t : t)
-  const iconScenes = generateScenes(deriveSeed(cfg.world.seed, 'icons'), icons, sceneOptions).map((s) => ({ ...s, objects: s.objects.slice(0, 1) }))
+  const iconScenes = generateScenes(seedOf('icons'), icons, sceneOptions).map((s) => ({ ...s, objects: s.objects.slice(0, 1) }))
   const iconTexts = iconScenes.map((s) => {
     const o = s.objects[0]!
     const words = [rng.chance(0.5) ? rng.pick(SIZE_WORDS[o.size]) : '', rng.chance(0.5) ? o.colour : '', rng.pick(SHAPE_WORDS[o.shape])]
     return prompt(words.filter((w) => w !== '').join(' '))
   })
-  const webScenes = generateScenes(deriveSeed(cfg.world.seed, 'web'), images, sceneOptions).map((s) =>
+  const webScenes = generateScenes(seedOf('web'), images, sceneOptions).map((s) =>
     rng.chance(singleObjectShare) ? { ...s, objects: s.objects.slice(0, 1) } : s,
   )
   const webTexts = webScenes.map((s) => prompt(altTexts(s, rng, 1)[0]!))
@@ -301,7 +307,7 @@ export function rows(t: Tensor): Float32Array[] {
   return Array.from({ length: N }, (_, i) => data.subarray(i * D, (i + 1) * D))
 }
 
-async function encodeTexts(clip: Clip, texts: string[]): Promise<Float32Array[]> {
+export async function encodeTexts(clip: Clip, texts: string[]): Promise<Float32Array[]> {
   const out: Float32Array[] = []
   for (let i = 0; i < texts.length; i += 256) out.push(...rows(await clip.encodeTexts(texts.slice(i, i + 256))))
   return out
@@ -360,13 +366,20 @@ export async function clipRetrieval(clip: Clip, examples: { image: string; scene
   return { images: examples.length, fullTextToImage: r(full, img), fullImageToText: r(img, full), referenceTextToImage: r(refs, img), prefersTrue }
 }
 
-export async function clipStage(ctx: PipelineContext, world: WorldStage, tok: { tokenizer: Gpt2Tokenizer }): Promise<{ dir: string; record: StageRecord }> {
-  const dir = join(ctx.out, 'clip')
+/**
+ * The stand-in CLIP: `reward` is the one the captioners are built on and stage 2 optimises; `judge` is the held-out
+ * one (same architecture and budget, another web draw, other initial weights) that only evaluates.
+ */
+export async function clipStage(ctx: PipelineContext, world: WorldStage, tok: { tokenizer: Gpt2Tokenizer }, role: 'reward' | 'judge' = 'reward'): Promise<{ dir: string; record: StageRecord }> {
+  const judge = role === 'judge'
+  const name = judge ? 'judge' : 'clip'
+  const dir = join(ctx.out, name)
   const c = ctx.cfg.clip
-  const record = await runStage(ctx, 'clip', 'clip', dir, ctx.keys.clip, async (tmp) => {
-    const clip = await Clip.create(clipHfConfig(ctx.cfg, tok.tokenizer), { device: ctx.device, tokenizer: tok.tokenizer, seed: ctx.cfg.world.seed + 1 })
+  const seed = ctx.cfg.world.seed + (judge ? ctx.cfg.judge.seedOffset : 0)
+  const record = await runStage(ctx, 'clip', name, dir, judge ? ctx.keys.judge : ctx.keys.clip, async (tmp) => {
+    const clip = await Clip.create(clipHfConfig(ctx.cfg, tok.tokenizer), { device: ctx.device, tokenizer: tok.tokenizer, seed: seed + 1 })
     try {
-      const web = webPairs(ctx.cfg)
+      const web = webPairs(ctx.cfg, judge ? ctx.cfg.judge.webSalt : undefined)
       const log: TrainProgress[] = []
       const phases: [string, WebPairs, number][] = [
         ['icons', web.icons, c.iconSteps],
@@ -378,10 +391,10 @@ export async function clipStage(ctx: PipelineContext, world: WorldStage, tok: { 
         const pixels = await clip.preprocess(pairs.scenes.map((s) => renderScene(s, ctx.cfg.world.imageSize)))
         const run = clip.train(
           { pixels, texts: pairs.texts },
-          { steps, batchSize: c.batchSize, lr: c.lr, warmupSteps: c.warmupSteps, gradClip: c.gradClip, seed: ctx.cfg.world.seed, signal: ctx.signal },
+          { steps, batchSize: c.batchSize, lr: c.lr, warmupSteps: c.warmupSteps, gradClip: c.gradClip, seed, signal: ctx.signal },
         )
         const offset = log.length
-        for (const p of await follow(ctx, run, `clip: contrastive training on ${phase}`, steps)) log.push({ ...p, step: p.step + offset, stage: phase })
+        for (const p of await follow(ctx, run, `${name}: contrastive training on ${phase}`, steps)) log.push({ ...p, step: p.step + offset, stage: phase })
       }
       await clip.save(tmp)
       await writeJsonl(join(tmp, 'log.jsonl'), log)
@@ -445,14 +458,6 @@ export function labeledSplit(world: World, k: number): { labeled: WorldExample[]
   return { labeled: world.train.filter((e) => ids.has(e.id)), unlabeled: world.train.filter((e) => !ids.has(e.id)) }
 }
 
-export type CaptionerName = 'full' | 'small' | 'reward'
-
-export const CAPTIONER_LABELS: Readonly<Record<CaptionerName, string>> = {
-  full: '(a) stage 1, 100% labels',
-  small: '(b) stage 1, 2% labels',
-  reward: '(c) (b) + stage 2 CLIP-S',
-}
-
 export interface CaptionerStage {
   name: CaptionerName
   seed: number
@@ -464,6 +469,8 @@ export interface CaptionerStage {
 export interface ModelStages {
   world: WorldStage
   clipDir: string
+  /** The held-out judge CLIP (evaluation only). */
+  judgeDir: string
   gpt2Dir: string
 }
 
@@ -475,31 +482,32 @@ function featureCache(ctx: PipelineContext): string {
   return join(ctx.out, 'features')
 }
 
-export async function supervisedStage(ctx: PipelineContext, models: ModelStages, name: 'full' | 'small', seed: number): Promise<CaptionerStage> {
+/** "(b+) contrast seed 0": the stage label of a captioner. */
+export function captionerStageLabel(name: CaptionerName, seed: number): string {
+  return `(${captionerSpec(name).letter}) ${name} seed ${seed}`
+}
+
+/**
+ * Trains (or reuses) one captioner: cross-entropy from the stand-ins, or a continuation of `from` (the stage it
+ * starts from, already built) with the stage-1 contrastive SCST or stage 2.
+ */
+export async function captionerStage(ctx: PipelineContext, models: ModelStages, name: CaptionerName, seed: number, from?: CaptionerStage): Promise<CaptionerStage> {
+  const spec = captionerSpec(name)
+  if (spec.from !== from?.name || (from && from.seed !== seed)) throw new RangeError(`${name} seed ${seed} continues from ${spec.from ?? 'nothing'} seed ${seed}, got ${from ? `${from.name} seed ${from.seed}` : 'nothing'}`)
   const dir = captionerDir(ctx, name, seed)
-  const key = name === 'full' ? ctx.keys.full(seed) : ctx.keys.small(seed)
-  const s = ctx.cfg.captioner[name]
-  const label = `${name === 'full' ? '(a)' : '(b)'} ${name} seed ${seed}`
+  const key = ctx.keys.captioner(name, seed)
+  const label = captionerStageLabel(name, seed)
   const record = await runStage(ctx, 'captioner', label, dir, key, async (tmp) => {
-    const { world } = models.world
-    const labeled = name === 'full' ? world.train : labeledSplit(world, seed).labeled
-    const captioner = await Captioner.create({ clip: models.clipDir, gpt2: models.gpt2Dir, mapper: { type: 'mlp', prefixLength: ctx.cfg.captioner.prefixLength }, device: ctx.device, seed })
+    const captioner = from ? await Captioner.load(from.dir, { device: ctx.device }) : await Captioner.create({ clip: models.clipDir, gpt2: models.gpt2Dir, mapper: { type: 'mlp', prefixLength: ctx.cfg.captioner.prefixLength }, device: ctx.device, seed })
     try {
-      const run = captioner.train({
-        stage: 'supervised',
-        labeled: worldExamples(models.world, labeled),
-        steps: s.steps,
-        batchSize: s.batchSize,
-        lr: s.lr,
-        warmupSteps: Math.min(20, Math.floor(s.steps / 10)),
-        seed,
-        featureCache: featureCache(ctx),
-        signal: ctx.signal,
-      })
-      const log = await follow(ctx, run, label, s.steps)
+      const { options, steps, info } = trainOptions(ctx, models, spec, seed)
+      const log = await follow(ctx, captioner.train({ ...options, seed, featureCache: featureCache(ctx), signal: ctx.signal }), label, steps)
       await captioner.save(tmp)
       await writeJsonl(join(tmp, 'log.jsonl'), log)
-      return { labeledImages: labeled.length, captions: labeled.length * 5, lastLoss: log.at(-1)?.loss }
+      const first = log.slice(0, 10)
+      const last = log.slice(-10)
+      const mean = (xs: TrainProgress[], k: 'reward' | 'loss') => xs.reduce((s, p) => s + (p[k] ?? 0), 0) / Math.max(1, xs.length)
+      return spec.kind === 'supervised' ? { ...info, lastLoss: log.at(-1)?.loss } : { ...info, rewardFirst10: mean(first, 'reward'), rewardLast10: mean(last, 'reward') }
     } finally {
       captioner.dispose()
     }
@@ -507,46 +515,121 @@ export async function supervisedStage(ctx: PipelineContext, models: ModelStages,
   return { name, seed, dir, key, record }
 }
 
-export async function rewardStage(ctx: PipelineContext, models: ModelStages, small: CaptionerStage): Promise<CaptionerStage> {
-  const seed = small.seed
-  const dir = captionerDir(ctx, 'reward', seed)
-  const key = ctx.keys.reward(seed)
-  const r = ctx.cfg.captioner.reward
-  const label = `(c) reward seed ${seed}`
-  const record = await runStage(ctx, 'captioner', label, dir, key, async (tmp) => {
-    const split = labeledSplit(models.world.world, seed)
-    const captioner = await Captioner.load(small.dir, { device: ctx.device })
-    try {
-      const run = captioner.train({
-        stage: 'clip-reward',
-        unlabeled: worldExamples(models.world, split.unlabeled, false),
-        ...(r.ceMix > 0 ? { labeled: worldExamples(models.world, split.labeled), ceMix: { weight: r.ceMix } } : {}),
-        reward: { type: 'clipS', prefix: CLIP_PROMPT },
-        steps: r.steps,
-        batchSize: r.batchSize,
-        samples: r.samples,
-        lr: r.lr,
-        temperature: r.temperature,
-        klCoef: r.klCoef,
-        repetitionPenalty: r.repetitionPenalty,
-        maxTokens: r.maxTokens,
-        schedule: 'constant',
-        seed,
-        featureCache: featureCache(ctx),
-        signal: ctx.signal,
-      })
-      const log = await follow(ctx, run, label, r.steps)
-      await captioner.save(tmp)
-      await writeJsonl(join(tmp, 'log.jsonl'), log)
-      const first = log.slice(0, 10)
-      const last = log.slice(-10)
-      const mean = (xs: TrainProgress[]) => xs.reduce((s, p) => s + (p.reward ?? 0), 0) / Math.max(1, xs.length)
-      return { unlabeledImages: split.unlabeled.length, rewardFirst10: mean(first), rewardLast10: mean(last) }
-    } finally {
-      captioner.dispose()
+/** The library's training options of one captioner (without seed, cache and signal), its steps and what to record. */
+function trainOptions(ctx: PipelineContext, models: ModelStages, spec: CaptionerSpec, seed: number): { options: TrainOptions; steps: number; info: Record<string, unknown> } {
+  const { world } = models.world
+  const split = labeledSplit(world, seed)
+  switch (spec.kind) {
+    case 'supervised': {
+      const s = ctx.cfg.captioner[spec.name as 'full' | 'small']
+      const labeled = spec.name === 'full' ? world.train : split.labeled
+      return {
+        options: { stage: 'supervised', labeled: worldExamples(models.world, labeled), steps: s.steps, batchSize: s.batchSize, lr: s.lr, warmupSteps: Math.min(20, Math.floor(s.steps / 10)) },
+        steps: s.steps,
+        info: { labeledImages: labeled.length, captions: labeled.length * 5 },
+      }
     }
-  })
-  return { name: 'reward', seed, dir, key, record }
+    case 'contrast': {
+      // The paper's stage 1 contrasts the generated captions with the ground truth: SCST on the same labeled images,
+      // rewarded for matching their own references better than the batch's other images' (reward.type refContrastive).
+      const c = ctx.cfg.captioner.contrast
+      return {
+        options: {
+          stage: 'supervised',
+          objective: 'scst',
+          labeled: worldExamples(models.world, split.labeled),
+          reward: { type: 'refContrastive', tau: c.tau },
+          steps: c.steps,
+          batchSize: c.batchSize,
+          samples: c.samples,
+          lr: c.lr,
+          temperature: c.temperature,
+          klCoef: c.klCoef,
+          repetitionPenalty: c.repetitionPenalty,
+          maxTokens: c.maxTokens,
+          schedule: 'constant',
+        },
+        steps: c.steps,
+        info: { labeledImages: split.labeled.length },
+      }
+    }
+    case 'reward': {
+      const r = rewardConfigOf(ctx.cfg, spec)
+      return {
+        options: {
+          stage: 'clip-reward',
+          unlabeled: worldExamples(models.world, split.unlabeled, false),
+          ...(r.ceMix > 0 ? { labeled: worldExamples(models.world, split.labeled), ceMix: { weight: r.ceMix } } : {}),
+          reward: { type: 'clipS', prefix: CLIP_PROMPT },
+          steps: r.steps,
+          batchSize: r.batchSize,
+          samples: r.samples,
+          lr: r.lr,
+          temperature: r.temperature,
+          klCoef: r.klCoef,
+          repetitionPenalty: r.repetitionPenalty,
+          maxTokens: r.maxTokens,
+          schedule: 'constant',
+        },
+        steps: r.steps,
+        info: { unlabeledImages: split.unlabeled.length, klCoef: r.klCoef, repetitionPenalty: r.repetitionPenalty },
+      }
+    }
+  }
+}
+
+/**
+ * Computes the reward CLIP's features of every train and test image into the feature cache before the captioners
+ * train. Stages that run at once (`jobs` > 1) then only read the cache file: two writers of one cache file in one
+ * process would share its temporary file.
+ */
+export async function warmFeatureCache(ctx: PipelineContext, models: ModelStages): Promise<void> {
+  checkAbort(ctx)
+  const { world } = models.world
+  const clip = await Clip.load(models.clipDir, { device: ctx.device })
+  try {
+    const examples = worldExamples(models.world, [...world.train, ...world.test], false)
+    let b: DemoBar | undefined
+    await cachedImageFeatures(clip, examples, {
+      cacheDir: featureCache(ctx),
+      batchSize: 128,
+      signal: ctx.signal,
+      onProgress: (done, total) => {
+        if (done < total) (b ??= bar(ctx, 'clip: image features', total, 'images')).update(done)
+      },
+    })
+    b?.finish()
+  } finally {
+    clip.dispose()
+  }
+}
+
+/**
+ * At most `jobs` tasks at once, started in the order they were handed in. A task that waits for another's result
+ * (a captioner for the one it continues from) should wait before it is handed in, so it holds no slot meanwhile.
+ */
+export function limiter(jobs: number): <T>(task: () => Promise<T>) => Promise<T> {
+  if (!Number.isInteger(jobs) || jobs < 1) throw new RangeError(`jobs must be an integer >= 1, got ${jobs}`)
+  let running = 0
+  const queue: (() => void)[] = []
+  const next = () => {
+    if (running < jobs && queue.length > 0) {
+      running++
+      queue.shift()!()
+    }
+  }
+  return <T>(task: () => Promise<T>) =>
+    new Promise<T>((resolve, reject) => {
+      queue.push(() =>
+        task()
+          .then(resolve, reject)
+          .finally(() => {
+            running--
+            next()
+          }),
+      )
+      next()
+    })
 }
 
 /** Reads a stage's training log (log.jsonl). */
