@@ -12,6 +12,7 @@ import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { SemicapError } from '../lib/errors.js'
 import { renderReport, type ReportFact, type ReportInput, type ReportRow, type TrainingLogEntry } from '../lib/metrics/index.js'
+import { Cdp } from './helpers/cdp.js'
 import { repoRoot } from './helpers/paths.js'
 
 const run = promisify(execFile)
@@ -333,64 +334,6 @@ describe('renderReport: the full report as text', () => {
     expect(() => renderReport({ title: 't', rows, notes: [3 as unknown as string] })).toThrow(TypeError)
   })
 })
-
-/** A minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fd 3: to Chromium, fd 4: from it; NUL-separated JSON), as in server.test.ts. */
-class Cdp {
-  #id = 0
-  readonly #pending = new Map<number, { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void; method: string }>()
-  readonly #listeners = new Set<(method: string, params: Record<string, unknown>, sessionId?: string) => void>()
-  #buffer = ''
-  constructor(
-    readonly out: Writable,
-    input: Readable,
-  ) {
-    input.on('data', (d: Buffer) => {
-      this.#buffer += d.toString('utf8')
-      let nul: number
-      while ((nul = this.#buffer.indexOf('\0')) >= 0) {
-        const msg = JSON.parse(this.#buffer.slice(0, nul)) as { id?: number; result?: Record<string, unknown>; error?: { message: string }; method?: string; params?: Record<string, unknown>; sessionId?: string }
-        this.#buffer = this.#buffer.slice(nul + 1)
-        if (msg.id !== undefined) {
-          const p = this.#pending.get(msg.id)
-          this.#pending.delete(msg.id)
-          if (msg.error) p?.reject(new Error(`${p.method}: ${msg.error.message}`))
-          else p?.resolve(msg.result ?? {})
-        } else if (msg.method) for (const l of this.#listeners) l(msg.method, msg.params ?? {}, msg.sessionId)
-      }
-    })
-  }
-  send(method: string, params: Record<string, unknown> = {}, sessionId?: string, timeoutMs = 20_000): Promise<Record<string, unknown>> {
-    const id = ++this.#id
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#pending.delete(id)
-        reject(new Error(`CDP ${method}: no answer within ${timeoutMs} ms`))
-      }, timeoutMs)
-      this.#pending.set(id, {
-        method,
-        resolve: (v) => (clearTimeout(timer), resolve(v)),
-        reject: (e) => (clearTimeout(timer), reject(e)),
-      })
-      this.out.write(JSON.stringify({ id, method, params, ...(sessionId ? { sessionId } : {}) }) + '\0')
-    })
-  }
-  waitFor(method: string, sessionId: string | undefined, timeoutMs = 20_000): Promise<Record<string, unknown>> {
-    return new Promise((resolve, reject) => {
-      const l = (m: string, params: Record<string, unknown>, sid?: string) => {
-        if (m === method && sid === sessionId) {
-          this.#listeners.delete(l)
-          clearTimeout(timer)
-          resolve(params)
-        }
-      }
-      const timer = setTimeout(() => {
-        this.#listeners.delete(l)
-        reject(new Error(`CDP: no ${method} within ${timeoutMs} ms`))
-      }, timeoutMs)
-      this.#listeners.add(l)
-    })
-  }
-}
 
 interface Page {
   evaluate<T>(expression: string): Promise<T>

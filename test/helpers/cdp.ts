@@ -1,0 +1,62 @@
+// A minimal Chrome DevTools Protocol client for the tests that drive headless Chromium (server.test.ts,
+// report.test.ts).
+import type { Readable, Writable } from 'node:stream'
+
+/** A minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fd 3: to Chromium, fd 4: from it; NUL-separated JSON). */
+export class Cdp {
+  #id = 0
+  readonly #pending = new Map<number, { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void; method: string }>()
+  readonly #listeners = new Set<(method: string, params: Record<string, unknown>, sessionId?: string) => void>()
+  #buffer = ''
+  constructor(
+    readonly out: Writable,
+    input: Readable,
+  ) {
+    input.on('data', (d: Buffer) => {
+      this.#buffer += d.toString('utf8')
+      let nul: number
+      while ((nul = this.#buffer.indexOf('\0')) >= 0) {
+        const msg = JSON.parse(this.#buffer.slice(0, nul)) as { id?: number; result?: Record<string, unknown>; error?: { message: string }; method?: string; params?: Record<string, unknown>; sessionId?: string }
+        this.#buffer = this.#buffer.slice(nul + 1)
+        if (msg.id !== undefined) {
+          const p = this.#pending.get(msg.id)
+          this.#pending.delete(msg.id)
+          if (msg.error) p?.reject(new Error(`${p.method}: ${msg.error.message}`))
+          else p?.resolve(msg.result ?? {})
+        } else if (msg.method) for (const l of this.#listeners) l(msg.method, msg.params ?? {}, msg.sessionId)
+      }
+    })
+  }
+  send(method: string, params: Record<string, unknown> = {}, sessionId?: string, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+    const id = ++this.#id
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id)
+        reject(new Error(`CDP ${method}: no answer within ${timeoutMs} ms`))
+      }, timeoutMs)
+      this.#pending.set(id, {
+        method,
+        resolve: (v) => (clearTimeout(timer), resolve(v)),
+        reject: (e) => (clearTimeout(timer), reject(e)),
+      })
+      this.out.write(JSON.stringify({ id, method, params, ...(sessionId ? { sessionId } : {}) }) + '\0')
+    })
+  }
+  /** Resolves with the params of the next `method` event (of `sessionId`), or rejects after timeoutMs. */
+  waitFor(method: string, sessionId: string | undefined, timeoutMs = 20_000): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      const l = (m: string, params: Record<string, unknown>, sid?: string) => {
+        if (m === method && sid === sessionId) {
+          this.#listeners.delete(l)
+          clearTimeout(timer)
+          resolve(params)
+        }
+      }
+      const timer = setTimeout(() => {
+        this.#listeners.delete(l)
+        reject(new Error(`CDP: no ${method} within ${timeoutMs} ms`))
+      }, timeoutMs)
+      this.#listeners.add(l)
+    })
+  }
+}
