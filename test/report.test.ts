@@ -1,18 +1,17 @@
 // renderReport: escaping, self-containment and default order as text; then the page in headless Chromium: a
 // screenshot, the sorting script (--dump-dom), and the full report (images, facts, filters, per-stage training plots,
 // claims, notes) driven over the DevTools protocol, with and without JS.
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { execFile, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { mkdtemp, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { Readable, Writable } from 'node:stream'
 import { promisify } from 'node:util'
 import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { SemicapError } from '../lib/errors.js'
 import { renderReport, type ReportFact, type ReportInput, type ReportRow, type TrainingLogEntry } from '../lib/metrics/index.js'
-import { Cdp } from './helpers/cdp.js'
+import { launchChromium, type Cdp } from './helpers/cdp.js'
 import { repoRoot } from './helpers/paths.js'
 
 const run = promisify(execFile)
@@ -351,21 +350,10 @@ describe('the full report in headless Chromium (DevTools protocol)', () => {
   beforeAll(async () => {
     if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: install it (apt-get install -y chromium); this test needs a browser`)
     profile = await mkdtemp(join(tmpdir(), 'semicap-chromium-'))
-    chromium = spawn(
-      CHROMIUM,
-      [
-        '--headless=new', '--no-sandbox', '--disable-gpu', '--remote-debugging-pipe', `--user-data-dir=${profile}`, '--no-first-run',
-        '--no-default-browser-check', '--disable-extensions', '--disable-background-networking', '--disable-component-update',
-        '--disable-sync', '--disable-dev-shm-usage', '--hide-scrollbars', '--window-size=1280,900', 'about:blank',
-      ],
-      // Its own process group, so that afterAll can end Chromium's helper processes with it.
-      { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'], detached: true },
-    )
-    let stderr = ''
-    chromium.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)))
-    exited = new Promise<never>((_, reject) => chromium!.once('exit', (code) => reject(new Error(`chromium exited (${code}):\n${stderr}`))))
-    exited.catch(() => undefined)
-    cdp = new Cdp(chromium.stdio[3] as Writable, chromium.stdio[4] as Readable)
+    const launched = launchChromium(CHROMIUM, profile, '1280,900')
+    chromium = launched.process
+    cdp = launched.cdp
+    exited = launched.exited
   })
 
   afterAll(async () => {

@@ -1,18 +1,17 @@
 // examples/server as a service: multipart uploads, server-sent event streams (and clients that leave mid-stream),
 // /metrics in Prometheus text format, graceful close, and the web page driven by a real headless Chromium over the
 // DevTools protocol (CDP over --remote-debugging-pipe: no WebSocket client needed, no port to find).
-import { spawn, type ChildProcess } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { request, type IncomingHttpHeaders } from 'node:http'
 import { join } from 'node:path'
-import type { Readable, Writable } from 'node:stream'
 import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createCaptionServer, type CaptionServer } from '../examples/server/server.js'
 import { parseMultipart } from '../examples/server/multipart.js'
 import { Captioner } from '../lib/index.js'
 import { makePngs, makeTinyCaptionModels } from './helpers/models.js'
-import { Cdp } from './helpers/cdp.js'
+import { launchChromium, type Cdp } from './helpers/cdp.js'
 import { repoRoot, tempDir } from './helpers/paths.js'
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -439,20 +438,10 @@ describe('the web page in headless Chromium', () => {
     for (const f of files) expected.set(f.path.split('/').at(-1)!, await alone(f.data, 20))
 
     profile = tempDir('semicap-chromium-')
-    chromium = spawn(
-      CHROMIUM,
-      [
-        '--headless=new', '--no-sandbox', '--disable-gpu', '--remote-debugging-pipe', `--user-data-dir=${profile}`, '--no-first-run',
-        '--no-default-browser-check', '--disable-extensions', '--disable-background-networking', '--disable-component-update',
-        '--disable-sync', '--disable-dev-shm-usage', '--hide-scrollbars', '--window-size=1000,900', 'about:blank',
-      ],
-      // Its own process group, so that afterAll can end Chromium's helper processes with it.
-      { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'], detached: true },
-    )
-    let stderr = ''
-    chromium.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)))
-    const exited = new Promise<never>((_, reject) => chromium!.once('exit', (code) => reject(new Error(`chromium exited (${code}):\n${stderr}`))))
-    cdp = new Cdp(chromium.stdio[3] as Writable, chromium.stdio[4] as Readable)
+    const launched = launchChromium(CHROMIUM, profile, '1000,900')
+    chromium = launched.process
+    const exited = launched.exited
+    cdp = launched.cdp
     const c = cdp
     const go = async () => {
       const { targetId } = (await c.send('Target.createTarget', { url: 'about:blank' })) as { targetId: string }

@@ -1,5 +1,6 @@
 // A minimal Chrome DevTools Protocol client for the tests that drive headless Chromium (server.test.ts,
 // report.test.ts).
+import { spawn, type ChildProcess } from 'node:child_process'
 import type { Readable, Writable } from 'node:stream'
 
 /** A minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fd 3: to Chromium, fd 4: from it; NUL-separated JSON). */
@@ -59,4 +60,29 @@ export class Cdp {
       this.#listeners.add(l)
     })
   }
+}
+
+/** A headless Chromium driven over --remote-debugging-pipe; `exited` rejects (with its stderr tail) if it dies. */
+export interface HeadlessChromium {
+  process: ChildProcess
+  cdp: Cdp
+  exited: Promise<never>
+}
+
+export function launchChromium(binary: string, profile: string, windowSize: string): HeadlessChromium {
+  const chromium = spawn(
+    binary,
+    [
+      '--headless=new', '--no-sandbox', '--disable-gpu', '--remote-debugging-pipe', `--user-data-dir=${profile}`, '--no-first-run',
+      '--no-default-browser-check', '--disable-extensions', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync', '--disable-dev-shm-usage', '--hide-scrollbars', `--window-size=${windowSize}`, 'about:blank',
+    ],
+    // Its own process group, so that the caller can end Chromium's helper processes with it.
+    { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'], detached: true },
+  )
+  let stderr = ''
+  chromium.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)))
+  const exited = new Promise<never>((_, reject) => chromium.once('exit', (code) => reject(new Error(`chromium exited (${code}):\n${stderr}`))))
+  exited.catch(() => undefined)
+  return { process: chromium, cdp: new Cdp(chromium.stdio[3] as Writable, chromium.stdio[4] as Readable), exited }
 }
