@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -11,7 +13,15 @@
 
 namespace semicap {
 
-AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp-" + std::to_string(::getpid())) {
+namespace {
+// Two writers of one path in one process (two training runs sharing a feature cache) must not share a temp file.
+std::string temp_name(const std::string& path) {
+  static std::atomic<uint64_t> counter{0};
+  return path + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(counter.fetch_add(1));
+}
+}  // namespace
+
+AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(temp_name(path)) {
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) fail("E_IO", tmp_ + ": cannot create: " + std::strerror(errno));
 }

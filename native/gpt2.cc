@@ -121,18 +121,19 @@ at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
   const int64_t C = cfg_.n_embd;
   // Decoding one token per row into capacity buffers on the CPU: the fused loop (the same one forward_rows runs).
   const bool fused = T == 1 && cache && decode_attention_usable(embeds) && fusable(*cache, embeds.size(0));
+  if (fused) check(past < cache->capacity, "E_NATIVE", "KV cache capacity exceeded");
+  const std::vector<int64_t> fused_pos(fused ? embeds.size(0) : 0, past);  // every row is at position `past`
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const Gpt2Block& b = blocks_[i];
     at::Tensor qkv_all = b.c_attn(b.ln1(x)), att;
     if (fused) {
-      check(past < cache->capacity, "E_NATIVE", "KV cache capacity exceeded");
       const int64_t B = embeds.size(0), row_stride = cache->k[i].numel() / std::max<int64_t>(B, 1);
       std::vector<float*> kp(B), vp(B);
       for (int64_t r = 0; r < B; ++r) {
         kp[r] = cache->k[i].data_ptr<float>() + r * row_stride;
         vp[r] = cache->v[i].data_ptr<float>() + r * row_stride;
       }
-      att = decode_attention(qkv_all.contiguous(), b.heads, kp, vp, cache->capacity, std::vector<int64_t>(B, past));
+      att = decode_attention(qkv_all.contiguous(), b.heads, kp, vp, cache->capacity, fused_pos);
     } else {
       auto qkv = qkv_all.split(C, -1);
       at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);

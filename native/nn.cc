@@ -268,8 +268,7 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 }
 
 bool decode_attention_usable(const at::Tensor& x) {
-  const at::Tensor& qkv = x;
-  return qkv.is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 3 && qkv.size(1) == 1 && !c10::GradMode::is_enabled();
+  return x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(1) == 1 && !c10::GradMode::is_enabled();
 }
 
 namespace {

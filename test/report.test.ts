@@ -11,7 +11,7 @@ import sharp from 'sharp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { SemicapError } from '../lib/errors.js'
 import { renderReport, type ReportFact, type ReportInput, type ReportRow, type TrainingLogEntry } from '../lib/metrics/index.js'
-import { launchChromium, type Cdp } from './helpers/cdp.js'
+import { closeChromium, launchChromium, type Cdp } from './helpers/cdp.js'
 import { repoRoot } from './helpers/paths.js'
 
 const run = promisify(execFile)
@@ -357,17 +357,7 @@ describe('the full report in headless Chromium (DevTools protocol)', () => {
   })
 
   afterAll(async () => {
-    if (chromium && chromium.exitCode === null && chromium.signalCode === null) {
-      const exit = new Promise((r) => chromium!.once('exit', r))
-      await cdp?.send('Browser.close', {}, undefined, 2_000).catch(() => undefined)
-      await Promise.race([exit, new Promise((r) => setTimeout(r, 3_000))])
-      try {
-        process.kill(-chromium.pid!, 'SIGKILL')
-      } catch {
-        /* already gone */
-      }
-      await Promise.race([exit, new Promise((r) => setTimeout(r, 3_000))])
-    }
+    await closeChromium(chromium, cdp)
     if (profile) rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 })
   })
 

@@ -11,7 +11,7 @@ import { createCaptionServer, type CaptionServer } from '../examples/server/serv
 import { parseMultipart } from '../examples/server/multipart.js'
 import { Captioner } from '../lib/index.js'
 import { makePngs, makeTinyCaptionModels } from './helpers/models.js'
-import { launchChromium, type Cdp } from './helpers/cdp.js'
+import { closeChromium, launchChromium, type Cdp } from './helpers/cdp.js'
 import { repoRoot, tempDir } from './helpers/paths.js'
 
 const CHROMIUM = '/usr/bin/chromium'
@@ -397,18 +397,7 @@ describe('the web page in headless Chromium', () => {
   let cdp: Cdp | undefined
   let profile: string | undefined
   afterAll(async () => {
-    if (chromium && chromium.exitCode === null && chromium.signalCode === null) {
-      const exit = new Promise((r) => chromium!.once('exit', r))
-      // Politely first (Chromium's helpers exit with it), then its whole process group.
-      await cdp?.send('Browser.close', {}, undefined, 2_000).catch(() => undefined)
-      await Promise.race([exit, new Promise((r) => setTimeout(r, 3_000))])
-      try {
-        process.kill(-chromium.pid!, 'SIGKILL')
-      } catch {
-        /* already gone */
-      }
-      await Promise.race([exit, new Promise((r) => setTimeout(r, 3_000))])
-    }
+    await closeChromium(chromium, cdp)
     if (profile) {
       try {
         rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 })

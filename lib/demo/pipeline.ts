@@ -580,8 +580,7 @@ function trainOptions(ctx: PipelineContext, models: ModelStages, spec: Captioner
 
 /**
  * Computes the reward CLIP's features of every train and test image into the feature cache before the captioners
- * train. Stages that run at once (`jobs` > 1) then only read the cache file: two writers of one cache file in one
- * process would share its temporary file.
+ * train, so that stages running at once (`jobs` > 1) read the cache instead of each computing the same features.
  */
 export async function warmFeatureCache(ctx: PipelineContext, models: ModelStages): Promise<void> {
   checkAbort(ctx)

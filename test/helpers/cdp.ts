@@ -86,3 +86,17 @@ export function launchChromium(binary: string, profile: string, windowSize: stri
   exited.catch(() => undefined)
   return { process: chromium, cdp: new Cdp(chromium.stdio[3] as Writable, chromium.stdio[4] as Readable), exited }
 }
+
+/** Ends a launched Chromium: politely first (its helpers exit with it), then its whole process group. */
+export async function closeChromium(chromium: ChildProcess | undefined, cdp: Cdp | undefined): Promise<void> {
+  if (!chromium || chromium.exitCode !== null || chromium.signalCode !== null) return
+  const exit = new Promise((r) => chromium.once('exit', r))
+  await cdp?.send('Browser.close', {}, undefined, 2_000).catch(() => undefined)
+  await Promise.race([exit, new Promise((r) => setTimeout(r, 3_000))])
+  try {
+    process.kill(-chromium.pid!, 'SIGKILL')
+  } catch {
+    /* already gone */
+  }
+  await Promise.race([exit, new Promise((r) => setTimeout(r, 3_000))])
+}
