@@ -22,9 +22,10 @@ for f in cpu_kernels cpu_kernels_portable cpu_kernels_avx2 cpu_kernels_avx512; d
   "$CXX" "${common[@]}" ${flags[$f]} -c "$root/native/$f.cc" -o "$out/$f.o" &
   objs+=("$out/$f.o")
 done
-# The AVX2 loops once more with the AVX-512 tiling (12-row tiles, K-blocks of 192): this CPU may not run AVX-512,
+# The AVX2 loops once more with the AVX-512 tiling (12-row tiles) and small row blocks (64 KiB of packed x, so the
+# test's shapes cross row blocks): this CPU may not run AVX-512,
 # but it runs the same template code at those tile sizes (cpu_kernels_test_wide).
-"$CXX" "${common[@]}" -mavx2 -mfma -mf16c -DSK_RMAX=12 -DSK_KC=192 -c "$root/native/cpu_kernels_avx2.cc" \
+"$CXX" "${common[@]}" -mavx2 -mfma -mf16c -DSK_RMAX=12 -DSK_X_BYTES=65536 -c "$root/native/cpu_kernels_avx2.cc" \
   -o "$out/cpu_kernels_avx2_wide.o" &
 "$CXX" "${common[@]}" -c "$here/cpu_kernels_test.cc" -o "$out/cpu_kernels_test.o" &
 "$CXX" "${common[@]}" -c "$here/cpu_kernels_bench.cc" -o "$out/cpu_kernels_bench.o" &

@@ -135,7 +135,7 @@ void test_products() {
   cases.push_back({1001, 768, 8, false, 0, 0, 0, true, 2, 1001 - 9});
   cases.push_back({1001, 768, 50, true, 11, 1, 0, true, 3, 700});
   cases.push_back({200, 3000, 13, true, 0, 0, 0, false, 1, 150});
-  cases.push_back({70, 3001, 20, false, 0, 1, 2, true, 1, 70});  // several K-blocks per segment
+  cases.push_back({70, 3001, 20, false, 0, 1, 2, true, 1, 70});  // K not a multiple of 4; several row blocks in the wide build
   cases.push_back({33, 2050, 37, true, 1, 0, 0, true, 0, 33});
   cases.push_back({200, 3000, 1, false, 0, 0, 3, true, 1, 151});
   cases.push_back({100, 1000, 130, false, 3, 2, 1, true, 1, 99});
