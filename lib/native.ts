@@ -60,6 +60,7 @@ export interface DecodeOutputWire { ids: WireTensor; scores: WireTensor; feature
 export interface AddonClip {
   load(path: string | null, device: string, dtype?: string): Promise<LoadedWeightsWire>
   vision(pixels: WireTensor): Promise<TowerOutputWire>
+  imageFeatures(pixels: WireTensor): Promise<WireTensor>
   text(ids: WireTensor): Promise<TowerOutputWire>
   logitScale(): number
   save(path: string, metadata?: Record<string, string>): Promise<void>

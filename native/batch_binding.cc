@@ -166,7 +166,7 @@ class AddonDecodeBatch : public Napi::ObjectWrap<AddonDecodeBatch> {
             std::lock_guard<std::mutex> clip_lock(clip->mu);
             at::Tensor px = input;
             if (clip->model->device().is_cuda() && px.is_cpu()) px = px.to(at::kFloat).pin_memory().to(clip->model->device(), /*non_blocking=*/true);
-            features = clip->model->vision(px).features.to(at::kFloat);
+            features = clip->model->image_features(px).to(at::kFloat);
           }
           at::Tensor prefix = m.prefix_from_features(features);
           check(at::isfinite(prefix).all().item<bool>(), "E_VALUE", "add: the prefix (or the features it was mapped from) contains NaN or infinite values");

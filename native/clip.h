@@ -24,6 +24,8 @@ struct ClipEncoderLayer {
   int64_t heads;
   Activation act;
   at::Tensor operator()(const at::Tensor& x, bool causal) const;
+  // The layer's output for token 0 only ([B, 1, D]; non-causal): what the class token's features need.
+  at::Tensor first_token(const at::Tensor& x) const;
 };
 
 // What each tower returns: the last hidden state, the pooled output, and its projection (the features).
@@ -37,6 +39,9 @@ class ClipModel {
 
   // pixels [B, C, S, S] float32 -> outputs; validates shapes and values.
   ClipTowerOutput vision(const at::Tensor& pixels) const;
+  // The projected image features alone (Hugging Face get_image_features), without the last hidden state of the
+  // tokens other than the class token; equal to vision(pixels).features up to float rounding.
+  at::Tensor image_features(const at::Tensor& pixels) const;
   // ids [B, T] int64 -> outputs; validates ids and lengths.
   ClipTowerOutput text(const at::Tensor& ids) const;
   at::Tensor logit_scale() const { return logit_scale_; }
@@ -45,6 +50,7 @@ class ClipModel {
  private:
   std::vector<ClipEncoderLayer> make_layers(const std::string& prefix, const ClipTowerConfig& c);
   at::Tensor encode(const std::vector<ClipEncoderLayer>& layers, at::Tensor x, bool causal) const;
+  at::Tensor vision_embeddings(const at::Tensor& pixels) const;  // validated pixels -> pre-LayerNormed tokens
 
   ClipConfig cfg_;
   ParamStore params_;

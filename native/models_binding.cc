@@ -165,6 +165,7 @@ static Napi::Value save_params(Napi::Env env, std::shared_ptr<Locked<M>> h, std:
 Napi::Function AddonClip::Init(Napi::Env env) {
   return DefineClass(env, "AddonClip",
                      {InstanceMethod("load", &AddonClip::Load), InstanceMethod("vision", &AddonClip::Vision),
+                      InstanceMethod("imageFeatures", &AddonClip::ImageFeatures),
                       InstanceMethod("text", &AddonClip::Text), InstanceMethod("logitScale", &AddonClip::LogitScale),
                       InstanceMethod("save", &AddonClip::Save),
                       InstanceMethod("dispose", &AddonClip::Dispose)});
@@ -258,6 +259,20 @@ static Napi::Value run_tower(const Napi::CallbackInfo& info, std::shared_ptr<Loc
 
 Napi::Value AddonClip::Vision(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value { return run_tower(info, handle(), "pixels", &ClipModel::vision); });
+}
+
+Napi::Value AddonClip::ImageFeatures(const Napi::CallbackInfo& info) {
+  return guarded(info.Env(), [&]() -> Napi::Value {
+    auto h = handle();
+    KeepAlive keep;
+    at::Tensor input = tensor_from_js(info[0], "pixels", keep);
+    return run_async(info.Env(), [h, input]() -> Finish {
+      std::lock_guard<std::mutex> lock(h->mu);
+      c10::InferenceMode guard;
+      at::Tensor f = h->model->image_features(input);
+      return [f](Napi::Env env) { return tensor_to_js(env, f); };
+    }, std::move(keep));
+  });
 }
 
 Napi::Value AddonClip::Text(const Napi::CallbackInfo& info) {
@@ -488,7 +503,7 @@ Napi::Value AddonCaptioner::Caption(const Napi::CallbackInfo& info) {
         // Pinned staging makes the host-to-device copy asynchronous and faster than from pageable memory.
         if (clip->model->device().is_cuda() && px.is_cpu()) px = px.to(at::kFloat).pin_memory().to(clip->model->device(), /*non_blocking=*/true);
         Bf16Autocast autocast(opts.bf16 && clip->model->device().is_cuda());
-        features = clip->model->vision(px).features.to(at::kFloat);
+        features = clip->model->image_features(px).to(at::kFloat);
       }
       DecodeResult r = decode(*h->model->gpt, h->model->prefix_from_features(features), opts);
       Finish base = decode_result_to_js(r);

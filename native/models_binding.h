@@ -26,6 +26,7 @@ class AddonClip : public Napi::ObjectWrap<AddonClip> {
  private:
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value Vision(const Napi::CallbackInfo& info);
+  Napi::Value ImageFeatures(const Napi::CallbackInfo& info);
   Napi::Value Text(const Napi::CallbackInfo& info);
   Napi::Value LogitScale(const Napi::CallbackInfo& info);
   Napi::Value Save(const Napi::CallbackInfo& info);

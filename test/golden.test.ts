@@ -40,7 +40,10 @@ describe('CLIP matches the reference', () => {
     expect(relError(floats(out.lastHidden), floats(ref['outputs.vision_last_hidden_state']))).toBeLessThan(TOL)
     expect(relError(floats(out.pooled), floats(ref['outputs.vision_pooled']))).toBeLessThan(TOL)
     expect(relError(floats(out.features), floats(ref['outputs.image_features']))).toBeLessThan(TOL)
-    expect(relError(floats(await clip.imageFeatures(ref['inputs.pixel_values'])), floats(ref['outputs.image_features']))).toBeLessThan(TOL)
+    // imageFeatures runs the last layer for the class token alone: the same features up to float rounding.
+    const fast = floats(await clip.imageFeatures(ref['inputs.pixel_values']))
+    expect(relError(fast, floats(ref['outputs.image_features']))).toBeLessThan(TOL)
+    expect(relError(fast, floats(out.features))).toBeLessThan(1e-5)
   })
 
   it('text tower: pooling at the first eos, padded rows, features', async () => {
