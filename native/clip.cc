@@ -8,7 +8,7 @@ at::Tensor ClipEncoderLayer::operator()(const at::Tensor& x, bool causal) const 
   at::Tensor h = ln1(x);
   at::Tensor a = attention(split_heads(q(h), heads), split_heads(k(h), heads), split_heads(v(h), heads), causal);
   at::Tensor y = x + out(merge_heads(a));
-  return y + fc2(activate(fc1(ln2(y)), act));
+  return y + fc2(fc1(ln2(y), act));
 }
 
 at::Tensor ClipEncoderLayer::first_token(const at::Tensor& x) const {
@@ -16,7 +16,7 @@ at::Tensor ClipEncoderLayer::first_token(const at::Tensor& x) const {
   at::Tensor q0 = q(h.narrow(1, 0, 1));  // only token 0 asks; every token still answers (keys and values)
   at::Tensor a = attention(split_heads(q0, heads), split_heads(k(h), heads), split_heads(v(h), heads), false);
   at::Tensor y = x.narrow(1, 0, 1) + out(merge_heads(a));
-  return y + fc2(activate(fc1(ln2(y)), act));
+  return y + fc2(fc1(ln2(y), act));
 }
 
 std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, const ClipTowerConfig& c) {

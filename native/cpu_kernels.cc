@@ -25,7 +25,8 @@ namespace semicap::kernels {
   int segments();                                                                                                   \
   int64_t scratch_size(int64_t rows, int64_t K);                                                                    \
   void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,     \
-            int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, float* scratch); \
+            int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,         \
+            float* scratch);                                                                                       \
   }
 SEMICAP_KERNEL_DECL(portable)
 SEMICAP_KERNEL_DECL(avx2)
@@ -296,7 +297,7 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
 }
 
 void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
-                 int64_t ldy, int64_t n_begin, int64_t n_end) {
+                 int64_t ldy, int64_t n_begin, int64_t n_end, Act act) {
   if (rows < 0 || n_begin < 0 || n_end > w.N || n_begin > n_end || w.panel <= 0 || n_begin % w.panel != 0)
     throw std::invalid_argument("cpu_kernels::gemm_packed: bad column range [" + std::to_string(n_begin) + ", " +
                                 std::to_string(n_end) + ") for N " + std::to_string(w.N) + ", panel " +
@@ -306,22 +307,24 @@ void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& 
   if (static_cast<int>(w.isa) > static_cast<int>(best_isa()))
     throw std::invalid_argument(std::string("cpu_kernels::gemm_packed: weight packed for ") + isa_name(w.isa) +
                                 ", which this CPU does not run");
+  if (act != Act::None && act != Act::QuickGelu && act != Act::GeluTanh)
+    throw std::invalid_argument("cpu_kernels::gemm_packed: unknown activation");
   if (rows == 0 || n_begin == n_end) return;
-  const int t = static_cast<int>(w.type);
+  const int t = static_cast<int>(w.type), a = static_cast<int>(act);
   switch (w.isa) {
     case Isa::Portable: {
       float* s = thread_scratch(portable::scratch_size(rows, w.K));
-      portable::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      portable::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
       break;
     }
     case Isa::Avx2: {
       float* s = thread_scratch(avx2::scratch_size(rows, w.K));
-      avx2::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      avx2::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
       break;
     }
     case Isa::Avx512: {
       float* s = thread_scratch(avx512::scratch_size(rows, w.K));
-      avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, s);
+      avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
       break;
     }
   }

@@ -16,6 +16,10 @@ namespace semicap::kernels {
 
 enum class Isa { Portable = 0, Avx2 = 1, Avx512 = 2 };
 enum class WType { F32 = 0, BF16 = 1, I8 = 2 };
+// An activation applied to each output in the product's epilogue (after bias and scale), saving a pass over y:
+// QuickGelu x * sigmoid(1.702 x) (CLIP), GeluTanh 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (GPT-2). Both
+// within a few float32 ulps of the exact functions (their own e^x, not libm's).
+enum class Act { None = 0, QuickGelu = 1, GeluTanh = 2 };
 
 const char* isa_name(Isa isa);      // "portable", "avx2", "avx512"
 const char* wtype_name(WType t);    // "float32", "bfloat16", "int8"
@@ -70,7 +74,7 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
 // std::invalid_argument on a bad range or stride, or when this CPU does not run w.isa (pack() callers use
 // active_isa() or lower).
 void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
-                 int64_t ldy, int64_t n_begin, int64_t n_end);
+                 int64_t ldy, int64_t n_begin, int64_t n_end, Act act = Act::None);
 
 // The weight as float32 [N, K] again (tests; int8 and bf16 give the dequantised values).
 void unpack(const PackedWeight& w, float* out);

@@ -73,6 +73,43 @@ static inline vf vset1(float s) { return (vf)_mm_set1_ps(s); }
 static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }  // SSE2: no FMA
 #endif
 
+typedef int32_t vi __attribute__((vector_size(VB)));
+
+// e^x for the activations of the epilogue (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2, a degree-5 polynomial for
+// e^r, then 2^n in the exponent bits; ~1 ulp over the clamped range). NaN stays NaN.
+static inline vf vexp(vf x) {
+  const vf hi = vset1(88.3762626647949f), lo = vset1(-87.3365447505531f);
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const vf fx = x * vset1(1.44269504088896341f) + vset1(0.5f);
+  vi n = __builtin_convertvector(fx, vi);  // truncation; floor below
+  vf fn = __builtin_convertvector(n, vf);
+  const vi over = fn > fx;                 // -1 where truncation went up (negative fx)
+  n += over;
+  fn = __builtin_convertvector(n, vf);
+  const vf r = x - fn * vset1(0.693359375f) - fn * vset1(-2.12194440e-4f);
+  vf p = vset1(1.9875691500e-4f);
+  p = p * r + vset1(1.3981999507e-3f);
+  p = p * r + vset1(8.3334519073e-3f);
+  p = p * r + vset1(4.1665795894e-2f);
+  p = p * r + vset1(1.6666665459e-1f);
+  p = p * r + vset1(5.0000001201e-1f);
+  p = p * r * r + r + vset1(1.f);
+  const vi bits = (n + 127) << 23;
+  return p * (vf)bits;
+}
+
+// Activations applied to a product's outputs before they are stored (ACT_* match kernels::Act): both are
+// x * sigmoid(z) = x / (1 + e^-z), z = 1.702 x (CLIP's quick_gelu) or 2 sqrt(2 / pi) (x + 0.044715 x^3) (GPT-2's tanh
+// GELU: 0.5 (1 + tanh(u)) = sigmoid(2u)).
+enum { ACT_NONE = 0, ACT_QUICK_GELU = 1, ACT_GELU_TANH = 2 };
+static inline vf vact(vf x, int act) {
+  vf z;
+  if (act == ACT_QUICK_GELU) z = x * vset1(1.702f);
+  else z = (x + vset1(0.044715f) * x * x * x) * vset1(1.5957691216057308f);
+  return x / (vset1(1.f) + vexp(-z));
+}
+
 // One panel row (P columns) as two float vectors.
 template <int T> struct Row;
 template <> struct Row<0> {
@@ -177,37 +214,37 @@ struct Out {
   int ncols;           // <= P
   const float* bias;   // at the panel's first column, or null
   const float* scale;  // at the panel's first column, or null
+  int act;             // ACT_*: applied after bias and scale
 };
 
 template <int R>
 static inline void store(const vf (&acc)[R][2], const Out& o) {
   vf s0 = vset1(1.f), s1 = s0;
   if (o.scale) { s0 = vload(o.scale); s1 = vload(o.scale + V); }
-  if (o.ncols == P) {
-    vf b0 = vf{}, b1 = vf{};
-    if (o.bias) { b0 = vload(o.bias); b1 = vload(o.bias + V); }
-#pragma GCC unroll 64
-    for (int r = 0; r < R; ++r) {
-      float* yr = o.y + r * o.ldy;
-      vf v0 = acc[r][0], v1 = acc[r][1];
-      if (o.scale) { v0 *= s0; v1 *= s1; }
-      if (o.bias) { v0 += b0; v1 += b1; }
-      vstore(yr, v0);
-      vstore(yr + V, v1);
-    }
-    return;
+  vf b0 = vf{}, b1 = vf{};
+  if (o.ncols == P && o.bias) { b0 = vload(o.bias); b1 = vload(o.bias + V); }
+  else if (o.bias) {  // a last panel that ends inside: its bias padded with zeros
+    float t[P];
+    for (int j = 0; j < P; ++j) t[j] = j < o.ncols ? o.bias[j] : 0.f;
+    b0 = vload(t);
+    b1 = vload(t + V);
   }
+#pragma GCC unroll 64
   for (int r = 0; r < R; ++r) {
-    float* yr = o.y + r * o.ldy;
     vf v0 = acc[r][0], v1 = acc[r][1];
     if (o.scale) { v0 *= s0; v1 *= s1; }
-    float t[P];
-    vstore(t, v0);
-    vstore(t + V, v1);
-    for (int j = 0; j < o.ncols; ++j) {
-      float v = t[j];
-      if (o.bias) v += o.bias[j];
-      yr[j] = v;
+    v0 += b0;
+    v1 += b1;
+    if (o.act != ACT_NONE) { v0 = vact(v0, o.act); v1 = vact(v1, o.act); }
+    float* yr = o.y + r * o.ldy;
+    if (o.ncols == P) {
+      vstore(yr, v0);
+      vstore(yr + V, v1);
+    } else {
+      float t[P];
+      vstore(t, v0);
+      vstore(t + V, v1);
+      for (int j = 0; j < o.ncols; ++j) yr[j] = t[j];
     }
   }
 }
@@ -305,7 +342,7 @@ static inline int64_t scratch_floats(int64_t rows, int64_t K) { return lmin(rows
 template <int T>
 static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row<T>::E* data, const float* scale,
                    int64_t N, int64_t K, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end,
-                   float* scratch) {
+                   int act, float* scratch) {
   if (rows <= 0 || n_end <= n_begin) return;
   const int64_t np = (N + P - 1) / P;
   const int64_t p0 = n_begin / P, p1 = (n_end + P - 1) / P;
@@ -331,6 +368,7 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
       o.ncols = static_cast<int>(lmin(P, n_end - n0));
       o.bias = bias ? bias + n0 : nullptr;
       o.scale = scale ? scale + n0 : nullptr;
+      o.act = act;
       // Run s = segment s: consecutive panels continue 4 sequential streams.
       tiles<T>(xp, mr, K, [&](int s) { return at(s, p, seg_start(K, s)); }, [&](int s) { return seg_start(K, s); },
                     len, extra, o);
@@ -341,17 +379,19 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
 // The entry point each ISA translation unit exports under its own namespace.
 static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x,
                               int64_t rows, int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin,
-                              int64_t n_end, float* scratch) {
+                              int64_t n_end, int act, float* scratch) {
   switch (wtype) {
     case 0:
-      gemm_t<0>(x, rows, ldx, static_cast<const float*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, scratch);
+      gemm_t<0>(x, rows, ldx, static_cast<const float*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
+                scratch);
       break;
     case 1:
-      gemm_t<1>(x, rows, ldx, static_cast<const uint16_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end,
+      gemm_t<1>(x, rows, ldx, static_cast<const uint16_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
                 scratch);
       break;
     case 2:
-      gemm_t<2>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, scratch);
+      gemm_t<2>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, act,
+                scratch);
       break;
     default: break;
   }
@@ -364,6 +404,7 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
   int segments() { return SEG; }                                                                                   \
   int64_t scratch_size(int64_t rows, int64_t K) { return scratch_floats(rows, K); }                                \
   void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,   \
-            int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, float* scratch) { \
-    gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, scratch);                     \
+            int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,        \
+            float* scratch) {                                                                                      \
+    gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, act, scratch);                \
   }

@@ -159,7 +159,7 @@ at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
       att = merge_heads(attention(q, k, v, true));
     }
     x = x + b.c_proj(att);
-    x = x + b.mlp_proj(activate(b.c_fc(b.ln2(x)), b.act));
+    x = x + b.mlp_proj(b.c_fc(b.ln2(x), b.act));
   }
   if (cache) cache->len = past + T;
   return ln_f_(x);
@@ -204,7 +204,7 @@ at::Tensor Gpt2Model::forward_rows(const at::Tensor& embeds, const std::vector<K
       att = merge_heads(B == 1 ? outs[0] : at::cat(outs, 0));
     }
     x = x + b.c_proj(att);
-    x = x + b.mlp_proj(activate(b.c_fc(b.ln2(x)), b.act));
+    x = x + b.mlp_proj(b.c_fc(b.ln2(x), b.act));
   }
   for (KvCache* c : caches) c->len += 1;
   return ln_f_(x);

@@ -37,6 +37,14 @@ at::Tensor activate(const at::Tensor& x, Activation a) {
   return x;
 }
 
+kernels::Act fused_act(Activation a) {
+  switch (a) {
+    case Activation::QuickGelu: return kernels::Act::QuickGelu;
+    case Activation::GeluTanh: return kernels::Act::GeluTanh;
+    default: return kernels::Act::None;
+  }
+}
+
 ParamStore::ParamStore() : gen_(at::detail::createCPUGenerator(0)) {}
 
 void ParamStore::seed(uint64_t s) { gen_ = at::detail::createCPUGenerator(s); }

@@ -78,12 +78,22 @@ inline bool single_row_cpu(const at::Tensor& x) {
   return x.is_cpu() && x.numel() == x.size(-1) && x.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
 }
 
+// The activation the product kernels can apply in their epilogue (None: apply it after).
+kernels::Act fused_act(Activation a);
+
 struct Linear {
   at::Tensor weight, bias;  // weight [out, in] (PyTorch layout), bias optional
   std::shared_ptr<PackedSlot> packed;  // CPU inference through cpu_kernels.h (null: BLAS only)
   at::Tensor operator()(const at::Tensor& x) const {
     if (packed_usable(x, weight, packed.get())) return packed_product(x, weight, bias, *packed, [&] { return blas(x); });
     return blas(x);
+  }
+  // activate(this(x), a), fused into the product where the kernels run it.
+  at::Tensor operator()(const at::Tensor& x, Activation a) const {
+    const kernels::Act k = fused_act(a);
+    if (k != kernels::Act::None && packed_usable(x, weight, packed.get()))
+      return packed_product(x, weight, bias, *packed, [&] { return activate(blas(x), a); }, k);
+    return activate((*this)(x), a);
   }
   at::Tensor blas(const at::Tensor& x) const {
     if (single_row_cpu(x)) {
@@ -103,6 +113,12 @@ struct Conv1D {
   at::Tensor operator()(const at::Tensor& x) const {
     if (packed_usable(x, weight, packed.get())) return packed_product(x, weight, bias, *packed, [&] { return blas(x); });
     return blas(x);
+  }
+  at::Tensor operator()(const at::Tensor& x, Activation a) const {
+    const kernels::Act k = fused_act(a);
+    if (k != kernels::Act::None && packed_usable(x, weight, packed.get()))
+      return packed_product(x, weight, bias, *packed, [&] { return activate(blas(x), a); }, k);
+    return activate((*this)(x), a);
   }
   at::Tensor blas(const at::Tensor& x) const {
     if (single_row_cpu(x)) return at::addmv(bias, weight.t(), x.reshape({-1})).view(out_shape(x));

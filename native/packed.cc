@@ -156,7 +156,7 @@ Calibration& calibration() {
 }
 
 // The kernels over the packed weight, columns split between threads by whole panels (rows when there are few).
-at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, const at::Tensor& bias) {
+at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, const at::Tensor& bias, kernels::Act act) {
   const int64_t K = pw.K, N = pw.N, rows = x.numel() / K;
   at::Tensor xc = x.reshape({rows, K}).contiguous();
   at::Tensor b = bias.defined() ? bias.contiguous() : bias;
@@ -167,7 +167,7 @@ at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, con
   const int64_t P = pw.panel, panels = (N + P - 1) / P;
   const int threads = at::get_num_threads();
   auto cols = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
-    kernels::gemm_packed(xp + r0 * K, r1 - r0, K, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P));
+    kernels::gemm_packed(xp + r0 * K, r1 - r0, K, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P), act);
   };
   constexpr int64_t kRowBlock = 48;
   if (threads <= 1 || rows * N * K < (int64_t{1} << 18)) {
@@ -238,9 +238,9 @@ bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* s
 }
 
 at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
-                          const std::function<at::Tensor()>& blas) {
+                          const std::function<at::Tensor()>& blas, kernels::Act act) {
   auto pw = slot.get(w);
-  if (slot.type() != WType::F32 || f32_mode() == F32Mode::Kernel) return run_kernels(x, *pw, bias);
+  if (slot.type() != WType::F32 || f32_mode() == F32Mode::Kernel) return run_kernels(x, *pw, bias, act);
   const int64_t rows = x.numel() / pw->K;
   const int threads = at::get_num_threads();
   ChoiceKey key{rows_bucket(rows), pw->K, pw->N, threads};
@@ -249,7 +249,7 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
     std::lock_guard<std::mutex> lock(cal.mu);
     if (!cal.loaded) cal.load_file();
     auto it = cal.choices.find(key);
-    if (it != cal.choices.end()) return it->second.kernel ? run_kernels(x, *pw, bias) : blas();
+    if (it != cal.choices.end()) return it->second.kernel ? run_kernels(x, *pw, bias, act) : blas();
   }
   // First product of this shape: time both three times, alternating, and keep the faster by the fastest run (the
   // first BLAS run may fault the weight's pages back in; on a shared machine other work only ever adds time, and
@@ -259,7 +259,7 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   at::Tensor yk, yb;
   for (int i = 0; i < 3; ++i) {
     auto t0 = std::chrono::steady_clock::now();
-    yk = run_kernels(x, *pw, bias);
+    yk = run_kernels(x, *pw, bias, act);
     tk = std::min(tk, micros_since(t0));
     t0 = std::chrono::steady_clock::now();
     yb = blas();

@@ -48,9 +48,10 @@ bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* s
 // Whether weights of this type are ever read through slots (float32 with SEMICAP_CPU_GEMM=blas: never).
 bool packing_used(kernels::WType type);
 
-// y = x W^T + b (Linear, w [N, K]) or x W + b (Conv1D, w [K, N]), through the slot's packed weight or `blas`.
+// y = act(x W^T + b) (Linear, w [N, K]) or act(x W + b) (Conv1D, w [K, N]), through the slot's packed weight or
+// `blas` (which must apply act itself: the choice between the two times them as the caller gets them).
 at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
-                          const std::function<at::Tensor()>& blas);
+                          const std::function<at::Tensor()>& blas, kernels::Act act = kernels::Act::None);
 
 // Asks the kernel to drop w's pages when they are file-backed and clean (a weight adopted from a safetensors
 // mapping that the packed copy now stands for); dirty or anonymous pages are kept. Returns the bytes advised.

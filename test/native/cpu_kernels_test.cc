@@ -53,8 +53,15 @@ struct Case {
   int64_t n_end;           // -1: N
 };
 
+// The epilogue activations in double precision.
+double act_ref(double v, Act act) {
+  if (act == Act::QuickGelu) return v / (1.0 + std::exp(-1.702 * v));
+  if (act == Act::GeluTanh) return 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+  return v;
+}
+
 // One product checked against the double-precision reference over unpack()'s weights.
-void run_case(Isa isa, WType t, const Case& c) {
+void run_case(Isa isa, WType t, const Case& c, Act act = Act::None) {
   const int64_t ldw = (c.kn ? c.N : c.K) + c.ldw_pad;
   std::vector<float> w = randv(static_cast<size_t>((c.kn ? c.K : c.N) * ldw));
   auto pw = pack(w.data(), c.N, c.K, c.kn, ldw, t, isa);
@@ -90,7 +97,7 @@ void run_case(Isa isa, WType t, const Case& c) {
   std::vector<float> bias = randv(static_cast<size_t>(c.N));
   const float sentinel = 12345.f;
   std::vector<float> y(static_cast<size_t>(c.rows * ldy), sentinel);
-  gemm_packed(x.data(), c.rows, ldx, *pw, c.bias ? bias.data() : nullptr, y.data(), ldy, n_begin, n_end);
+  gemm_packed(x.data(), c.rows, ldx, *pw, c.bias ? bias.data() : nullptr, y.data(), ldy, n_begin, n_end, act);
   int bad = 0;
   for (int64_t m = 0; m < c.rows; ++m)
     for (int64_t n = 0; n < ldy; ++n) {
@@ -105,11 +112,13 @@ void run_case(Isa isa, WType t, const Case& c) {
         ref += term;
         mag += std::fabs(term);
       }
-      const double err = std::fabs(got - ref);
-      if (!(err <= 1e-5 * mag + 1e-30) && bad++ < 3)
-        CHECK(false, "%s %s N %ld K %ld rows %ld kn %d: y[%ld,%ld] = %.9g, want %.9g (err %g, mag %g)",
-              isa_name(isa), wtype_name(t), (long)c.N, (long)c.K, (long)c.rows, (int)c.kn, (long)m, (long)n, got, ref,
-              err, mag);
+      // The activations' slopes stay under 1.2; their own error is a few ulps of the result.
+      const double want = act_ref(ref, act);
+      const double err = std::fabs(got - want);
+      if (!(err <= 1.2e-5 * mag + 1e-6 * std::fabs(want) + 1e-30) && bad++ < 3)
+        CHECK(false, "%s %s act %d N %ld K %ld rows %ld kn %d: y[%ld,%ld] = %.9g, want %.9g (err %g, mag %g)",
+              isa_name(isa), wtype_name(t), (int)act, (long)c.N, (long)c.K, (long)c.rows, (int)c.kn, (long)m, (long)n,
+              got, want, err, mag);
     }
   ++g_checks;
   if (bad) ++g_failures;
@@ -143,7 +152,8 @@ void test_products() {
   for (Isa isa : runnable_isas())
     for (WType t : {WType::F32, WType::BF16, WType::I8}) {
       const int before = g_failures;
-      for (const Case& c : cases) run_case(isa, t, c);
+      // Every third case with each epilogue activation, so each runs over every kind of shape and range.
+      for (size_t j = 0; j < cases.size(); ++j) run_case(isa, t, cases[j], static_cast<Act>(j % 3));
       std::printf("%-8s %-8s %zu products: %s\n", isa_name(isa), wtype_name(t), cases.size(),
                   g_failures == before ? "ok" : "FAILED");
     }
@@ -279,9 +289,37 @@ void test_special_values() {
   }
 }
 
+// The activations at the extremes: the e^x clamp keeps them finite and right, NaN stays NaN.
+void test_activation_extremes() {
+  const float xs[] = {-1e13f, -1000.f, -100.f, -20.f, -3.f, -1.f, -1e-3f, 0.f, 1e-3f, 0.5f, 1.f, 3.f, 20.f, 100.f, 1000.f,
+                      1e13f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  const int64_t n = 32;
+  std::vector<float> w(1, 1.f);
+  for (Isa isa : runnable_isas())
+    for (Act act : {Act::QuickGelu, Act::GeluTanh}) {
+      auto pw = pack(w.data(), 1, 1, false, 1, WType::F32, isa);
+      std::vector<float> y(n);
+      gemm_packed(xs, n, 1, *pw, nullptr, y.data(), 1, 0, 1, act);  // n rows of one input each
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = act_ref(xs[i], act);
+        CHECK(std::isfinite(y[i]) && std::fabs(y[i] - want) <= 1e-6 * std::fabs(want) + 1e-20,
+              "%s act %d: f(%g) = %.9g, want %.9g", isa_name(isa), (int)act, xs[i], y[i], want);
+      }
+      const float nan_in = NAN;
+      float out = 0.f;
+      gemm_packed(&nan_in, 1, 1, *pw, nullptr, &out, 1, 0, 1, act);
+      CHECK(std::isnan(out), "%s act %d: NaN in, %g out", isa_name(isa), (int)act, out);
+    }
+  float bad = 0.f;
+  auto pw = pack(w.data(), 1, 1, false, 1, WType::F32, Isa::Portable);
+  CHECK(throws_invalid([&] { gemm_packed(&bad, 1, 1, *pw, nullptr, &bad, 1, 0, 1, static_cast<Act>(7)); }),
+        "unknown activation");
+}
+
 }  // namespace
 
 int main() {
+  test_activation_extremes();
   test_choose_isa();
   test_errors();
   test_special_values();
