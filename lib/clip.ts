@@ -5,7 +5,7 @@ import { clipConfigFromJson, readClipConfig, type ClipFolderConfig } from './con
 import { loadedWeights, resolveDevice, resolveDtype, type DeviceOption, type InferenceDtype, type LoadedWeights } from './device.js'
 import { SemicapError } from './errors.js'
 import { preprocessImages, type ImageInput } from './image.js'
-import { call, callSync, native, type AddonClip, type TowerOutputWire } from './native.js'
+import { call, callSync, native, type AddonClip, type TowerOutputWire, type WireTensor } from './native.js'
 import { saveHfFolder } from './hf-folder.js'
 import { findWeights } from './weights-files.js'
 import { Lifecycle } from './lifecycle.js'
@@ -167,12 +167,17 @@ export class Clip {
 
   /** Vision tower: last hidden state (before post_layernorm), pooled class token, projected features. */
   vision(pixels: Tensor): Promise<TowerOutput> {
+    return this.#pixelsJob(pixels, (w) => this.addon.vision(w)).then(towerOut)
+  }
+
+  /** Runs `fn` on float32 pixels on the model's queue (E_DTYPE otherwise). */
+  #pixelsJob<T>(pixels: Tensor, fn: (w: WireTensor) => Promise<T>): Promise<T> {
     const p = this.#check(pixels, 'pixels')
     if (p.dtype !== 'float32') return Promise.reject(new SemicapError('E_DTYPE', `pixels must be float32, got ${p.dtype}`))
     return call(() => {
       const w = p.toAsyncWire() // copied now: the caller may reuse or transfer its buffer once this returns
-      return this.#life.job(() => this.addon.vision(w))
-    }).then(towerOut)
+      return this.#life.job(() => fn(w))
+    })
   }
 
   /** Text tower: last hidden state (after final_layer_norm), pooled at the end token, projected features. */
@@ -191,12 +196,7 @@ export class Clip {
    * rounding.
    */
   async imageFeatures(pixels: Tensor): Promise<Tensor> {
-    const p = this.#check(pixels, 'pixels')
-    if (p.dtype !== 'float32') throw new SemicapError('E_DTYPE', `pixels must be float32, got ${p.dtype}`)
-    return call(() => {
-      const w = p.toAsyncWire()
-      return this.#life.job(() => this.addon.imageFeatures(w))
-    }).then((t) => Tensor.fromWire(t))
+    return Tensor.fromWire(await this.#pixelsJob(pixels, (w) => this.addon.imageFeatures(w)))
   }
 
   /** [B,T] int64 -> [B, projection_dim], like Hugging Face get_text_features. */

@@ -4,18 +4,12 @@
 
 namespace semicap {
 
-at::Tensor ClipEncoderLayer::operator()(const at::Tensor& x, bool causal) const {
+at::Tensor ClipEncoderLayer::forward(const at::Tensor& x, bool causal, bool first_only) const {
   at::Tensor h = ln1(x);
-  at::Tensor a = attention(split_heads(q(h), heads), split_heads(k(h), heads), split_heads(v(h), heads), causal);
-  at::Tensor y = x + out(merge_heads(a));
-  return y + fc2(fc1(ln2(y), act));
-}
-
-at::Tensor ClipEncoderLayer::first_token(const at::Tensor& x) const {
-  at::Tensor h = ln1(x);
-  at::Tensor q0 = q(h.narrow(1, 0, 1));  // only token 0 asks; every token still answers (keys and values)
-  at::Tensor a = attention(split_heads(q0, heads), split_heads(k(h), heads), split_heads(v(h), heads), false);
-  at::Tensor y = x.narrow(1, 0, 1) + out(merge_heads(a));
+  // first_only: only token 0 asks; every token still answers (keys and values).
+  at::Tensor hq = first_only ? h.narrow(1, 0, 1) : h;
+  at::Tensor a = attention(split_heads(q(hq), heads), split_heads(k(h), heads), split_heads(v(h), heads), causal);
+  at::Tensor y = (first_only ? x.narrow(1, 0, 1) : x) + out(merge_heads(a));
   return y + fc2(fc1(ln2(y), act));
 }
 

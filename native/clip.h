@@ -23,9 +23,12 @@ struct ClipEncoderLayer {
   Linear q, k, v, out, fc1, fc2;
   int64_t heads;
   Activation act;
-  at::Tensor operator()(const at::Tensor& x, bool causal) const;
+  at::Tensor operator()(const at::Tensor& x, bool causal) const { return forward(x, causal, false); }
   // The layer's output for token 0 only ([B, 1, D]; non-causal): what the class token's features need.
-  at::Tensor first_token(const at::Tensor& x) const;
+  at::Tensor first_token(const at::Tensor& x) const { return forward(x, false, true); }
+
+ private:
+  at::Tensor forward(const at::Tensor& x, bool causal, bool first_only) const;
 };
 
 // What each tower returns: the last hidden state, the pooled output, and its projection (the features).

@@ -238,15 +238,24 @@ Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
   });
 }
 
-// Runs one tower on a tensor argument off the JS thread and returns {lastHidden, pooled, features}.
-static Napi::Value run_tower(const Napi::CallbackInfo& info, std::shared_ptr<Locked<ClipModel>> h, const char* what,
-                             ClipTowerOutput (ClipModel::*tower)(const at::Tensor&) const) {
+// Runs `f(model, input)` on a tensor argument off the JS thread (under the model's lock, inference mode); f returns
+// the tensors and the conversion of them to JS.
+template <class F>
+static Napi::Value run_clip(const Napi::CallbackInfo& info, std::shared_ptr<Locked<ClipModel>> h, const char* what, F f) {
   KeepAlive keep;
   at::Tensor input = tensor_from_js(info[0], what, keep);
-  return run_async(info.Env(), [h, input, tower]() -> Finish {
+  return run_async(info.Env(), [h, input, f]() -> Finish {
     std::lock_guard<std::mutex> lock(h->mu);
     c10::InferenceMode guard;
-    ClipTowerOutput o = ((*h->model).*tower)(input);
+    return f(*h->model, input);
+  }, std::move(keep));
+}
+
+// One tower: {lastHidden, pooled, features}.
+static Napi::Value run_tower(const Napi::CallbackInfo& info, std::shared_ptr<Locked<ClipModel>> h, const char* what,
+                             ClipTowerOutput (ClipModel::*tower)(const at::Tensor&) const) {
+  return run_clip(info, std::move(h), what, [tower](const ClipModel& m, const at::Tensor& input) -> Finish {
+    ClipTowerOutput o = (m.*tower)(input);
     return [o](Napi::Env env) {
       Napi::Object r = Napi::Object::New(env);
       r.Set("lastHidden", tensor_to_js(env, o.last_hidden));
@@ -254,7 +263,7 @@ static Napi::Value run_tower(const Napi::CallbackInfo& info, std::shared_ptr<Loc
       r.Set("features", tensor_to_js(env, o.features));
       return r;
     };
-  }, std::move(keep));
+  });
 }
 
 Napi::Value AddonClip::Vision(const Napi::CallbackInfo& info) {
@@ -263,15 +272,10 @@ Napi::Value AddonClip::Vision(const Napi::CallbackInfo& info) {
 
 Napi::Value AddonClip::ImageFeatures(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
-    auto h = handle();
-    KeepAlive keep;
-    at::Tensor input = tensor_from_js(info[0], "pixels", keep);
-    return run_async(info.Env(), [h, input]() -> Finish {
-      std::lock_guard<std::mutex> lock(h->mu);
-      c10::InferenceMode guard;
-      at::Tensor f = h->model->image_features(input);
+    return run_clip(info, handle(), "pixels", [](const ClipModel& m, const at::Tensor& input) -> Finish {
+      at::Tensor f = m.image_features(input);
       return [f](Napi::Env env) { return tensor_to_js(env, f); };
-    }, std::move(keep));
+    });
   });
 }
 

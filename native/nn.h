@@ -81,6 +81,15 @@ inline bool single_row_cpu(const at::Tensor& x) {
 // The activation the product kernels can apply in their epilogue (None: apply it after).
 kernels::Act fused_act(Activation a);
 
+// activate(layer(x), a) for a Linear or Conv1D, fused into the product where the kernels run it.
+template <class Layer>
+at::Tensor product_activated(const Layer& l, const at::Tensor& x, Activation a) {
+  const kernels::Act k = fused_act(a);
+  if (k != kernels::Act::None && packed_usable(x, l.weight, l.packed.get()))
+    return packed_product(x, l.weight, l.bias, *l.packed, [&] { return activate(l.blas(x), a); }, k);
+  return activate(l(x), a);
+}
+
 struct Linear {
   at::Tensor weight, bias;  // weight [out, in] (PyTorch layout), bias optional
   std::shared_ptr<PackedSlot> packed;  // CPU inference through cpu_kernels.h (null: BLAS only)
@@ -88,13 +97,7 @@ struct Linear {
     if (packed_usable(x, weight, packed.get())) return packed_product(x, weight, bias, *packed, [&] { return blas(x); });
     return blas(x);
   }
-  // activate(this(x), a), fused into the product where the kernels run it.
-  at::Tensor operator()(const at::Tensor& x, Activation a) const {
-    const kernels::Act k = fused_act(a);
-    if (k != kernels::Act::None && packed_usable(x, weight, packed.get()))
-      return packed_product(x, weight, bias, *packed, [&] { return activate(blas(x), a); }, k);
-    return activate((*this)(x), a);
-  }
+  at::Tensor operator()(const at::Tensor& x, Activation a) const { return product_activated(*this, x, a); }
   at::Tensor blas(const at::Tensor& x) const {
     if (single_row_cpu(x)) {
       auto s = x.sizes().vec();
@@ -114,12 +117,7 @@ struct Conv1D {
     if (packed_usable(x, weight, packed.get())) return packed_product(x, weight, bias, *packed, [&] { return blas(x); });
     return blas(x);
   }
-  at::Tensor operator()(const at::Tensor& x, Activation a) const {
-    const kernels::Act k = fused_act(a);
-    if (k != kernels::Act::None && packed_usable(x, weight, packed.get()))
-      return packed_product(x, weight, bias, *packed, [&] { return activate(blas(x), a); }, k);
-    return activate((*this)(x), a);
-  }
+  at::Tensor operator()(const at::Tensor& x, Activation a) const { return product_activated(*this, x, a); }
   at::Tensor blas(const at::Tensor& x) const {
     if (single_row_cpu(x)) return at::addmv(bias, weight.t(), x.reshape({-1})).view(out_shape(x));
     return at::addmm(bias, x.reshape({-1, x.size(-1)}), weight).view(out_shape(x));
