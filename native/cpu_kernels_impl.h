@@ -295,16 +295,16 @@ struct Cut {
   int size(int64_t t) const { return static_cast<int>(t + 1 < nt ? RMAX : rows - t * RMAX); }
 };
 
-// x[0..rows) x [k0, k0 + kc) into xp: tile by tile (see Cut), each k-major (tile t at xp + start(t) * kc).
-static void pack_x(const float* x, int64_t ldx, int64_t rows, int64_t k0, int64_t kc, float* xp) {
+// x[0..rows) x [0, K) into xp: tile by tile (see Cut), each k-major (tile t at xp + start(t) * K).
+static void pack_x(const float* x, int64_t ldx, int64_t rows, int64_t K, float* xp) {
   const Cut cut(rows);
   for (int64_t t = 0; t < cut.nt; ++t) {
     const int64_t r0 = cut.start(t);
     const int R = cut.size(t);
-    float* dst = xp + r0 * kc;
+    float* dst = xp + r0 * K;
     for (int r = 0; r < R; ++r) {
-      const float* src = x + (r0 + r) * ldx + k0;
-      for (int64_t k = 0; k < kc; ++k) dst[k * R + r] = src[k];
+      const float* src = x + (r0 + r) * ldx;
+      for (int64_t k = 0; k < K; ++k) dst[k * R + r] = src[k];
     }
   }
 }
@@ -313,20 +313,20 @@ static void pack_x(const float* x, int64_t ldx, int64_t rows, int64_t k0, int64_
 static inline int64_t seg_len(int64_t K, int s) { return K / SEG + (s < K % SEG ? 1 : 0); }
 static inline int64_t seg_start(int64_t K, int s) { return s * (K / SEG) + (s < K % SEG ? s : K % SEG); }
 
-// Every tile of the rows (packed in xp over a k range of kc) against one panel. w_at(s) / x_off(s): where run s
-// starts in the weight and in a tile's packed x (in k), len/extra: the run lengths.
-template <int T, class WAt, class XOff>
-static void tiles(const float* xp, int64_t rows, int64_t kc, WAt w_at, XOff x_off, int64_t len, int extra, Out o) {
+// Every tile of the rows (packed in xp by pack_x) against one panel; run s = segment s, starting at w[s] in the
+// weight.
+template <int T>
+static void tiles(const float* xp, int64_t rows, int64_t K, const typename Row<T>::E* const* w, Out o) {
   const Cut cut(rows);
   float* y0 = o.y;
   Runs<typename Row<T>::E> q;
-  q.len = len;
-  q.extra = extra;
-  for (int s = 0; s < SEG; ++s) q.w[s] = w_at(s);
+  q.len = K / SEG;
+  q.extra = static_cast<int>(K % SEG);
+  for (int s = 0; s < SEG; ++s) q.w[s] = w[s];
   for (int64_t t = 0; t < cut.nt; ++t) {
     const int64_t r0 = cut.start(t);
     const int R = cut.size(t);
-    for (int s = 0; s < SEG; ++s) q.x[s] = xp + r0 * kc + x_off(s) * R;
+    for (int s = 0; s < SEG; ++s) q.x[s] = xp + r0 * K + seg_start(K, s) * R;
     o.y = y0 + r0 * o.ldy;
     tile_any<T>(R, q, o);
   }
@@ -348,20 +348,13 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
   if (rows <= 0 || n_end <= n_begin) return;
   const int64_t np = (N + P - 1) / P;
   const int64_t p0 = n_begin / P, p1 = (n_end + P - 1) / P;
-  // Panel p's rows [k, k + n) of segment s, n <= len(s) - (k - ks(s)), are contiguous from here.
-  auto at = [&](int s, int64_t p, int64_t k) {
-    const int64_t ks = seg_start(K, s);
-    return data + (np * ks + p * seg_len(K, s) + (k - ks)) * P;
-  };
-  const int64_t len = K / SEG;
-  const int extra = static_cast<int>(K % SEG);
   int64_t mb = row_block(K);
   const int64_t nmb = (rows + mb - 1) / mb;
   mb = (rows + nmb - 1) / nmb;  // near-equal row blocks
   float* xp = scratch;
   for (int64_t m0 = 0; m0 < rows; m0 += mb) {
     const int64_t mr = lmin(mb, rows - m0);
-    pack_x(x + m0 * ldx, ldx, mr, 0, K, xp);
+    pack_x(x + m0 * ldx, ldx, mr, K, xp);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n0 = p * P;
       Out o;
@@ -371,9 +364,10 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
       o.bias = bias ? bias + n0 : nullptr;
       o.scale = scale ? scale + n0 : nullptr;
       o.act = act;
-      // Run s = segment s: consecutive panels continue 4 sequential streams.
-      tiles<T>(xp, mr, K, [&](int s) { return at(s, p, seg_start(K, s)); }, [&](int s) { return seg_start(K, s); },
-                    len, extra, o);
+      // Panel p's rows of segment s are contiguous; consecutive panels continue 4 sequential streams.
+      const typename Row<T>::E* w[SEG];
+      for (int s = 0; s < SEG; ++s) w[s] = data + (np * seg_start(K, s) + p * seg_len(K, s)) * P;
+      tiles<T>(xp, mr, K, w, o);
     }
   }
 }
