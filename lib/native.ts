@@ -97,6 +97,8 @@ export interface AddonDecodeBatch {
   step(): Promise<RowTokenWire[]>
   remove(rowIds: number[]): Promise<number>
   readonly size: number
+  /** Rows the shared KV slab holds room for (the slab path: CUDA, or SEMICAP_BATCH_SLOTS=1); 0 on the CPU's per-row path and when no row is active. */
+  readonly slots: number
   dispose(): void
 }
 

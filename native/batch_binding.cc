@@ -29,11 +29,13 @@ struct BatchState {
   std::mutex mu;  // taken after the model's lock, for one op
   DecodeBatch batch;
   std::atomic<int64_t> size{0};
+  std::atomic<int64_t> slots{0};  // KV slab slots held (the slab path)
   std::atomic<bool> disposed{false};
   // After an op (under mu): frees the rows when dispose() came while the op ran.
   void settle() {
     if (disposed) batch.clear();
     size = batch.size();
+    slots = batch.slab_slots();
   }
   // Runs `op` (on a worker thread) holding the model's lock, then the batch's, in inference mode; settles after it,
   // whether it returned or threw.
@@ -116,7 +118,8 @@ class AddonDecodeBatch : public Napi::ObjectWrap<AddonDecodeBatch> {
     return DefineClass(env, "AddonDecodeBatch",
                        {InstanceMethod("add", &AddonDecodeBatch::Add), InstanceMethod("step", &AddonDecodeBatch::Step),
                         InstanceMethod("remove", &AddonDecodeBatch::Remove), InstanceMethod("dispose", &AddonDecodeBatch::Dispose),
-                        InstanceAccessor("size", &AddonDecodeBatch::Size, nullptr)});
+                        InstanceAccessor("size", &AddonDecodeBatch::Size, nullptr),
+                        InstanceAccessor("slots", &AddonDecodeBatch::Slots, nullptr)});
   }
 
   // new AddonDecodeBatch(captioner: AddonCaptioner)
@@ -204,6 +207,7 @@ class AddonDecodeBatch : public Napi::ObjectWrap<AddonDecodeBatch> {
   }
 
   Napi::Value Size(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(state_->size.load())); }
+  Napi::Value Slots(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(state_->slots.load())); }
 
   // Never waits for a running op: when one holds the batch, it frees the rows as it ends.
   Napi::Value Dispose(const Napi::CallbackInfo& info) {

@@ -4,7 +4,9 @@
 #include <cmath>
 #include <limits>
 
+#include "env.h"
 #include "errors.h"
+#include "nn.h"
 
 namespace semicap {
 namespace {
@@ -46,9 +48,14 @@ std::vector<RowToken> DecodeBatch::choose(const Gpt2Model& gpt, const at::Tensor
   at::Tensor logits = logits_in;
   if (any_min) {
     // Rows still short of their minTokens may not end: their end tokens are masked, as decode() masks them.
-    std::vector<at::Tensor> masks(R);
-    for (int64_t r = 0; r < R; ++r) masks[r] = rows[r]->t < rows[r]->opts.min_tokens ? rows[r]->ends : at::zeros_like(rows[r]->ends);
-    logits = logits.masked_fill(at::stack(masks), kNegInf);
+    std::vector<at::Tensor> ends(R);
+    at::Tensor short_h = at::empty({R, 1}, at::TensorOptions().dtype(at::kBool));
+    bool* sh = short_h.data_ptr<bool>();
+    for (int64_t r = 0; r < R; ++r) {
+      ends[r] = rows[r]->ends;
+      sh[r] = rows[r]->t < rows[r]->opts.min_tokens;
+    }
+    logits = logits.masked_fill(at::stack(ends).logical_and(short_h.to(logits.device())), kNegInf);
   }
   at::Tensor next = logits.argmax(-1);
   if (any_sample) {
@@ -84,6 +91,7 @@ std::vector<RowToken> DecodeBatch::add(const Gpt2Model& gpt, const at::Tensor& p
         "batch add: prefix must have shape [rows, K, " + std::to_string(gpt.config().n_embd) + "] with one option set per row");
   const int64_t K = prefix.size(1);
   for (const auto& o : opts) validate(gpt, K, o);
+  if (rows_.empty()) use_slots_ = env_flag("SEMICAP_BATCH_SLOTS") || !decode_attention_usable(prefix.narrow(1, 0, 1));
   KvCache tmp(K);
   at::Tensor logits = gpt.logits(gpt.forward(prefix, &tmp).select(1, -1)).to(at::kFloat);
   std::vector<int64_t> ids(n);
@@ -97,7 +105,32 @@ std::vector<RowToken> DecodeBatch::add(const Gpt2Model& gpt, const at::Tensor& p
   std::vector<RowToken> out;
   try {
     out = choose(gpt, logits, ids);
-    for (int64_t r = 0; r < n; ++r) {
+    if (use_slots_) {
+      std::vector<int64_t> keep, slots;
+      int64_t capacity = 0;
+      for (int64_t r = 0; r < n; ++r)
+        if (!out[r].finished) {
+          keep.push_back(r);
+          capacity = std::max(capacity, K + opts[r].max_tokens);
+        }
+      if (!keep.empty()) {
+        reserve_slab(tmp, size() + static_cast<int64_t>(keep.size()), capacity);
+        for (int64_t r : keep) {
+          Row& row = rows_.at(ids[r]);
+          row.slot = free_slots_.back();
+          free_slots_.pop_back();
+          row.pos = K;
+          slots.push_back(row.slot);
+        }
+        const auto lopts = at::TensorOptions().dtype(at::kLong);
+        const at::Tensor keep_t = at::tensor(keep, lopts).to(gpt.device()), slot_t = at::tensor(slots, lopts).to(gpt.device());
+        for (size_t i = 0; i < tmp.k.size(); ++i) {
+          slab_.k[i].narrow(2, 0, K).index_copy_(0, slot_t, tmp.k[i].index_select(0, keep_t));
+          slab_.v[i].narrow(2, 0, K).index_copy_(0, slot_t, tmp.v[i].index_select(0, keep_t));
+        }
+      }
+    }
+    for (int64_t r = 0; r < n && !use_slots_; ++r) {
       if (out[r].finished) continue;
       Row& row = rows_.at(ids[r]);
       row.cache = KvCache(K + row.opts.max_tokens);
@@ -116,14 +149,43 @@ std::vector<RowToken> DecodeBatch::add(const Gpt2Model& gpt, const at::Tensor& p
       row.cache.len = K;
     }
   } catch (...) {
-    for (int64_t id : ids) rows_.erase(id);
+    for (int64_t id : ids) drop(id);
     throw;
   }
   for (int64_t r = 0; r < n; ++r) {
-    if (out[r].finished) rows_.erase(ids[r]);
+    if (out[r].finished) drop(ids[r]);
     else order_.push_back(ids[r]);
   }
   return out;
+}
+
+void DecodeBatch::drop(int64_t id) {
+  auto it = rows_.find(id);
+  if (it == rows_.end()) return;
+  if (it->second.slot >= 0) free_slots_.push_back(it->second.slot);
+  rows_.erase(it);
+  if (rows_.empty()) release_slab();
+}
+
+void DecodeBatch::reserve_slab(const KvCache& like, int64_t slots, int64_t capacity) {
+  if (slots <= slab_.slots && capacity <= slab_.capacity) return;
+  KvSlab grown;
+  grown.slots = std::max({slots, slab_.slots, std::min<int64_t>(2 * slab_.slots, slots + 64)});
+  grown.capacity = std::max(capacity, slab_.capacity);
+  for (size_t i = 0; i < like.k.size(); ++i) {
+    // Zeros, not garbage: masked keys still enter the score products, and NaN * 0 would poison a row.
+    auto shape = like.k[i].sizes().vec();
+    shape[0] = grown.slots;
+    shape[2] = grown.capacity;
+    grown.k.push_back(at::zeros(shape, like.k[i].options()));
+    grown.v.push_back(at::zeros(shape, like.v[i].options()));
+    if (slab_.slots > 0) {
+      grown.k[i].narrow(0, 0, slab_.slots).narrow(2, 0, slab_.capacity).copy_(slab_.k[i]);
+      grown.v[i].narrow(0, 0, slab_.slots).narrow(2, 0, slab_.capacity).copy_(slab_.v[i]);
+    }
+  }
+  for (int64_t s = grown.slots - 1; s >= slab_.slots; --s) free_slots_.push_back(s);
+  slab_ = std::move(grown);
 }
 
 std::vector<RowToken> DecodeBatch::step(const Gpt2Model& gpt) {
@@ -138,13 +200,26 @@ std::vector<RowToken> DecodeBatch::step(const Gpt2Model& gpt) {
   }
   // Tokens come from argmax / sampling over the vocabulary: no range check needed.
   at::Tensor tokens = at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(gpt.device());
-  at::Tensor hidden = gpt.forward_rows(at::embedding(gpt.wte(), tokens.unsqueeze(1)), caches);
+  const at::Tensor embeds = at::embedding(gpt.wte(), tokens.unsqueeze(1));
+  at::Tensor hidden;
+  if (use_slots_) {
+    std::vector<int64_t> slots(B), pos(B);
+    for (int64_t r = 0; r < B; ++r) {
+      Row& row = rows_.at(order_[r]);
+      slots[r] = row.slot;
+      pos[r] = row.pos;
+    }
+    hidden = gpt.forward_slots(embeds, slab_, slots, pos);
+    for (int64_t r = 0; r < B; ++r) rows_.at(order_[r]).pos += 1;
+  } else {
+    hidden = gpt.forward_rows(embeds, caches);
+  }
   at::Tensor logits = gpt.logits(hidden.select(1, 0)).to(at::kFloat);
   std::vector<RowToken> out = choose(gpt, logits, order_);
   std::vector<int64_t> keep;
   keep.reserve(B);
   for (int64_t r = 0; r < B; ++r) {
-    if (out[r].finished) rows_.erase(order_[r]);
+    if (out[r].finished) drop(order_[r]);
     else keep.push_back(order_[r]);
   }
   order_ = std::move(keep);
@@ -154,7 +229,8 @@ std::vector<RowToken> DecodeBatch::step(const Gpt2Model& gpt) {
 int64_t DecodeBatch::remove(const std::vector<int64_t>& ids) {
   int64_t n = 0;
   for (int64_t id : ids) {
-    if (rows_.erase(id) == 0) continue;
+    if (rows_.count(id) == 0) continue;
+    drop(id);
     ++n;
     order_.erase(std::find(order_.begin(), order_.end(), id));
   }

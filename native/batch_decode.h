@@ -1,10 +1,13 @@
 // Continuous batching over one GPT-2: rows (captions being decoded, each from its own prefix and with its own
 // options) join and leave at token boundaries, and one step decodes one token for every active row together.
 //
-// Each row keeps its own KV cache ([1, H, prefix + maxTokens, D] per layer) and position. A step runs the token
-// embeddings, layer norms and every matrix product once over all rows ([B,1,C]); attention runs per row against
-// that row's own cache (Gpt2Model::forward_rows), the same math as decoding the row alone. Newcomers are prefilled
-// together (their prefixes all have the mapper's length K) into a temporary cache that is then split per row.
+// On the CPU each row keeps its own KV cache ([1, H, prefix + maxTokens, D] per layer) and position. A step runs the
+// token embeddings, layer norms and every matrix product once over all rows ([B,1,C]); attention runs per row
+// against that row's own cache in the fused loop (Gpt2Model::forward_rows), the same math as decoding the row alone.
+// Elsewhere (CUDA: one kernel per row per layer would cost more than the step) the rows' keys and values share
+// slabs, a slot per row (Gpt2Model::forward_slots), and attention runs over all rows at once with each row's later
+// positions masked; SEMICAP_BATCH_SLOTS=1 forces that path on the CPU too (tests). Newcomers are prefilled together
+// (their prefixes all have the mapper's length K) into a temporary cache that is then split per row.
 //
 // Token choice is the unbatched decoder's (decode.cc): greedy argmax, or sampling with temperature / top-k / top-p
 // whose uniforms come from the row's seed and the step index only (row_seed(request seed, row index)), so a row
@@ -39,15 +42,22 @@ class DecodeBatch {
   std::vector<RowToken> step(const Gpt2Model& gpt);
   // Drops rows (an abort, a deadline); unknown ids (already finished or removed) are ignored. Returns how many left.
   int64_t remove(const std::vector<int64_t>& rows);
-  void clear() { rows_.clear(); order_.clear(); }
+  void clear() {
+    rows_.clear();
+    order_.clear();
+    release_slab();
+  }
   int64_t size() const { return static_cast<int64_t>(order_.size()); }
   bool has(int64_t row) const { return rows_.count(row) > 0; }
+  int64_t slab_slots() const { return slab_.slots; }  // 0 on the per-row path and when no row is active
 
  private:
   struct Row {
     DecodeOptions opts;
     at::Tensor ends;       // [V] bool: stop ids and eos
-    KvCache cache;
+    KvCache cache;         // the CPU path's own cache
+    int64_t slot = -1;     // the slab path's slot, and the position its next key goes to
+    int64_t pos = 0;
     int64_t t = 0;         // tokens produced so far
     int64_t last = 0;      // the last token (the next step's input)
     float logp_sum = 0;
@@ -56,7 +66,19 @@ class DecodeBatch {
   };
   // Chooses the tokens at one boundary for `rows` (their step t = row.t) from logits [R, V]; updates the rows.
   std::vector<RowToken> choose(const Gpt2Model& gpt, const at::Tensor& logits, const std::vector<int64_t>& ids);
+  // Erases a row, its slot back to the free list (the slab released when no row is left).
+  void drop(int64_t id);
+  // Room in the slab for `slots` rows of `capacity` positions, laid out like the prefill cache `like`; what the slab
+  // holds is kept.
+  void reserve_slab(const KvCache& like, int64_t slots, int64_t capacity);
+  void release_slab() {
+    slab_ = KvSlab();
+    free_slots_.clear();
+  }
   std::unordered_map<int64_t, Row> rows_;
+  bool use_slots_ = false;  // decided when a newcomer finds the batch empty
+  KvSlab slab_;
+  std::vector<int64_t> free_slots_;
   std::vector<int64_t> order_;  // active rows in the order they joined
   int64_t next_id_ = 1;
 };

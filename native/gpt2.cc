@@ -210,4 +210,42 @@ at::Tensor Gpt2Model::forward_rows(const at::Tensor& embeds, const std::vector<K
   return ln_f_(x);
 }
 
+at::Tensor Gpt2Model::forward_slots(const at::Tensor& embeds, KvSlab& slab, const std::vector<int64_t>& slots,
+                                    const std::vector<int64_t>& pos) const {
+  const int64_t B = static_cast<int64_t>(slots.size()), C = cfg_.n_embd;
+  check(embeds.dim() == 3 && embeds.size(0) == B && B > 0 && embeds.size(1) == 1 && embeds.size(2) == C &&
+            static_cast<int64_t>(pos.size()) == B,
+        "E_SHAPE", "forward_slots: embeddings must have shape [rows, 1, " + std::to_string(C) + "], one slot and position per row");
+  check(slab.k.size() == blocks_.size() && slab.v.size() == blocks_.size(), "E_NATIVE", "forward_slots: the slab has no layers");
+  int64_t L = 0;
+  for (int64_t r = 0; r < B; ++r) {
+    check(slots[r] >= 0 && slots[r] < slab.slots && pos[r] >= 0 && pos[r] < slab.capacity && pos[r] < cfg_.n_positions,
+          "E_NATIVE", "forward_slots: slot or position out of range");
+    L = std::max(L, pos[r] + 1);
+  }
+  const int64_t H = cfg_.n_head, D = C / H;
+  const auto lopts = at::TensorOptions().dtype(at::kLong);
+  // Row r's new key goes to slab row (slots[r] * H + h) * capacity + pos[r] of the [slots * H * capacity, D] view.
+  std::vector<int64_t> where(static_cast<size_t>(B * H));
+  for (int64_t r = 0; r < B; ++r)
+    for (int64_t h = 0; h < H; ++h) where[r * H + h] = (slots[r] * H + h) * slab.capacity + pos[r];
+  const at::Tensor where_t = at::tensor(where, lopts).to(device()), slot_t = at::tensor(slots, lopts).to(device()),
+                   pos_t = at::tensor(pos, lopts).to(device());
+  // Keys a row may see: positions up to its own ([B, 1, 1, L], true = attend).
+  const at::Tensor see = at::arange(L, lopts.device(device())).unsqueeze(0).le(pos_t.unsqueeze(1)).view({B, 1, 1, L});
+  at::Tensor x = embeds + wpe_.index_select(0, pos_t).unsqueeze(1);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    const Gpt2Block& b = blocks_[i];
+    auto qkv = b.c_attn(b.ln1(x)).split(C, -1);
+    at::Tensor q = split_heads(qkv[0], b.heads), k = split_heads(qkv[1], b.heads), v = split_heads(qkv[2], b.heads);
+    slab.k[i].view({-1, D}).index_copy_(0, where_t, k.reshape({B * H, D}));
+    slab.v[i].view({-1, D}).index_copy_(0, where_t, v.reshape({B * H, D}));
+    const at::Tensor ks = slab.k[i].narrow(2, 0, L).index_select(0, slot_t), vs = slab.v[i].narrow(2, 0, L).index_select(0, slot_t);
+    at::Tensor att = merge_heads(masked_attention(q, ks, vs, see));
+    x = x + b.c_proj(att);
+    x = x + b.mlp_proj(b.c_fc(b.ln2(x), b.act));
+  }
+  return ln_f_(x);
+}
+
 }  // namespace semicap

@@ -21,6 +21,13 @@ struct Gpt2Block {
 
 // Keys and values of every layer for the positions seen so far. With a capacity, each layer's buffer is
 // allocated once ([B, H, capacity, D]) and steps write into it, instead of concatenating a growing copy per step.
+// Keys and values of many rows in shared slabs, one [slots, H, capacity, D] pair per layer, a row owning one slot
+// (continuous batching on devices the fused CPU loop does not serve, see forward_slots).
+struct KvSlab {
+  std::vector<at::Tensor> k, v;
+  int64_t slots = 0, capacity = 0;
+};
+
 struct KvCache {
   std::vector<at::Tensor> k, v;  // buffers (capacity > 0) or exact-length tensors
   int64_t capacity = 0, len = 0;
@@ -46,6 +53,12 @@ class Gpt2Model {
   // prefill). Layer norms and products run once over all rows; attention runs per row against its own cache, the
   // same math as forward() on that row alone. Advances every cache by one; returns hidden states after ln_f [B,1,C].
   at::Tensor forward_rows(const at::Tensor& embeds, const std::vector<KvCache*>& caches) const;
+  // The same step for rows whose keys and values live in `slab` (row r in slot slots[r], at position pos[r]), for
+  // devices such as CUDA where one kernel per row per layer would cost more than the step itself: every row's new
+  // key and value is written with one kernel per layer, and attention runs over all rows at once, each row's keys
+  // past its own position masked. Returns hidden states after ln_f [B,1,C]; the caller advances the positions.
+  at::Tensor forward_slots(const at::Tensor& embeds, KvSlab& slab, const std::vector<int64_t>& slots,
+                           const std::vector<int64_t>& pos) const;
   // hidden [..., C] -> [..., V] against the tied embedding or lm_head.weight when untied (CPU inference: through
   // that weight's packed slot).
   at::Tensor logits(const at::Tensor& hidden) const;

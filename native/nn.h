@@ -148,6 +148,9 @@ at::Tensor decode_attention(const at::Tensor& qkv, int64_t heads, const std::vec
 // Scaled dot-product attention over [B, H, Tq, D] x [B, H, Tk, D]. `causal` masks keys after each query, aligned
 // so the last query sees every key (what a KV-cached decoding step needs).
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal);
+// Attention where `see` (bool, broadcastable to [B, H, Tq, Tk]) is true for the keys each query may see; every query
+// must see at least one key.
+at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& see);
 
 // [B, T, C] -> [B, H, T, C/H] and back.
 at::Tensor split_heads(const at::Tensor& x, int64_t heads);

@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (bench/gpu/prepare.sh first, here): builds the addon against that machine's CUDA PyTorch,
-# runs the CUDA checks and the benchmark. Results land in $OUT (check.json, bench.json, logs).
+# runs the CUDA checks, the benchmark and the continuous-batching check (bench/gpu/batching.mjs, on the captioner
+# bench.mjs saves). Results land in $OUT (check.json, bench.json, batching.json, logs).
 set -uo pipefail
 OUT=${OUT:-/tmp/semicap-out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/run.log") 2>&1
 cd "$(dirname "$0")/../.."
 T0=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+# The host CPU first (an x86-64 that may have AVX-512/AMX, which the dev machines lack): the torch-free kernel tests
+# run every instruction set it has against double precision, and the kernel bench times the product shapes there
+# (SEMICAP_GPU_SKIP_CPU=1 skips them).
+if [ "${SEMICAP_GPU_SKIP_CPU:-0}" = 0 ]; then
+lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed -E 's/(Flags: +).*/\1'"$(grep -o -w -E 'avx512f|avx512_bf16|avx512_vnni|amx_bf16|amx_tile|avx2|fma' /proc/cpuinfo | sort -u | tr '\n' ' ')"'/'
+bash test/native/build.sh > /dev/null && test/native/out/cpu_kernels_test | tail -4 && test/native/out/cpu_kernels_test_wide | tail -1
+timeout 100 test/native/out/cpu_kernels_bench --budget 0.15 > "$OUT/kernels-bench.txt" 2>&1; tail -n +1 "$OUT/kernels-bench.txt" | head -3
+echo "cpu kernels done at $(( $(date +%s) - T0 )) s"
+fi
 mkdir -p /tmp/nodebin && xz -dc .device/node.xz > /tmp/nodebin/node && chmod +x /tmp/nodebin/node
 export PATH=/tmp/nodebin:$PATH
 node --version
@@ -29,3 +39,5 @@ echo "checks done at $(( $(date +%s) - T0 )) s"
 python3 bench/gpu/make_models.py /tmp/semicap-models
 node bench/gpu/bench.mjs /tmp/semicap-models .device/gpt2-tokenizer /tmp/semicap-bench
 echo "bench done at $(( $(date +%s) - T0 )) s"
+node bench/gpu/batching.mjs /tmp/semicap-models /tmp/semicap-bench
+echo "batching done at $(( $(date +%s) - T0 )) s"
