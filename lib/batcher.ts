@@ -115,6 +115,19 @@ export interface BatcherHost {
   batch(): AddonDecodeBatch
   /** Runs one native op on the model's queue (fails with E_DISPOSED once the model is disposed). */
   job<T>(fn: () => Promise<T>): Promise<T>
+  /** Tokens per row a step call may decode while nobody waits to join (default 1; see defaultBurst). */
+  burst?: number
+}
+
+/**
+ * Tokens per step call while no request waits to join: 8 on CUDA, where a host sync per token leaves the device idle
+ * while the host launches the next step (bench/results/gpu-h200.md), 1 elsewhere (a CPU step costs tens of ms, the
+ * sync nothing). SEMICAP_BATCH_BURST overrides it (tests, tuning).
+ */
+export function defaultBurst(device: string): number {
+  const env = Number(process.env.SEMICAP_BATCH_BURST)
+  if (Number.isInteger(env) && env >= 1 && env <= 256) return env
+  return device.startsWith('cuda') ? 8 : 1
 }
 
 function positiveInt(v: unknown, name: string, fallback: number, max: number): number {
@@ -371,7 +384,9 @@ export class Batcher {
       }
       let out: RowTokenWire[] | undefined
       try {
-        out = await this.#host.job(() => this.#host.batch().step())
+        // A burst only while nobody waits: a newcomer joins at the next call's boundary.
+        const burst = this.#queue.length === 0 ? (this.#host.burst ?? 1) : 1
+        out = await this.#host.job(() => this.#host.batch().step(burst))
       } catch (err) {
         if (this.#fatal(err)) return
         // The step failed: its rows' state is unknown, so they all leave and their requests fail.
@@ -382,10 +397,18 @@ export class Batcher {
         continue
       }
       if (this.#closed !== undefined) return
-      if (out.length > 0) {
+      // A burst's tokens come step by step: a row's j-th token in `out` is from step j of the call.
+      const seen = new Map<number, number>()
+      const rowsPerStep: number[] = []
+      for (const t of out) {
+        const j = seen.get(t.rowId) ?? 0
+        seen.set(t.rowId, j + 1)
+        rowsPerStep[j] = (rowsPerStep[j] ?? 0) + 1
+      }
+      for (const n of rowsPerStep) {
         this.#stats.steps++
-        this.#stats.rowSteps += out.length
-        this.#stats.rowsPerStep[Math.min(out.length, this.#maxBatch)]!++
+        this.#stats.rowSteps += n
+        this.#stats.rowsPerStep[Math.min(n, this.#maxBatch)]!++
       }
       for (const t of out) {
         const s = this.#active.get(t.rowId)

@@ -5,7 +5,7 @@ import { basename, join, resolve } from 'node:path'
 import { Clip, type ModelLoadOptions } from './clip.js'
 import { gpt2ConfigFromJson, readGpt2Config, readJson } from './config.js'
 import { decodeWire, withDecodeDefaults, type DecodeOptions } from './decoding.js'
-import { Batcher, batchingSettings, defaultMaxBatch, guardRequest, requestOptions, type BatchStats, type BatchingOptions, type RequestOptions } from './batcher.js'
+import { Batcher, batchingSettings, defaultBurst, defaultMaxBatch, guardRequest, requestOptions, type BatchStats, type BatchingOptions, type RequestOptions } from './batcher.js'
 import { loadedWeights, resolveDtype, type DeviceOption, type InferenceDtype, type LoadedWeights } from './device.js'
 import { SemicapError } from './errors.js'
 import { loadGpt2Tokenizer } from './gpt2.js'
@@ -364,6 +364,7 @@ export class Captioner {
       {
         batch: () => (this.#nativeBatch ??= new (native().AddonDecodeBatch)(this.addon)),
         job: (fn) => call(() => this.#life.job(fn)),
+        burst: defaultBurst(this.device),
       },
       this.#batching,
     )

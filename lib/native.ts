@@ -94,7 +94,11 @@ export interface RowTokenWire { rowId: number; token: number; finished: boolean;
 export interface AddonDecodeBatch {
   /** Pixels [n,3,S,S] or CLIP features [n,clipDim], one options object per row: prefills them and returns their first tokens. */
   add(input: WireTensor, rows: BatchRowWire[]): Promise<RowTokenWire[]>
-  step(): Promise<RowTokenWire[]>
+  /**
+   * One token for every active row, or with burst > 1 (the slab path, all rows greedy) up to `burst` tokens per row
+   * with one host sync: the tokens come step by step, rows in batch order within a step.
+   */
+  step(burst?: number): Promise<RowTokenWire[]>
   remove(rowIds: number[]): Promise<number>
   readonly size: number
   /** Rows the shared KV slab holds room for (the slab path: CUDA, or SEMICAP_BATCH_SLOTS=1); 0 on the CPU's per-row path and when no row is active. */

@@ -180,12 +180,19 @@ class AddonDecodeBatch : public Napi::ObjectWrap<AddonDecodeBatch> {
     });
   }
 
+  // step(burst = 1): see DecodeBatch::step.
   Napi::Value Step(const Napi::CallbackInfo& info) {
     return guarded(info.Env(), [&]() -> Napi::Value {
       Model h = live();
+      int64_t burst = 1;
+      if (info.Length() > 0 && !info[0].IsUndefined()) {
+        const double d = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+        if (!(d >= 1 && d <= 256) || d != std::floor(d)) fail("E_VALUE", "step: burst must be an integer in [1, 256]");
+        burst = static_cast<int64_t>(d);
+      }
       auto st = state_;
-      return run_async(info.Env(), [h, st]() -> Finish {
-        std::vector<RowToken> out = st->locked(*h, [&](CaptionerModel& m) { return st->batch.step(*m.gpt); });
+      return run_async(info.Env(), [h, st, burst]() -> Finish {
+        std::vector<RowToken> out = st->locked(*h, [&](CaptionerModel& m) { return st->batch.step(*m.gpt, burst); });
         return [out](Napi::Env env) { return row_tokens_to_js(env, out); };
       });
     });

@@ -188,9 +188,20 @@ void DecodeBatch::reserve_slab(const KvCache& like, int64_t slots, int64_t capac
   slab_ = std::move(grown);
 }
 
-std::vector<RowToken> DecodeBatch::step(const Gpt2Model& gpt) {
+std::vector<RowToken> DecodeBatch::step(const Gpt2Model& gpt, int64_t burst_steps) {
   if (order_.empty()) return {};
   const int64_t B = static_cast<int64_t>(order_.size());
+  check(burst_steps >= 1, "E_VALUE", "step: burst must be at least 1");
+  if (burst_steps > 1 && use_slots_) {
+    int64_t n = burst_steps;
+    bool greedy = true;
+    for (int64_t id : order_) {
+      const Row& row = rows_.at(id);
+      n = std::min(n, row.opts.max_tokens - row.t);
+      greedy = greedy && row.opts.method == "greedy";
+    }
+    if (n > 1 && greedy) return burst(gpt, n);
+  }
   std::vector<int64_t> last(B);
   std::vector<KvCache*> caches(B);
   for (int64_t r = 0; r < B; ++r) {
@@ -220,6 +231,92 @@ std::vector<RowToken> DecodeBatch::step(const Gpt2Model& gpt) {
   keep.reserve(B);
   for (int64_t r = 0; r < B; ++r) {
     if (out[r].finished) drop(order_[r]);
+    else keep.push_back(order_[r]);
+  }
+  order_ = std::move(keep);
+  return out;
+}
+
+std::vector<RowToken> DecodeBatch::burst(const Gpt2Model& gpt, int64_t n) {
+  const int64_t B = static_cast<int64_t>(order_.size()), H = gpt.config().n_head;
+  std::vector<Row*> rows(B);
+  std::vector<int64_t> slots(B), last(B), where, pos;
+  std::vector<at::Tensor> ends(B);
+  at::Tensor short_h = at::zeros({n, B, 1}, at::TensorOptions().dtype(at::kBool));
+  bool* sh = short_h.data_ptr<bool>();
+  bool any_short = false;
+  for (int64_t r = 0; r < B; ++r) {
+    rows[r] = &rows_.at(order_[r]);
+    slots[r] = rows[r]->slot;
+    last[r] = rows[r]->last;
+    ends[r] = rows[r]->ends;
+    for (int64_t j = 0; j < n; ++j) {
+      const bool s = rows[r]->t + j < rows[r]->opts.min_tokens;
+      sh[j * B + r] = s;
+      any_short = any_short || s;
+    }
+  }
+  // Every step's positions and slab rows, checked and copied to the device once: a copy from the host in the middle
+  // of the burst would wait for the device.
+  std::vector<int64_t> L(n, 0);
+  for (int64_t j = 0; j < n; ++j) {
+    std::vector<int64_t> pj(B);
+    for (int64_t r = 0; r < B; ++r) {
+      pj[r] = rows[r]->pos + j;
+      check(slots[r] >= 0 && slots[r] < slab_.slots && pj[r] < slab_.capacity && pj[r] < gpt.config().n_positions, "E_NATIVE",
+            "step: slot or position out of range");
+      L[j] = std::max(L[j], pj[r] + 1);
+    }
+    const std::vector<int64_t> wj = gpt.slab_rows(slab_, slots, pj);
+    where.insert(where.end(), wj.begin(), wj.end());
+    pos.insert(pos.end(), pj.begin(), pj.end());
+  }
+  const auto lopts = at::TensorOptions().dtype(at::kLong);
+  const at::Device dev = gpt.device();
+  const at::Tensor where_t = at::tensor(where, lopts).view({n, B * H}).to(dev), pos_t = at::tensor(pos, lopts).view({n, B}).to(dev),
+                   slot_t = at::tensor(slots, lopts).to(dev), short_t = short_h.to(dev);
+  const at::Tensor ends_t = any_short ? at::stack(ends) : at::Tensor();
+  at::Tensor tokens = at::tensor(last, lopts).to(dev);
+  std::vector<at::Tensor> nexts, logps;
+  for (int64_t j = 0; j < n; ++j) {
+    at::Tensor hidden = gpt.forward_slot_tensors(at::embedding(gpt.wte(), tokens.unsqueeze(1)), slab_, slot_t, pos_t[j], where_t[j], L[j]);
+    at::Tensor logits = gpt.logits(hidden.select(1, 0)).to(at::kFloat);
+    if (any_short) logits = logits.masked_fill(ends_t.logical_and(short_t[j]), kNegInf);
+    tokens = logits.argmax(-1);
+    nexts.push_back(tokens);
+    logps.push_back(at::log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1));
+  }
+  // The one host sync of the burst.
+  const at::Tensor next_h = at::stack(nexts).to(at::kCPU, at::kLong).contiguous(), logp_h = at::stack(logps).to(at::kCPU, at::kFloat).contiguous();
+  const int64_t* nx = next_h.data_ptr<int64_t>();
+  const float* lp = logp_h.data_ptr<float>();
+  std::vector<RowToken> out;
+  std::vector<bool> ended(B, false);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t r = 0; r < B; ++r) {
+      if (ended[r]) continue;
+      Row& row = *rows[r];
+      const int64_t tok = nx[j * B + r];
+      row.logp_sum += lp[j * B + r];
+      row.count += 1;
+      row.t += 1;
+      row.pos += 1;
+      row.last = tok;
+      RowToken o;
+      o.row = order_[r];
+      o.token = tok;
+      o.logp = lp[j * B + r];
+      o.finished = is_end(row.opts, tok) || row.t >= row.opts.max_tokens;
+      if (o.finished) {
+        o.score = row.logp_sum / std::max(row.count, 1.0f);
+        ended[r] = true;
+      }
+      out.push_back(o);
+    }
+  std::vector<int64_t> keep;
+  keep.reserve(B);
+  for (int64_t r = 0; r < B; ++r) {
+    if (ended[r]) drop(order_[r]);
     else keep.push_back(order_[r]);
   }
   order_ = std::move(keep);

@@ -39,7 +39,11 @@ class DecodeBatch {
   // not kept. Returns one RowToken per newcomer, in order.
   std::vector<RowToken> add(const Gpt2Model& gpt, const at::Tensor& prefix, const std::vector<DecodeOptions>& opts);
   // One token for every active row; finished rows leave. Empty when no row is active.
-  std::vector<RowToken> step(const Gpt2Model& gpt);
+  // burst > 1 (the slab path, every row greedy): up to `burst` tokens per row in one call, with one host sync at the
+  // end instead of one per token (on CUDA a sync per token leaves the device idle while the host launches the next
+  // step). Never past a row's maxTokens; a row that ends inside the burst ends there (what it computed after its end
+  // token is dropped). RowTokens come step by step, rows in batch order within a step.
+  std::vector<RowToken> step(const Gpt2Model& gpt, int64_t burst = 1);
   // Drops rows (an abort, a deadline); unknown ids (already finished or removed) are ignored. Returns how many left.
   int64_t remove(const std::vector<int64_t>& rows);
   void clear() {
@@ -64,6 +68,8 @@ class DecodeBatch {
     float count = 0;
     Row() : cache(0) {}
   };
+  // step() for burst > 1 steps (n checked by step()).
+  std::vector<RowToken> burst(const Gpt2Model& gpt, int64_t n);
   // Chooses the tokens at one boundary for `rows` (their step t = row.t) from logits [R, V]; updates the rows.
   std::vector<RowToken> choose(const Gpt2Model& gpt, const at::Tensor& logits, const std::vector<int64_t>& ids);
   // Erases a row, its slot back to the free list (the slab released when no row is left).

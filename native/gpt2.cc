@@ -223,16 +223,27 @@ at::Tensor Gpt2Model::forward_slots(const at::Tensor& embeds, KvSlab& slab, cons
           "E_NATIVE", "forward_slots: slot or position out of range");
     L = std::max(L, pos[r] + 1);
   }
-  const int64_t H = cfg_.n_head, D = C / H;
   const auto lopts = at::TensorOptions().dtype(at::kLong);
+  const at::Tensor where_t = at::tensor(slab_rows(slab, slots, pos), lopts).to(device()),
+                   slot_t = at::tensor(slots, lopts).to(device()), pos_t = at::tensor(pos, lopts).to(device());
+  return forward_slot_tensors(embeds, slab, slot_t, pos_t, where_t, L);
+}
+
+std::vector<int64_t> Gpt2Model::slab_rows(const KvSlab& slab, const std::vector<int64_t>& slots,
+                                          const std::vector<int64_t>& pos) const {
   // Row r's new key goes to slab row (slots[r] * H + h) * capacity + pos[r] of the [slots * H * capacity, D] view.
+  const int64_t B = static_cast<int64_t>(slots.size()), H = cfg_.n_head;
   std::vector<int64_t> where(static_cast<size_t>(B * H));
   for (int64_t r = 0; r < B; ++r)
     for (int64_t h = 0; h < H; ++h) where[r * H + h] = (slots[r] * H + h) * slab.capacity + pos[r];
-  const at::Tensor where_t = at::tensor(where, lopts).to(device()), slot_t = at::tensor(slots, lopts).to(device()),
-                   pos_t = at::tensor(pos, lopts).to(device());
+  return where;
+}
+
+at::Tensor Gpt2Model::forward_slot_tensors(const at::Tensor& embeds, KvSlab& slab, const at::Tensor& slot_t,
+                                           const at::Tensor& pos_t, const at::Tensor& where_t, int64_t L) const {
+  const int64_t B = embeds.size(0), C = cfg_.n_embd, H = cfg_.n_head, D = C / H;
   // Keys a row may see: positions up to its own ([B, 1, 1, L], true = attend).
-  const at::Tensor see = at::arange(L, lopts.device(device())).unsqueeze(0).le(pos_t.unsqueeze(1)).view({B, 1, 1, L});
+  const at::Tensor see = at::arange(L, pos_t.options()).unsqueeze(0).le(pos_t.unsqueeze(1)).view({B, 1, 1, L});
   at::Tensor x = embeds + wpe_.index_select(0, pos_t).unsqueeze(1);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     const Gpt2Block& b = blocks_[i];

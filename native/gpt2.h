@@ -59,6 +59,12 @@ class Gpt2Model {
   // past its own position masked. Returns hidden states after ln_f [B,1,C]; the caller advances the positions.
   at::Tensor forward_slots(const at::Tensor& embeds, KvSlab& slab, const std::vector<int64_t>& slots,
                            const std::vector<int64_t>& pos) const;
+  // forward_slots' work on device tensors the caller built from checked slots and positions (batch_decode's bursts
+  // build several steps' worth at once): slot_t, pos_t [B], where_t [B * H] (slab_rows), L = max(pos) + 1.
+  at::Tensor forward_slot_tensors(const at::Tensor& embeds, KvSlab& slab, const at::Tensor& slot_t,
+                                  const at::Tensor& pos_t, const at::Tensor& where_t, int64_t L) const;
+  // The rows of the slab's [slots * H * capacity, D] view that rows at (slots[r], pos[r]) write: B * H of them.
+  std::vector<int64_t> slab_rows(const KvSlab& slab, const std::vector<int64_t>& slots, const std::vector<int64_t>& pos) const;
   // hidden [..., C] -> [..., V] against the tied embedding or lm_head.weight when untied (CPU inference: through
   // that weight's packed slot).
   at::Tensor logits(const at::Tensor& hidden) const;

@@ -8,8 +8,10 @@ import { Captioner } from '../lib/index.js'
 import { native, type AddonDecodeBatch, type BatchRowWire } from '../lib/native.js'
 import { makeTinyModels } from './helpers/models.js'
 
-// Read by the addon when a row joins an empty batch (forks pool: this file's process alone).
+// Read by the addon when a row joins an empty batch, and by the Captioner when its batcher starts (forks pool: this
+// file's process alone). Bursts of 4 tokens per step call while nobody waits, as CUDA runs them (8 there).
 process.env.SEMICAP_BATCH_SLOTS = '1'
+process.env.SEMICAP_BATCH_BURST = '4'
 await import('./batching.test.js')
 
 describe('the KV slab', () => {
@@ -52,6 +54,59 @@ describe('the KV slab', () => {
     expect(b.slots).toBeGreaterThanOrEqual(1)
     expect(await b.remove([r[0]!.rowId])).toBe(1)
     expect(b.slots).toBe(0)
+    b.dispose()
+    await cap.dispose()
+  })
+
+  it('bursts: several tokens per step call equal the same rows stepped one token at a time, ending where they end', async () => {
+    const models = await makeTinyModels()
+    const cap = await Captioner.create({ clip: models.clipDir, gpt2: models.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
+    const N = native()
+    const row = (o: Partial<BatchRowWire> = {}): BatchRowWire => ({
+      method: 'greedy', maxTokens: 5, minTokens: 0, beams: 1, topK: 0, temperature: 1, topP: 1, seed: 0, stopIds: [], eosId: -1, bf16: false, row: 0, ...o,
+    })
+    const feats = (n: number) => ({ dtype: 'float32', shape: [n, 32], data: new Float32Array(n * 32).map((_, i) => Math.sin(i * 0.37 + Math.floor(i / 32))) })
+    // Runs rows (one feature row each) to their ends with step(burst); returns each row's tokens and the most tokens
+    // one row got from one call.
+    const decodeAll = async (rows: BatchRowWire[], burst: number) => {
+      const b: AddonDecodeBatch = new N.AddonDecodeBatch(cap.addon)
+      const first = await b.add(feats(rows.length), rows)
+      const got = new Map<number, number[]>(first.map((t) => [t.rowId, [t.token]]))
+      let most = 0
+      while (b.size > 0) {
+        const out = await b.step(burst)
+        const per = new Map<number, number>()
+        for (const t of out) {
+          got.get(t.rowId)!.push(t.token)
+          per.set(t.rowId, (per.get(t.rowId) ?? 0) + 1)
+        }
+        most = Math.max(most, ...per.values())
+      }
+      expect(b.slots).toBe(0)
+      b.dispose()
+      return { ids: first.map((t) => got.get(t.rowId)!), most }
+    }
+    const rows = [row({ maxTokens: 9 }), row({ maxTokens: 30 }), row({ minTokens: 5, maxTokens: 12, eosId: 7 }), row({ maxTokens: 2 })]
+    const one = await decodeAll(rows, 1)
+    expect(one.most).toBe(1)
+    const four = await decodeAll(rows, 4)
+    expect(four.most).toBe(4)
+    expect(four.ids).toEqual(one.ids)
+    expect(four.ids.map((t) => t.length)).toEqual([9, 30, one.ids[2]!.length, 2])
+    // A row whose end token comes inside a burst ends there (row 1 again, its third token made its end token); the
+    // row beside it (row 0, now with maxTokens 30) goes on.
+    const eos = one.ids[1]![2]!
+    const ended = await decodeAll([row({ maxTokens: 30 }), row({ maxTokens: 30, eosId: eos })], 8)
+    expect(ended.ids[1]).toEqual(one.ids[1]!.slice(0, one.ids[1]!.indexOf(eos) + 1))
+    expect(ended.ids[1]!.length).toBeLessThanOrEqual(3)
+    expect(ended.ids[0]!.slice(0, 9)).toEqual(one.ids[0])
+    expect(ended.ids[0]!.length).toBe(30)
+    // Bad bursts.
+    const b: AddonDecodeBatch = new N.AddonDecodeBatch(cap.addon)
+    for (const bad of [0, 1.5, 257, Number.NaN, '2' as unknown as number]) {
+      const err = await (async () => b.step(bad))().then(() => undefined, (e: { code?: string }) => e)
+      expect(err?.code, String(bad)).toBe('E_VALUE')
+    }
     b.dispose()
     await cap.dispose()
   })
