@@ -201,7 +201,8 @@ static Finish prepared(ParamStore& params, const at::Device& device, kernels::WT
     kernels::WType use = want;
     if (want != kernels::WType::F32 && kernels::active_isa() == kernels::Isa::Portable) {
       use = kernels::WType::F32;
-      note = std::string("this CPU has no AVX2 + FMA: ") + kernels::wtype_name(want) + " weights would run slower than float32, so float32 is used";
+      note = std::string("the kernels run the portable instruction set (this CPU has no AVX2 + FMA, or SEMICAP_CPU_ISA=portable): ") +
+             kernels::wtype_name(want) + " weights would run slower than float32, so float32 is used";
     }
     dtype = kernels::wtype_name(use);
     bytes = params.prepare_inference(use);

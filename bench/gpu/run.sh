@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run on the GPU machine (bench/gpu/prepare.sh first, here): builds the addon against that machine's CUDA PyTorch,
 # runs the CUDA checks, the benchmark and the continuous-batching check (bench/gpu/batching.mjs, on the captioner
-# bench.mjs saves). Results land in $OUT (check.json, bench.json, batching.json, logs).
+# bench.mjs saves). Results land in $OUT (check.json, bench.json, batching.json, logs). SEMICAP_GPU_CPU_ONLY=1 stops
+# after the addon's CPU check (cpu-check.json).
 set -uo pipefail
 OUT=${OUT:-/tmp/semicap-out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/run.log") 2>&1
@@ -34,6 +35,10 @@ if [ ! -f build/cuda/semicap.node ]; then
 fi
 mkdir -p build/Release && cp build/cuda/semicap.node build/Release/semicap.node || exit 1
 echo "build done at $(( $(date +%s) - T0 )) s"
+# The addon's CPU paths on this host's CPU: golden parity and greedy ids through each ISA's kernels and weight type.
+node bench/gpu/cpu-check.mjs .device/golden/tiny
+echo "cpu check done at $(( $(date +%s) - T0 )) s"
+[ "${SEMICAP_GPU_CPU_ONLY:-0}" = 0 ] || exit 0
 node bench/gpu/check.mjs .device/golden/tiny /tmp/semicap-check
 echo "checks done at $(( $(date +%s) - T0 )) s"
 python3 bench/gpu/make_models.py /tmp/semicap-models
