@@ -136,14 +136,17 @@ function positiveInt(v: unknown, name: string, fallback: number, max: number): n
   return v
 }
 
-/** Validated batching settings (defaults: maxBatch 16, maxQueue 256); maxBatch undefined until the device is known. */
-export function batchingSettings(o: BatchingOptions | undefined): { maxBatch: number | undefined; maxQueue: number } {
+/** Validated batching settings (maxQueue default 256); maxBatch stays undefined until the device is known (onDevice). */
+export function batchingSettings(o: BatchingOptions | undefined): BatchingOptions & { maxQueue: number } {
   return { maxBatch: o?.maxBatch === undefined ? undefined : positiveInt(o.maxBatch, 'maxBatch', 16, 4096), maxQueue: positiveInt(o?.maxQueue, 'maxQueue', 256, 1 << 30) }
 }
 
-/** The default maxBatch on a device (measured: bench/results/gpu-h200.md for CUDA, examples/server for the CPU). */
-export function defaultMaxBatch(device: string): number {
-  return device.startsWith('cuda') ? 64 : 16
+/**
+ * Settings with maxBatch's device default filled in: 64 on CUDA, 16 elsewhere (measured: bench/results/gpu-h200.md
+ * for CUDA, examples/server for the CPU).
+ */
+export function onDevice(s: BatchingOptions & { maxQueue: number }, device: string): Required<BatchingOptions> {
+  return { maxBatch: s.maxBatch ?? (device.startsWith('cuda') ? 64 : 16), maxQueue: s.maxQueue }
 }
 
 /** The absolute deadline (ms since the epoch) of a request, or undefined. */

@@ -5,7 +5,7 @@ import { basename, join, resolve } from 'node:path'
 import { Clip, type ModelLoadOptions } from './clip.js'
 import { gpt2ConfigFromJson, readGpt2Config, readJson } from './config.js'
 import { decodeWire, withDecodeDefaults, type DecodeOptions } from './decoding.js'
-import { Batcher, batchingSettings, defaultBurst, defaultMaxBatch, guardRequest, requestOptions, type BatchStats, type BatchingOptions, type RequestOptions } from './batcher.js'
+import { Batcher, batchingSettings, defaultBurst, guardRequest, onDevice, requestOptions, type BatchStats, type BatchingOptions, type RequestOptions } from './batcher.js'
 import { loadedWeights, resolveDtype, type DeviceOption, type InferenceDtype, type LoadedWeights } from './device.js'
 import { SemicapError } from './errors.js'
 import { loadGpt2Tokenizer } from './gpt2.js'
@@ -195,7 +195,7 @@ export class Captioner {
       const [loaded, tokenizer] = await Promise.all([call(() => load(addon, clip.device, dtype)), loadGpt2Tokenizer(options.gpt2, g)])
       const captioner = new Captioner(clip, addon, g, raw, mapper, normalizePrefix, tokenizer, options.gpt2, ownsClip)
       captioner.weights = loadedWeights(loaded, dtype)
-      captioner.#batching = { maxBatch: batching.maxBatch ?? defaultMaxBatch(captioner.device), maxQueue: batching.maxQueue }
+      captioner.#batching = onDevice(batching, captioner.device)
       return captioner
     } catch (err) {
       if (ownsClip) await clip.dispose()
@@ -248,7 +248,7 @@ export class Captioner {
       const [loaded, tokenizer] = await Promise.all([call(() => addon.load(join(dir, 'model.safetensors'), clip.device, dtype)), loadGpt2Tokenizer(dir, g)])
       const captioner = new Captioner(clip, addon, g, rawGpt2, mapper, normalizePrefix, tokenizer, dir, true)
       captioner.weights = loadedWeights(loaded, dtype)
-      captioner.#batching = { maxBatch: batching.maxBatch ?? defaultMaxBatch(captioner.device), maxQueue: batching.maxQueue }
+      captioner.#batching = onDevice(batching, captioner.device)
       if (s.decode !== undefined) {
         // Decoding the checkpoint implies (ClipCap's), checked now rather than at the first caption() call.
         if (s.decode === null || typeof s.decode !== 'object' || Array.isArray(s.decode)) throw new SemicapError('E_CONFIG', `${path}: semicap.decode must be an object`)

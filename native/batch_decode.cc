@@ -69,20 +69,59 @@ std::vector<RowToken> DecodeBatch::choose(const Gpt2Model& gpt, const at::Tensor
   const int64_t* nx = next_h.data_ptr<int64_t>();
   const float* lp = logp_h.data_ptr<float>();
   std::vector<RowToken> out(R);
-  for (int64_t r = 0; r < R; ++r) {
-    Row& row = *rows[r];
-    row.logp_sum += lp[r];
-    row.count += 1;
-    row.t += 1;
-    row.last = nx[r];
-    RowToken& o = out[r];
-    o.row = ids[r];
-    o.token = nx[r];
-    o.logp = lp[r];
-    o.finished = is_end(row.opts, nx[r]) || row.t >= row.opts.max_tokens;
-    if (o.finished) o.score = row.logp_sum / std::max(row.count, 1.0f);
-  }
+  for (int64_t r = 0; r < R; ++r) out[r] = advance(ids[r], *rows[r], nx[r], lp[r]);
   return out;
+}
+
+RowToken DecodeBatch::advance(int64_t id, Row& row, int64_t token, float logp) {
+  row.logp_sum += logp;
+  row.count += 1;
+  row.t += 1;
+  row.last = token;
+  RowToken o;
+  o.row = id;
+  o.token = token;
+  o.logp = logp;
+  o.finished = is_end(row.opts, token) || row.t >= row.opts.max_tokens;
+  if (o.finished) o.score = row.logp_sum / std::max(row.count, 1.0f);
+  return o;
+}
+
+void DecodeBatch::leave(const std::vector<bool>& ended) {
+  std::vector<int64_t> keep;
+  keep.reserve(order_.size());
+  for (size_t r = 0; r < order_.size(); ++r) {
+    if (ended[r]) drop(order_[r]);
+    else keep.push_back(order_[r]);
+  }
+  order_ = std::move(keep);
+}
+
+DecodeBatch::SlotSteps DecodeBatch::slot_steps(const Gpt2Model& gpt, int64_t n) const {
+  const int64_t B = size();
+  std::vector<int64_t> slots(B), where, pos;
+  SlotSteps s;
+  s.L.assign(n, 0);
+  for (int64_t j = 0; j < n; ++j) {
+    std::vector<int64_t> pj(B);
+    for (int64_t r = 0; r < B; ++r) {
+      const Row& row = rows_.at(order_[r]);
+      slots[r] = row.slot;
+      pj[r] = row.prefix + row.t - 1 + j;
+      check(slots[r] >= 0 && slots[r] < slab_.slots && pj[r] >= 0 && pj[r] < slab_.capacity && pj[r] < gpt.config().n_positions,
+            "E_NATIVE", "step: slot or position out of range");
+      s.L[j] = std::max(s.L[j], pj[r] + 1);
+    }
+    const std::vector<int64_t> wj = gpt.slab_rows(slab_, slots, pj);
+    where.insert(where.end(), wj.begin(), wj.end());
+    pos.insert(pos.end(), pj.begin(), pj.end());
+  }
+  const auto lopts = at::TensorOptions().dtype(at::kLong);
+  const at::Device dev = gpt.device();
+  s.slot = at::tensor(slots, lopts).to(dev);
+  s.pos = at::tensor(pos, lopts).view({n, B}).to(dev);
+  s.where = at::tensor(where, lopts).view({n, -1}).to(dev);
+  return s;
 }
 
 std::vector<RowToken> DecodeBatch::add(const Gpt2Model& gpt, const at::Tensor& prefix, const std::vector<DecodeOptions>& opts) {
@@ -119,7 +158,7 @@ std::vector<RowToken> DecodeBatch::add(const Gpt2Model& gpt, const at::Tensor& p
           Row& row = rows_.at(ids[r]);
           row.slot = free_slots_.back();
           free_slots_.pop_back();
-          row.pos = K;
+          row.prefix = K;
           slots.push_back(row.slot);
         }
         const auto lopts = at::TensorOptions().dtype(at::kLong);
@@ -129,24 +168,25 @@ std::vector<RowToken> DecodeBatch::add(const Gpt2Model& gpt, const at::Tensor& p
           slab_.v[i].narrow(2, 0, K).index_copy_(0, slot_t, tmp.v[i].index_select(0, keep_t));
         }
       }
-    }
-    for (int64_t r = 0; r < n && !use_slots_; ++r) {
-      if (out[r].finished) continue;
-      Row& row = rows_.at(ids[r]);
-      row.cache = KvCache(K + row.opts.max_tokens);
-      const size_t L = tmp.k.size();
-      row.cache.k.resize(L);
-      row.cache.v.resize(L);
-      for (size_t i = 0; i < L; ++i) {
-        auto shape = tmp.k[i].sizes().vec();
-        shape[0] = 1;
-        shape[2] = row.cache.capacity;
-        row.cache.k[i] = at::empty(shape, tmp.k[i].options());
-        row.cache.v[i] = at::empty(shape, tmp.v[i].options());
-        row.cache.k[i].narrow(2, 0, K).copy_(tmp.k[i].narrow(0, r, 1));
-        row.cache.v[i].narrow(2, 0, K).copy_(tmp.v[i].narrow(0, r, 1));
+    } else {
+      for (int64_t r = 0; r < n; ++r) {
+        if (out[r].finished) continue;
+        Row& row = rows_.at(ids[r]);
+        row.cache = KvCache(K + row.opts.max_tokens);
+        const size_t L = tmp.k.size();
+        row.cache.k.resize(L);
+        row.cache.v.resize(L);
+        for (size_t i = 0; i < L; ++i) {
+          auto shape = tmp.k[i].sizes().vec();
+          shape[0] = 1;
+          shape[2] = row.cache.capacity;
+          row.cache.k[i] = at::empty(shape, tmp.k[i].options());
+          row.cache.v[i] = at::empty(shape, tmp.v[i].options());
+          row.cache.k[i].narrow(2, 0, K).copy_(tmp.k[i].narrow(0, r, 1));
+          row.cache.v[i].narrow(2, 0, K).copy_(tmp.v[i].narrow(0, r, 1));
+        }
+        row.cache.len = K;
       }
-      row.cache.len = K;
     }
   } catch (...) {
     for (int64_t id : ids) drop(id);
@@ -214,40 +254,29 @@ std::vector<RowToken> DecodeBatch::step(const Gpt2Model& gpt, int64_t burst_step
   const at::Tensor embeds = at::embedding(gpt.wte(), tokens.unsqueeze(1));
   at::Tensor hidden;
   if (use_slots_) {
-    std::vector<int64_t> slots(B), pos(B);
-    for (int64_t r = 0; r < B; ++r) {
-      Row& row = rows_.at(order_[r]);
-      slots[r] = row.slot;
-      pos[r] = row.pos;
-    }
-    hidden = gpt.forward_slots(embeds, slab_, slots, pos);
-    for (int64_t r = 0; r < B; ++r) rows_.at(order_[r]).pos += 1;
+    const SlotSteps s = slot_steps(gpt, 1);
+    hidden = gpt.forward_slots(embeds, slab_, s.slot, s.pos[0], s.where[0], s.L[0]);
   } else {
     hidden = gpt.forward_rows(embeds, caches);
   }
   at::Tensor logits = gpt.logits(hidden.select(1, 0)).to(at::kFloat);
   std::vector<RowToken> out = choose(gpt, logits, order_);
-  std::vector<int64_t> keep;
-  keep.reserve(B);
-  for (int64_t r = 0; r < B; ++r) {
-    if (out[r].finished) drop(order_[r]);
-    else keep.push_back(order_[r]);
-  }
-  order_ = std::move(keep);
+  std::vector<bool> ended(B);
+  for (int64_t r = 0; r < B; ++r) ended[r] = out[r].finished;
+  leave(ended);
   return out;
 }
 
 std::vector<RowToken> DecodeBatch::burst(const Gpt2Model& gpt, int64_t n) {
-  const int64_t B = static_cast<int64_t>(order_.size()), H = gpt.config().n_head;
+  const int64_t B = size();
   std::vector<Row*> rows(B);
-  std::vector<int64_t> slots(B), last(B), where, pos;
+  std::vector<int64_t> last(B);
   std::vector<at::Tensor> ends(B);
   at::Tensor short_h = at::zeros({n, B, 1}, at::TensorOptions().dtype(at::kBool));
   bool* sh = short_h.data_ptr<bool>();
   bool any_short = false;
   for (int64_t r = 0; r < B; ++r) {
     rows[r] = &rows_.at(order_[r]);
-    slots[r] = rows[r]->slot;
     last[r] = rows[r]->last;
     ends[r] = rows[r]->ends;
     for (int64_t j = 0; j < n; ++j) {
@@ -256,30 +285,15 @@ std::vector<RowToken> DecodeBatch::burst(const Gpt2Model& gpt, int64_t n) {
       any_short = any_short || s;
     }
   }
-  // Every step's positions and slab rows, checked and copied to the device once: a copy from the host in the middle
+  // Every step's positions, slab rows and min-token masks go to the device once: a copy from the host in the middle
   // of the burst would wait for the device.
-  std::vector<int64_t> L(n, 0);
-  for (int64_t j = 0; j < n; ++j) {
-    std::vector<int64_t> pj(B);
-    for (int64_t r = 0; r < B; ++r) {
-      pj[r] = rows[r]->pos + j;
-      check(slots[r] >= 0 && slots[r] < slab_.slots && pj[r] < slab_.capacity && pj[r] < gpt.config().n_positions, "E_NATIVE",
-            "step: slot or position out of range");
-      L[j] = std::max(L[j], pj[r] + 1);
-    }
-    const std::vector<int64_t> wj = gpt.slab_rows(slab_, slots, pj);
-    where.insert(where.end(), wj.begin(), wj.end());
-    pos.insert(pos.end(), pj.begin(), pj.end());
-  }
-  const auto lopts = at::TensorOptions().dtype(at::kLong);
+  const SlotSteps steps = slot_steps(gpt, n);
   const at::Device dev = gpt.device();
-  const at::Tensor where_t = at::tensor(where, lopts).view({n, B * H}).to(dev), pos_t = at::tensor(pos, lopts).view({n, B}).to(dev),
-                   slot_t = at::tensor(slots, lopts).to(dev), short_t = short_h.to(dev);
-  const at::Tensor ends_t = any_short ? at::stack(ends) : at::Tensor();
-  at::Tensor tokens = at::tensor(last, lopts).to(dev);
+  const at::Tensor short_t = short_h.to(dev), ends_t = any_short ? at::stack(ends) : at::Tensor();
+  at::Tensor tokens = at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(dev);
   std::vector<at::Tensor> nexts, logps;
   for (int64_t j = 0; j < n; ++j) {
-    at::Tensor hidden = gpt.forward_slot_tensors(at::embedding(gpt.wte(), tokens.unsqueeze(1)), slab_, slot_t, pos_t[j], where_t[j], L[j]);
+    at::Tensor hidden = gpt.forward_slots(at::embedding(gpt.wte(), tokens.unsqueeze(1)), slab_, steps.slot, steps.pos[j], steps.where[j], steps.L[j]);
     at::Tensor logits = gpt.logits(hidden.select(1, 0)).to(at::kFloat);
     if (any_short) logits = logits.masked_fill(ends_t.logical_and(short_t[j]), kNegInf);
     tokens = logits.argmax(-1);
@@ -295,31 +309,10 @@ std::vector<RowToken> DecodeBatch::burst(const Gpt2Model& gpt, int64_t n) {
   for (int64_t j = 0; j < n; ++j)
     for (int64_t r = 0; r < B; ++r) {
       if (ended[r]) continue;
-      Row& row = *rows[r];
-      const int64_t tok = nx[j * B + r];
-      row.logp_sum += lp[j * B + r];
-      row.count += 1;
-      row.t += 1;
-      row.pos += 1;
-      row.last = tok;
-      RowToken o;
-      o.row = order_[r];
-      o.token = tok;
-      o.logp = lp[j * B + r];
-      o.finished = is_end(row.opts, tok) || row.t >= row.opts.max_tokens;
-      if (o.finished) {
-        o.score = row.logp_sum / std::max(row.count, 1.0f);
-        ended[r] = true;
-      }
-      out.push_back(o);
+      out.push_back(advance(order_[r], *rows[r], nx[j * B + r], lp[j * B + r]));
+      ended[r] = out.back().finished;
     }
-  std::vector<int64_t> keep;
-  keep.reserve(B);
-  for (int64_t r = 0; r < B; ++r) {
-    if (ended[r]) drop(order_[r]);
-    else keep.push_back(order_[r]);
-  }
-  order_ = std::move(keep);
+  leave(ended);
   return out;
 }
 

@@ -60,8 +60,8 @@ class DecodeBatch {
     DecodeOptions opts;
     at::Tensor ends;       // [V] bool: stop ids and eos
     KvCache cache;         // the CPU path's own cache
-    int64_t slot = -1;     // the slab path's slot, and the position its next key goes to
-    int64_t pos = 0;
+    int64_t slot = -1;     // the slab path's slot
+    int64_t prefix = 0;    // prefix length: the next key goes to position prefix + t - 1
     int64_t t = 0;         // tokens produced so far
     int64_t last = 0;      // the last token (the next step's input)
     float logp_sum = 0;
@@ -72,6 +72,16 @@ class DecodeBatch {
   std::vector<RowToken> burst(const Gpt2Model& gpt, int64_t n);
   // Chooses the tokens at one boundary for `rows` (their step t = row.t) from logits [R, V]; updates the rows.
   std::vector<RowToken> choose(const Gpt2Model& gpt, const at::Tensor& logits, const std::vector<int64_t>& ids);
+  // Row `id` took `token` with log-probability `logp`: its state moves on one token; says whether it finished.
+  RowToken advance(int64_t id, Row& row, int64_t token, float logp);
+  // The active rows' next n steps on the slab, checked and on the model's device (one copy from the host).
+  struct SlotSteps {
+    at::Tensor slot, pos, where;  // [B], [n, B], [n, B * H]
+    std::vector<int64_t> L;       // per step: max position + 1
+  };
+  SlotSteps slot_steps(const Gpt2Model& gpt, int64_t n) const;
+  // Active rows marked in `ended` (batch order) leave.
+  void leave(const std::vector<bool>& ended);
   // Erases a row, its slot back to the free list (the slab released when no row is left).
   void drop(int64_t id);
   // Room in the slab for `slots` rows of `capacity` positions, laid out like the prefill cache `like`; what the slab

@@ -210,25 +210,6 @@ at::Tensor Gpt2Model::forward_rows(const at::Tensor& embeds, const std::vector<K
   return ln_f_(x);
 }
 
-at::Tensor Gpt2Model::forward_slots(const at::Tensor& embeds, KvSlab& slab, const std::vector<int64_t>& slots,
-                                    const std::vector<int64_t>& pos) const {
-  const int64_t B = static_cast<int64_t>(slots.size()), C = cfg_.n_embd;
-  check(embeds.dim() == 3 && embeds.size(0) == B && B > 0 && embeds.size(1) == 1 && embeds.size(2) == C &&
-            static_cast<int64_t>(pos.size()) == B,
-        "E_SHAPE", "forward_slots: embeddings must have shape [rows, 1, " + std::to_string(C) + "], one slot and position per row");
-  check(slab.k.size() == blocks_.size() && slab.v.size() == blocks_.size(), "E_NATIVE", "forward_slots: the slab has no layers");
-  int64_t L = 0;
-  for (int64_t r = 0; r < B; ++r) {
-    check(slots[r] >= 0 && slots[r] < slab.slots && pos[r] >= 0 && pos[r] < slab.capacity && pos[r] < cfg_.n_positions,
-          "E_NATIVE", "forward_slots: slot or position out of range");
-    L = std::max(L, pos[r] + 1);
-  }
-  const auto lopts = at::TensorOptions().dtype(at::kLong);
-  const at::Tensor where_t = at::tensor(slab_rows(slab, slots, pos), lopts).to(device()),
-                   slot_t = at::tensor(slots, lopts).to(device()), pos_t = at::tensor(pos, lopts).to(device());
-  return forward_slot_tensors(embeds, slab, slot_t, pos_t, where_t, L);
-}
-
 std::vector<int64_t> Gpt2Model::slab_rows(const KvSlab& slab, const std::vector<int64_t>& slots,
                                           const std::vector<int64_t>& pos) const {
   // Row r's new key goes to slab row (slots[r] * H + h) * capacity + pos[r] of the [slots * H * capacity, D] view.
@@ -239,9 +220,14 @@ std::vector<int64_t> Gpt2Model::slab_rows(const KvSlab& slab, const std::vector<
   return where;
 }
 
-at::Tensor Gpt2Model::forward_slot_tensors(const at::Tensor& embeds, KvSlab& slab, const at::Tensor& slot_t,
-                                           const at::Tensor& pos_t, const at::Tensor& where_t, int64_t L) const {
+at::Tensor Gpt2Model::forward_slots(const at::Tensor& embeds, KvSlab& slab, const at::Tensor& slot_t, const at::Tensor& pos_t,
+                                    const at::Tensor& where_t, int64_t L) const {
   const int64_t B = embeds.size(0), C = cfg_.n_embd, H = cfg_.n_head, D = C / H;
+  check(embeds.dim() == 3 && B > 0 && embeds.size(1) == 1 && embeds.size(2) == C && slot_t.numel() == B && pos_t.numel() == B &&
+            where_t.numel() == B * H && L >= 1,
+        "E_SHAPE", "forward_slots: embeddings must have shape [rows, 1, " + std::to_string(C) + "], one slot and position per row");
+  check(slab.k.size() == blocks_.size() && slab.v.size() == blocks_.size() && L <= slab.capacity, "E_NATIVE",
+        "forward_slots: the slab does not fit the model or the positions");
   // Keys a row may see: positions up to its own ([B, 1, 1, L], true = attend).
   const at::Tensor see = at::arange(L, pos_t.options()).unsqueeze(0).le(pos_t.unsqueeze(1)).view({B, 1, 1, L});
   at::Tensor x = embeds + wpe_.index_select(0, pos_t).unsqueeze(1);

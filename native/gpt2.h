@@ -19,8 +19,6 @@ struct Gpt2Block {
   Activation act;
 };
 
-// Keys and values of every layer for the positions seen so far. With a capacity, each layer's buffer is
-// allocated once ([B, H, capacity, D]) and steps write into it, instead of concatenating a growing copy per step.
 // Keys and values of many rows in shared slabs, one [slots, H, capacity, D] pair per layer, a row owning one slot
 // (continuous batching on devices the fused CPU loop does not serve, see forward_slots).
 struct KvSlab {
@@ -28,6 +26,8 @@ struct KvSlab {
   int64_t slots = 0, capacity = 0;
 };
 
+// Keys and values of every layer for the positions seen so far. With a capacity, each layer's buffer is
+// allocated once ([B, H, capacity, D]) and steps write into it, instead of concatenating a growing copy per step.
 struct KvCache {
   std::vector<at::Tensor> k, v;  // buffers (capacity > 0) or exact-length tensors
   int64_t capacity = 0, len = 0;
@@ -53,16 +53,14 @@ class Gpt2Model {
   // prefill). Layer norms and products run once over all rows; attention runs per row against its own cache, the
   // same math as forward() on that row alone. Advances every cache by one; returns hidden states after ln_f [B,1,C].
   at::Tensor forward_rows(const at::Tensor& embeds, const std::vector<KvCache*>& caches) const;
-  // The same step for rows whose keys and values live in `slab` (row r in slot slots[r], at position pos[r]), for
-  // devices such as CUDA where one kernel per row per layer would cost more than the step itself: every row's new
-  // key and value is written with one kernel per layer, and attention runs over all rows at once, each row's keys
-  // past its own position masked. Returns hidden states after ln_f [B,1,C]; the caller advances the positions.
-  at::Tensor forward_slots(const at::Tensor& embeds, KvSlab& slab, const std::vector<int64_t>& slots,
-                           const std::vector<int64_t>& pos) const;
-  // forward_slots' work on device tensors the caller built from checked slots and positions (batch_decode's bursts
-  // build several steps' worth at once): slot_t, pos_t [B], where_t [B * H] (slab_rows), L = max(pos) + 1.
-  at::Tensor forward_slot_tensors(const at::Tensor& embeds, KvSlab& slab, const at::Tensor& slot_t,
-                                  const at::Tensor& pos_t, const at::Tensor& where_t, int64_t L) const;
+  // The same step for rows whose keys and values live in `slab`, for devices such as CUDA where one kernel per row
+  // per layer would cost more than the step itself: every row's new key and value is written with one kernel per
+  // layer, and attention runs over all rows at once, each row's keys past its own position masked. On the model's
+  // device, from slots and positions the caller checked against the slab: slot_t, pos_t [B] (row r in slot
+  // slot_t[r] at position pos_t[r]), where_t [B * H] (slab_rows), L = max(pos) + 1. Returns hidden states after
+  // ln_f [B,1,C]; the caller advances the positions.
+  at::Tensor forward_slots(const at::Tensor& embeds, KvSlab& slab, const at::Tensor& slot_t, const at::Tensor& pos_t,
+                           const at::Tensor& where_t, int64_t L) const;
   // The rows of the slab's [slots * H * capacity, D] view that rows at (slots[r], pos[r]) write: B * H of them.
   std::vector<int64_t> slab_rows(const KvSlab& slab, const std::vector<int64_t>& slots, const std::vector<int64_t>& pos) const;
   // hidden [..., C] -> [..., V] against the tied embedding or lm_head.weight when untied (CPU inference: through

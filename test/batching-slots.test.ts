@@ -3,7 +3,7 @@
 // takes, forced on the CPU with SEMICAP_BATCH_SLOTS=1. The whole batching suite runs again on it (its references,
 // maxBatch: 1, decode without the batcher, so the two paths are checked against each other), and the slab itself
 // is checked here: slots held while rows decode, grown as rows join, released when the last row leaves.
-import { describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Captioner } from '../lib/index.js'
 import { native, type AddonDecodeBatch, type BatchRowWire } from '../lib/native.js'
 import { makeTinyModels } from './helpers/models.js'
@@ -15,18 +15,25 @@ process.env.SEMICAP_BATCH_BURST = '4'
 await import('./batching.test.js')
 
 describe('the KV slab', () => {
-  it('holds a slot per active row, grows as rows join mid-decode, and is released when the last row leaves', async () => {
+  let cap: Captioner
+  beforeAll(async () => {
     const models = await makeTinyModels()
-    const cap = await Captioner.create({ clip: models.clipDir, gpt2: models.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
-    const N = native()
-    const b: AddonDecodeBatch = new N.AddonDecodeBatch(cap.addon)
-    const row = (o: Partial<BatchRowWire> = {}): BatchRowWire => ({
-      method: 'greedy', maxTokens: 5, minTokens: 0, beams: 1, topK: 0, temperature: 1, topP: 1, seed: 0, stopIds: [], eosId: -1, bf16: false, row: 0, ...o,
-    })
+    cap = await Captioner.create({ clip: models.clipDir, gpt2: models.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
+  })
+  afterAll(async () => {
+    await cap?.dispose()
+  })
+  const batch = (): AddonDecodeBatch => new (native().AddonDecodeBatch)(cap.addon)
+  const row = (o: Partial<BatchRowWire> = {}): BatchRowWire => ({
+    method: 'greedy', maxTokens: 5, minTokens: 0, beams: 1, topK: 0, temperature: 1, topP: 1, seed: 0, stopIds: [], eosId: -1, bf16: false, row: 0, ...o,
+  })
+
+  it('holds a slot per active row, grows as rows join mid-decode, and is released when the last row leaves', async () => {
+    const b = batch()
     const f = (n: number, fill: number) => ({ dtype: 'float32', shape: [n, 32], data: new Float32Array(n * 32).map((_, i) => Math.sin(i * fill)) })
     // The same rows alone (each its own batch) are the reference for the rows decoded together.
     const alone = async (fill: number, o: Partial<BatchRowWire>) => {
-      const a: AddonDecodeBatch = new N.AddonDecodeBatch(cap.addon)
+      const a = batch()
       const ids = [(await a.add(f(1, fill), [row(o)]))[0]!.token]
       while (a.size > 0) ids.push(...(await a.step()).map((t) => t.token))
       expect(a.slots).toBe(0)
@@ -55,21 +62,14 @@ describe('the KV slab', () => {
     expect(await b.remove([r[0]!.rowId])).toBe(1)
     expect(b.slots).toBe(0)
     b.dispose()
-    await cap.dispose()
   })
 
   it('bursts: several tokens per step call equal the same rows stepped one token at a time, ending where they end', async () => {
-    const models = await makeTinyModels()
-    const cap = await Captioner.create({ clip: models.clipDir, gpt2: models.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
-    const N = native()
-    const row = (o: Partial<BatchRowWire> = {}): BatchRowWire => ({
-      method: 'greedy', maxTokens: 5, minTokens: 0, beams: 1, topK: 0, temperature: 1, topP: 1, seed: 0, stopIds: [], eosId: -1, bf16: false, row: 0, ...o,
-    })
     const feats = (n: number) => ({ dtype: 'float32', shape: [n, 32], data: new Float32Array(n * 32).map((_, i) => Math.sin(i * 0.37 + Math.floor(i / 32))) })
     // Runs rows (one feature row each) to their ends with step(burst); returns each row's tokens and the most tokens
     // one row got from one call.
     const decodeAll = async (rows: BatchRowWire[], burst: number) => {
-      const b: AddonDecodeBatch = new N.AddonDecodeBatch(cap.addon)
+      const b = batch()
       const first = await b.add(feats(rows.length), rows)
       const got = new Map<number, number[]>(first.map((t) => [t.rowId, [t.token]]))
       let most = 0
@@ -102,12 +102,11 @@ describe('the KV slab', () => {
     expect(ended.ids[0]!.slice(0, 9)).toEqual(one.ids[0])
     expect(ended.ids[0]!.length).toBe(30)
     // Bad bursts.
-    const b: AddonDecodeBatch = new N.AddonDecodeBatch(cap.addon)
+    const b = batch()
     for (const bad of [0, 1.5, 257, Number.NaN, '2' as unknown as number]) {
       const err = await (async () => b.step(bad))().then(() => undefined, (e: { code?: string }) => e)
       expect(err?.code, String(bad)).toBe('E_VALUE')
     }
     b.dispose()
-    await cap.dispose()
   })
 })
