@@ -213,6 +213,8 @@ export class Batcher {
   /** Every request not settled yet, wherever it is (queued, being prefilled, decoding). */
   readonly #open = new Set<Request>()
   #running = false
+  /** The loop is queued to start (kicked, no boundary yet): requests submitted meanwhile join its first prefill. */
+  #starting = false
   #closed: unknown
   readonly #stats: BatchStats
 
@@ -249,9 +251,9 @@ export class Batcher {
       this.#stats.expired++
       return Promise.reject(new DeadlineError('the deadline passed before the request was queued'))
     }
-    if (this.#queue.length >= this.#maxQueue) {
+    if (this.#waiting() >= this.#maxQueue) {
       this.#queue = this.#queue.filter((r) => !r.settled)
-      if (this.#queue.length >= this.#maxQueue) {
+      if (this.#waiting() >= this.#maxQueue) {
         this.#stats.busy++
         return Promise.reject(new SemicapError('E_BUSY', `the caption queue is full (${this.#maxQueue} requests waiting; maxQueue)`))
       }
@@ -333,10 +335,34 @@ export class Batcher {
     batch?.dispose()
   }
 
+  /**
+   * Requests waiting to be admitted (what maxQueue bounds). Before the loop's first boundary, those at the head that
+   * fit in the free rows do not wait: they join at that boundary, as they would have joined an idle batch at once.
+   */
+  #waiting(): number {
+    let n = this.#queue.length
+    if (!this.#starting) return n
+    let room = this.#maxBatch - this.#active.size
+    for (const r of this.#queue) {
+      const left = r.slots.length - r.next
+      if (left > room) break
+      room -= left
+      n--
+    }
+    return n
+  }
+
   #kick(): void {
     if (this.#running || this.#closed !== undefined) return
     this.#running = true
-    void this.#run()
+    // The loop starts after the current job: requests submitted together (a Promise.all over images or features)
+    // then join as one prefill, not the first alone and the rest a prefill and a step later.
+    this.#starting = true
+    void Promise.resolve()
+      .then(() => {
+        this.#starting = false
+        return this.#run()
+      })
       .catch((err: unknown) => {
         // A bug, not a model error: fail what is open rather than leave it waiting; settled rows leave next time.
         for (const r of [...this.#open]) r.fail(err, 'failed')

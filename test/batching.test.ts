@@ -122,6 +122,20 @@ describe('continuous batching', () => {
     expect(ids(g!)).toEqual(ids(wantGreedy))
   })
 
+  it('calls made together (one Promise.all) join as one prefill', async () => {
+    const o: CaptionOptions = { maxTokens: 8, stop: null, stopAtEos: false }
+    const want = ids(await solo.captionFeatures(features, o))
+    const before = cap.batchStats()
+    const got = await Promise.all(Array.from({ length: 8 }, (_, i) => cap.captionFeatures(slice(features, i, i + 1), o)))
+    const after = cap.batchStats()
+    expect(got.map((g) => g[0]!.ids)).toEqual(want)
+    expect(after.prefills - before.prefills).toBe(1)
+    expect(after.prefillRows - before.prefillRows).toBe(8)
+    // Every step ran all 8 rows: 7 steps after the first tokens, which the prefill chose.
+    expect(after.steps - before.steps).toBe(7)
+    expect(after.rowSteps - before.rowSteps).toBe(56)
+  })
+
   it('abort: the aborted call rejects with an AbortError at once, leaves the batch, and the others are untouched', async () => {
     const others: [Tensor, CaptionOptions][] = [
       [slice(pixels, 1, 3), { maxTokens: 20, stop: null }],
@@ -170,12 +184,12 @@ describe('continuous batching', () => {
     const c = await make({ maxBatch: 2, maxQueue: 2 })
     try {
       const one = (i: number) => c.captionFeatures(slice(features, i, i + 1), { maxTokens: 8 })
-      // The first is admitted at once; two wait; the fourth finds the queue full.
-      const ps = [one(0), one(1), one(2)]
-      const busy = await rejection(one(3))
+      // Submitted together: the first two join the idle batch; two wait; the fifth finds the queue full.
+      const ps = [one(0), one(1), one(2), one(3)]
+      const busy = await rejection(one(4))
       expect(busy).toBeInstanceOf(SemicapError)
       expect(busy.code).toBe('E_BUSY')
-      const want = await solo.captionFeatures(slice(features, 0, 3), { maxTokens: 8 })
+      const want = await solo.captionFeatures(slice(features, 0, 4), { maxTokens: 8 })
       expect((await Promise.all(ps)).map((r) => r[0]!.ids)).toEqual(ids(want))
       expect(c.batchStats().busy).toBe(1)
       expect(c.batchStats().rowsPerStep).toHaveLength(3) // steps of 0..maxBatch rows
