@@ -355,7 +355,7 @@ export class Batcher {
   #kick(): void {
     if (this.#running || this.#closed !== undefined) return
     this.#running = true
-    // The loop starts after the current job: requests submitted together (a Promise.all over images or features)
+    // The loop starts after the current job: requests submitted together (a Promise.all over pixel or feature tensors)
     // then join as one prefill, not the first alone and the rest a prefill and a step later.
     this.#starting = true
     void Promise.resolve()
