@@ -17,7 +17,33 @@ bool is_end(const DecodeOptions& o, int64_t token) {
   return token == o.eos_id || std::find(o.stop_ids.begin(), o.stop_ids.end(), token) != o.stop_ids.end();
 }
 
+// log p(next) under logits [R, V], per row.
+at::Tensor chosen_logp(const at::Tensor& logits, const at::Tensor& next) {
+  return at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1);
+}
+
 }  // namespace
+
+DecodeBatch::EndMasks DecodeBatch::end_masks(const std::vector<Row*>& rows, int64_t n, const at::Device& device) {
+  EndMasks m;
+  // Most steps have no short row: nothing is built then (this runs at every token boundary).
+  if (std::none_of(rows.begin(), rows.end(), [](const Row* r) { return r->t < r->opts.min_tokens; })) return m;
+  const int64_t R = static_cast<int64_t>(rows.size());
+  at::Tensor short_h = at::empty({n, R, 1}, at::TensorOptions().dtype(at::kBool));
+  bool* sh = short_h.data_ptr<bool>();
+  std::vector<at::Tensor> ends(R);
+  for (int64_t r = 0; r < R; ++r) {
+    ends[r] = rows[r]->ends;
+    for (int64_t j = 0; j < n; ++j) sh[j * R + r] = rows[r]->t + j < rows[r]->opts.min_tokens;
+  }
+  m.ends = at::stack(ends);
+  m.shorts = short_h.to(device);
+  return m;
+}
+
+at::Tensor DecodeBatch::EndMasks::apply(const at::Tensor& logits, int64_t j) const {
+  return ends.defined() ? logits.masked_fill(ends.logical_and(shorts[j]), kNegInf) : logits;
+}
 
 void DecodeBatch::validate(const Gpt2Model& gpt, int64_t prefix_length, const DecodeOptions& o) {
   const Gpt2Config& c = gpt.config();
@@ -39,31 +65,19 @@ void DecodeBatch::validate(const Gpt2Model& gpt, int64_t prefix_length, const De
 std::vector<RowToken> DecodeBatch::choose(const Gpt2Model& gpt, const at::Tensor& logits_in, const std::vector<int64_t>& ids) {
   const int64_t R = static_cast<int64_t>(ids.size());
   std::vector<Row*> rows(R);
-  bool any_min = false, any_sample = false;
+  bool any_sample = false;
   for (int64_t r = 0; r < R; ++r) {
     rows[r] = &rows_.at(ids[r]);
-    any_min = any_min || rows[r]->t < rows[r]->opts.min_tokens;
     any_sample = any_sample || rows[r]->opts.method == "sample";
   }
-  at::Tensor logits = logits_in;
-  if (any_min) {
-    // Rows still short of their minTokens may not end: their end tokens are masked, as decode() masks them.
-    std::vector<at::Tensor> ends(R);
-    at::Tensor short_h = at::empty({R, 1}, at::TensorOptions().dtype(at::kBool));
-    bool* sh = short_h.data_ptr<bool>();
-    for (int64_t r = 0; r < R; ++r) {
-      ends[r] = rows[r]->ends;
-      sh[r] = rows[r]->t < rows[r]->opts.min_tokens;
-    }
-    logits = logits.masked_fill(at::stack(ends).logical_and(short_h.to(logits.device())), kNegInf);
-  }
+  const at::Tensor logits = end_masks(rows, 1, logits_in.device()).apply(logits_in, 0);
   at::Tensor next = logits.argmax(-1);
   if (any_sample) {
     next = next.clone();
     for (int64_t r = 0; r < R; ++r)
       if (rows[r]->opts.method == "sample") next.narrow(0, r, 1).copy_(sample_tokens(logits.narrow(0, r, 1), rows[r]->opts, rows[r]->t));
   }
-  at::Tensor logp = at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1);
+  at::Tensor logp = chosen_logp(logits, next);
   // The one host sync of a boundary.
   at::Tensor next_h = next.to(at::kCPU, at::kLong).contiguous(), logp_h = logp.to(at::kCPU, at::kFloat).contiguous();
   const int64_t* nx = next_h.data_ptr<int64_t>();
@@ -99,17 +113,20 @@ void DecodeBatch::leave(const std::vector<bool>& ended) {
 
 DecodeBatch::SlotSteps DecodeBatch::slot_steps(const Gpt2Model& gpt, int64_t n) const {
   const int64_t B = size();
+  std::vector<const Row*> rows(B);
   std::vector<int64_t> slots(B), where, pos;
+  for (int64_t r = 0; r < B; ++r) {
+    rows[r] = &rows_.at(order_[r]);
+    slots[r] = rows[r]->slot;
+    check(slots[r] >= 0 && slots[r] < slab_.slots, "E_NATIVE", "step: slot out of range");
+  }
   SlotSteps s;
   s.L.assign(n, 0);
   for (int64_t j = 0; j < n; ++j) {
     std::vector<int64_t> pj(B);
     for (int64_t r = 0; r < B; ++r) {
-      const Row& row = rows_.at(order_[r]);
-      slots[r] = row.slot;
-      pj[r] = row.prefix + row.t - 1 + j;
-      check(slots[r] >= 0 && slots[r] < slab_.slots && pj[r] >= 0 && pj[r] < slab_.capacity && pj[r] < gpt.config().n_positions,
-            "E_NATIVE", "step: slot or position out of range");
+      pj[r] = rows[r]->prefix + rows[r]->t - 1 + j;
+      check(pj[r] >= 0 && pj[r] < slab_.capacity && pj[r] < gpt.config().n_positions, "E_NATIVE", "step: position out of range");
       s.L[j] = std::max(s.L[j], pj[r] + 1);
     }
     const std::vector<int64_t> wj = gpt.slab_rows(slab_, slots, pj);
@@ -271,34 +288,24 @@ std::vector<RowToken> DecodeBatch::burst(const Gpt2Model& gpt, int64_t n) {
   const int64_t B = size();
   std::vector<Row*> rows(B);
   std::vector<int64_t> last(B);
-  std::vector<at::Tensor> ends(B);
-  at::Tensor short_h = at::zeros({n, B, 1}, at::TensorOptions().dtype(at::kBool));
-  bool* sh = short_h.data_ptr<bool>();
-  bool any_short = false;
   for (int64_t r = 0; r < B; ++r) {
     rows[r] = &rows_.at(order_[r]);
     last[r] = rows[r]->last;
-    ends[r] = rows[r]->ends;
-    for (int64_t j = 0; j < n; ++j) {
-      const bool s = rows[r]->t + j < rows[r]->opts.min_tokens;
-      sh[j * B + r] = s;
-      any_short = any_short || s;
-    }
   }
   // Every step's positions, slab rows and min-token masks go to the device once: a copy from the host in the middle
   // of the burst would wait for the device.
   const SlotSteps steps = slot_steps(gpt, n);
   const at::Device dev = gpt.device();
-  const at::Tensor short_t = short_h.to(dev), ends_t = any_short ? at::stack(ends) : at::Tensor();
+  const EndMasks masks = end_masks(rows, n, dev);
   at::Tensor tokens = at::tensor(last, at::TensorOptions().dtype(at::kLong)).to(dev);
   std::vector<at::Tensor> nexts, logps;
   for (int64_t j = 0; j < n; ++j) {
     at::Tensor hidden = gpt.forward_slots(at::embedding(gpt.wte(), tokens.unsqueeze(1)), slab_, steps.slot, steps.pos[j], steps.where[j], steps.L[j]);
     at::Tensor logits = gpt.logits(hidden.select(1, 0)).to(at::kFloat);
-    if (any_short) logits = logits.masked_fill(ends_t.logical_and(short_t[j]), kNegInf);
+    logits = masks.apply(logits, j);
     tokens = logits.argmax(-1);
     nexts.push_back(tokens);
-    logps.push_back(at::log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1));
+    logps.push_back(chosen_logp(logits, tokens));
   }
   // The one host sync of the burst.
   const at::Tensor next_h = at::stack(nexts).to(at::kCPU, at::kLong).contiguous(), logp_h = at::stack(logps).to(at::kCPU, at::kFloat).contiguous();

@@ -70,6 +70,14 @@ class DecodeBatch {
   };
   // step() for burst > 1 steps (n checked by step()).
   std::vector<RowToken> burst(const Gpt2Model& gpt, int64_t n);
+  // Rows still short of their minTokens may not end (decode() masks them too). The end tokens to mask over the next
+  // n steps of `rows`, on `device`; nothing when no row is short in any of them.
+  struct EndMasks {
+    at::Tensor ends, shorts;  // [R, V] each row's end tokens; [n, R, 1] whether row r is still short at step j
+    // logits [R, V] of step j with the short rows' end tokens at -inf.
+    at::Tensor apply(const at::Tensor& logits, int64_t j) const;
+  };
+  static EndMasks end_masks(const std::vector<Row*>& rows, int64_t n, const at::Device& device);
   // Chooses the tokens at one boundary for `rows` (their step t = row.t) from logits [R, V]; updates the rows.
   std::vector<RowToken> choose(const Gpt2Model& gpt, const at::Tensor& logits, const std::vector<int64_t>& ids);
   // Row `id` took `token` with log-probability `logp`: its state moves on one token; says whether it finished.

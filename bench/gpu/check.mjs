@@ -5,14 +5,10 @@ import { join } from 'node:path'
 import sharp from 'sharp'
 import { Captioner, Clip, Gpt2, Tensor, loadSafetensors, runtimeInfo } from '../../dist/index.js'
 import { saveGpt2TokenizerFiles, trainByteLevelBpe } from '../../dist/tokenizers/index.js'
+import { rel } from './numeric.mjs'
 
 const [golden, work] = process.argv.slice(2)
 const results = { info: runtimeInfo(), checks: [] }
-const rel = (a, b) => {
-  let d = 0, s = 0
-  for (let i = 0; i < b.length; i++) (d = Math.max(d, Math.abs(a[i] - b[i]))), (s = Math.max(s, Math.abs(b[i])))
-  return d / s
-}
 const record = (name, value, bound) => {
   const ok = value <= bound
   results.checks.push({ name, value, bound, ok })

@@ -7,13 +7,9 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Clip, Gpt2, loadSafetensors, runtimeInfo } from '../../dist/index.js'
+import { rel } from './numeric.mjs'
 
 const [golden, childIsa, childDtype] = process.argv.slice(2)
-const rel = (a, b) => {
-  let d = 0, s = 0
-  for (let i = 0; i < b.length; i++) (d = Math.max(d, Math.abs(a[i] - b[i]))), (s = Math.max(s, Math.abs(b[i])))
-  return d / s
-}
 
 if (childIsa) {
   // One (ISA, dtype) pair.
