@@ -3,6 +3,9 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "errors.h"
 
@@ -25,12 +28,30 @@ namespace {
 
 // One pass over a float32 CPU parameter: reads p, g, m, v once and writes p, m, v once, with no temporaries.
 // The foreach sequence below allocated two parameter-sized buffers per tensor per step, and fresh memory is what
-// costs most on CPU (page faults); this loop runs at memory bandwidth. Same arithmetic, in float, as the foreach path.
+// costs most on CPU (page faults). Same arithmetic, in float, as the foreach path, element for element: SSE2's
+// sqrtps / divps / mulps / addps round exactly as their scalar forms, so the vector loop gives the scalar loop's bits.
+// (Written out because the compiler keeps the scalar loop scalar: std::sqrt may set errno, so it does not vectorise
+// it, and a scalar sqrt + two divides per element made this pass ~2x slower than memory, ~20% of a CE step.)
 void adamw_cpu_float(float* p, const float* g, float* m, float* v, int64_t n, float decay, float beta1, float beta2,
                      float sqrt_bc2, float eps, float step_size) {
   const float one_minus_b1 = 1 - beta1, one_minus_b2 = 1 - beta2;
   at::parallel_for(0, n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
+    int64_t i = begin;
+#if defined(__SSE2__)
+    const __m128 b1 = _mm_set1_ps(beta1), b2 = _mm_set1_ps(beta2), c1 = _mm_set1_ps(one_minus_b1),
+                 c2 = _mm_set1_ps(one_minus_b2), sb = _mm_set1_ps(sqrt_bc2), ep = _mm_set1_ps(eps),
+                 dc = _mm_set1_ps(decay), st = _mm_set1_ps(step_size);
+    for (; i + 4 <= end; i += 4) {
+      const __m128 gi = _mm_loadu_ps(g + i);
+      const __m128 mi = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(m + i), b1), _mm_mul_ps(gi, c1));
+      const __m128 vi = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + i), b2), _mm_mul_ps(_mm_mul_ps(gi, gi), c2));
+      _mm_storeu_ps(m + i, mi);
+      _mm_storeu_ps(v + i, vi);
+      const __m128 den = _mm_add_ps(_mm_div_ps(_mm_sqrt_ps(vi), sb), ep);
+      _mm_storeu_ps(p + i, _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(p + i), dc), _mm_mul_ps(st, _mm_div_ps(mi, den))));
+    }
+#endif
+    for (; i < end; ++i) {
       const float gi = g[i];
       const float mi = m[i] * beta1 + gi * one_minus_b1;
       const float vi = v[i] * beta2 + gi * gi * one_minus_b2;

@@ -406,6 +406,56 @@ describe('checkpoints, resume, abort', () => {
   })
 })
 
+describe('AdamW (the fused CPU update against a float32 hand computation)', () => {
+  it('one step: p1 = p0 (1 - lr wd) - lr / bc1 * m1 / (sqrt(v1) / sqrt(bc2) + eps), bit for bit, for every trained parameter', async () => {
+    const cap = await fresh()
+    const dir0 = join(work, 'adamw-p0')
+    await cap.save(dir0)
+    const p0 = await loadSafetensors(join(dir0, 'model.safetensors'))
+    const lr = 3e-3
+    const wd = 0.05
+    const run = cap.train({ stage: 'supervised', labeled: examples, steps: 1, batchSize: 4, lr, weightDecay: wd, schedule: 'constant', featureCache: join(work, 'cache'), seed: 3, checkpointDir: join(work, 'adamw-ck'), checkpointEvery: 1 })
+    const progress = collect(run)
+    await run
+    expect(progress[0]!.lr).toBe(lr)
+    const step1 = join(work, 'adamw-ck', 'step-00000001')
+    const p1 = await loadSafetensors(join(step1, 'model.safetensors'))
+    const opt = await loadSafetensors(join(step1, 'optimizer.safetensors'))
+    // The native update's constants: computed in double, rounded to float once (native/optim.cc).
+    const f = Math.fround
+    const decay = f(1 - lr * wd)
+    const stepSize = f(-lr / (1 - 0.9))
+    const sqrtBc2 = f(Math.sqrt(1 - 0.999))
+    const eps = f(1e-8)
+    const names = Object.keys(opt).filter((k) => k.endsWith('.exp_avg')).map((k) => k.slice(0, -'.exp_avg'.length))
+    expect(names.length).toBeGreaterThan(10)
+    let elements = 0
+    let moved = 0
+    for (const name of names) {
+      const a = p0[name]?.toArray() as Float32Array | undefined
+      const b = p1[name]?.toArray() as Float32Array | undefined
+      const m = opt[`${name}.exp_avg`]!.toArray() as Float32Array
+      const v = opt[`${name}.exp_avg_sq`]!.toArray() as Float32Array
+      expect(a, name).toBeDefined()
+      expect(b!.length, name).toBe(a!.length)
+      expect(m.length, name).toBe(a!.length)
+      for (let i = 0; i < a!.length; i++) {
+        // Each operation of float32 arithmetic: the double result of two floats, rounded to float, is the
+        // correctly rounded float result (sqrt and / included), so this is the addon's arithmetic exactly.
+        const den = f(f(f(Math.sqrt(v[i]!)) / sqrtBc2) + eps)
+        const want = f(f(a![i]! * decay) + f(stepSize * f(m[i]! / den)))
+        if (b![i] !== want) expect(`${name}[${i}] = ${b![i]}`).toBe(`${name}[${i}] = ${want}`)
+        if (m[i] !== 0) moved++
+      }
+      elements += a!.length
+    }
+    // Gradients reached most of the parameters (so the check above covers the update, not only the decay), and the
+    // parameters cover more elements than one SIMD width many times over (vector body and scalar tail).
+    expect(moved).toBeGreaterThan(elements / 2)
+    expect(elements).toBeGreaterThan(10000)
+  })
+})
+
 describe('loss math (native functions against hand computations)', () => {
   it('SCST loss = -sum (r - b) * sum_t logp / tokens', async () => {
     const { native } = await import('../lib/native.js')
