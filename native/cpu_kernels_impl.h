@@ -372,6 +372,56 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
   }
 }
 
+// The greedy choice over one row of logits x[0..n): *arg = the first index of the largest value, *max = that value,
+// *sum = sum_j e^(x[j] - max) (so that log p(arg) = -log(sum); the caller takes the log). One pass for the maximum
+// and its first index (per lane: the lane's first maximum, then the smallest index among lanes holding the overall
+// maximum) and one for the sum. Returns 0 without finishing when x holds a NaN or its maximum is not finite: the
+// caller's general path decides then (torch's argmax ranks NaN first).
+static int row_pick(const float* x, int64_t n, int64_t* arg, float* max, float* sum) {
+  if (n <= 0) return 0;
+  const vf ninf = vset1(-__builtin_inff());
+  vf mv = ninf;
+  vi iv = vi{}, idx;
+  vi nan = vi{};
+  for (int j = 0; j < V; ++j) idx[j] = j;
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    const vf v = vload(x + i);
+    nan |= (vi)(v != v);
+    const vi gt = (vi)(v > mv);
+    mv = gt ? v : mv;
+    iv = gt ? idx : iv;
+    idx += V;
+  }
+  float m = -__builtin_inff();
+  int64_t a = -1;
+  for (int j = 0; j < V; ++j) {
+    if (nan[j]) return 0;
+    if (mv[j] > m || (mv[j] == m && a >= 0 && iv[j] < a)) { m = mv[j]; a = iv[j]; }
+  }
+  for (; i < n; ++i) {
+    const float v = x[i];
+    if (v != v) return 0;
+    if (v > m) { m = v; a = i; }
+  }
+  if (a < 0 || !(m - m == 0.f)) return 0;  // every value -inf, or +inf
+  const vf mb = vset1(m);
+  vf acc = vf{};
+  for (i = 0; i + V <= n; i += V) acc += vexp(vload(x + i) - mb);
+  float s = 0.f;
+  for (int j = 0; j < V; ++j) s += acc[j];
+  if (i < n) {
+    float t[V];
+    for (int j = 0; j < V; ++j) t[j] = i + j < n ? x[i + j] : m;
+    const vf e = vexp(vload(t) - mb);
+    for (int j = 0; i + j < n; ++j) s += e[j];
+  }
+  *arg = a;
+  *max = m;
+  *sum = s;
+  return 1;
+}
+
 // The entry point each ISA translation unit exports under its own namespace.
 static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x,
                               int64_t rows, int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin,
@@ -403,4 +453,5 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
             int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,        \
             float* scratch) {                                                                                      \
     gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, act, scratch);                \
-  }
+  }                                                                                                                \
+  int pick(const float* x, int64_t n, int64_t* arg, float* max, float* sum) { return row_pick(x, n, arg, max, sum); }

@@ -316,6 +316,69 @@ void test_activation_extremes() {
         "unknown activation");
 }
 
+// greedy_pick against a double-precision argmax / log-sum-exp, on every runnable ISA: lengths around the vector
+// widths and GPT-2's vocabulary, ties (the first index wins, as torch's argmax), -inf entries (masked end tokens),
+// the maximum in the tail, and the rows it must hand back (NaN, all -inf, +inf, empty).
+void test_greedy_pick() {
+  auto reference = [](const std::vector<float>& x, int64_t& arg, double& logp) {
+    arg = 0;
+    for (size_t i = 1; i < x.size(); ++i)
+      if (x[i] > x[arg]) arg = static_cast<int64_t>(i);
+    double s = 0;
+    for (float v : x) s += std::exp(static_cast<double>(v) - x[arg]);
+    logp = -std::log(s);
+  };
+  for (Isa isa : runnable_isas()) {
+    int checked = 0;
+    for (int64_t n : {1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 100, 1000, 50257}) {
+      for (int variant = 0; variant < 5; ++variant) {
+        std::vector<float> x = randv(n, -8.f, 8.f);
+        if (variant == 1 && n > 3) {  // ties: the same maximum at three places, the first must win
+          const float top = 9.f;
+          x[n / 3] = x[n / 2] = x[n - 1] = top;
+        } else if (variant == 2) {  // masked entries, the maximum among the rest
+          for (int64_t i = 0; i < n; i += 3) x[i] = -INFINITY;
+          if (n % 3 == 1 && n < 3) x[0] = 0.5f;  // keep one finite value
+        } else if (variant == 3) {  // the maximum in the scalar tail
+          x[n - 1] = 20.f;
+        } else if (variant == 4) {  // large logits (e^x would overflow without the shift)
+          for (auto& v : x) v *= 40.f;
+        }
+        int64_t arg = -1, want_arg = -1;
+        float logp = 1.f;
+        double want_logp = 0;
+        reference(x, want_arg, want_logp);
+        const bool ok = greedy_pick(x.data(), n, &arg, &logp, isa);
+        CHECK(ok && arg == want_arg, "%s n %ld variant %d: ok %d arg %ld, want %ld", isa_name(isa), (long)n, variant,
+              (int)ok, (long)arg, (long)want_arg);
+        CHECK(std::fabs(logp - want_logp) <= 2e-6 * (1 + std::fabs(want_logp)), "%s n %ld variant %d: logp %.9g, want %.9g",
+              isa_name(isa), (long)n, variant, logp, want_logp);
+        ++checked;
+      }
+    }
+    int64_t arg = 7;
+    float logp = 7.f;
+    std::vector<float> x = randv(40);
+    x[21] = NAN;
+    CHECK(!greedy_pick(x.data(), 40, &arg, &logp, isa) && arg == 7 && logp == 7.f, "%s: NaN in the body", isa_name(isa));
+    x[21] = 0.f;
+    x[39] = NAN;
+    CHECK(!greedy_pick(x.data(), 39 + 1, &arg, &logp, isa), "%s: NaN in the tail", isa_name(isa));
+    x[39] = INFINITY;
+    CHECK(!greedy_pick(x.data(), 40, &arg, &logp, isa), "%s: +inf", isa_name(isa));
+    std::vector<float> masked(19, -INFINITY);
+    CHECK(!greedy_pick(masked.data(), 19, &arg, &logp, isa), "%s: all -inf", isa_name(isa));
+    CHECK(!greedy_pick(x.data(), 0, &arg, &logp, isa), "%s: empty", isa_name(isa));
+    std::printf("%-8s greedy_pick: %d rows\n", isa_name(isa), checked);
+  }
+  if (choose_isa(cpu_features(), nullptr) != Isa::Avx512) {
+    float v = 1.f;
+    int64_t arg;
+    float logp;
+    CHECK(throws_invalid([&] { greedy_pick(&v, 1, &arg, &logp, Isa::Avx512); }), "greedy_pick on an ISA this CPU lacks");
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -324,6 +387,7 @@ int main() {
   test_errors();
   test_special_values();
   test_products();
+  test_greedy_pick();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
