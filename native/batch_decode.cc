@@ -20,40 +20,6 @@ bool is_end(const DecodeOptions& o, int64_t token) {
   return token == o.eos_id || std::find(o.stop_ids.begin(), o.stop_ids.end(), token) != o.stop_ids.end();
 }
 
-// Greedy rows on the CPU: argmax and log p(argmax) per row in two passes over the logits, without the masked copy,
-// the log-softmax tensor and the gather of the general path (a twentieth of a batch-8 decoding step at two threads).
-// A row still short of min_tokens is picked from a copy with its end tokens at -inf (what the general path's
-// masked_fill gives). False when a row has a NaN or no finite logit: the general path decides those.
-// short_rows[r]: row r may not end yet.
-bool greedy_cpu(const std::vector<const DecodeOptions*>& opts, const std::vector<char>& short_rows, const at::Tensor& logits,
-                std::vector<int64_t>& next, std::vector<float>& logp) {
-  const int64_t R = static_cast<int64_t>(opts.size());
-  if (!logits.is_cpu() || logits.scalar_type() != at::kFloat || logits.dim() != 2 || logits.size(0) != R) return false;
-  const at::Tensor x = logits.contiguous();
-  const int64_t V = x.size(1);
-  const float* xp = x.data_ptr<float>();
-  next.assign(R, -1);
-  logp.assign(R, 0.f);
-  std::vector<char> ok(R, 0);
-  const kernels::Isa isa = kernels::active_isa();
-  at::parallel_for(0, R, R >= 4 ? 1 : R, [&](int64_t r0, int64_t r1) {
-    std::vector<float> masked;
-    for (int64_t r = r0; r < r1; ++r) {
-      const DecodeOptions& o = *opts[r];
-      const float* row = xp + r * V;
-      if (short_rows[r] && (o.eos_id >= 0 || !o.stop_ids.empty())) {
-        masked.assign(row, row + V);
-        if (o.eos_id >= 0 && o.eos_id < V) masked[o.eos_id] = kNegInf;
-        for (int64_t id : o.stop_ids)
-          if (id >= 0 && id < V) masked[id] = kNegInf;
-        row = masked.data();
-      }
-      ok[r] = kernels::greedy_pick(row, V, &next[r], &logp[r], isa);
-    }
-  });
-  return std::all_of(ok.begin(), ok.end(), [](char c) { return c != 0; });
-}
-
 // log p(next) under logits [R, V], per row.
 at::Tensor chosen_logp(const at::Tensor& logits, const at::Tensor& next) {
   return at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1);
@@ -99,6 +65,39 @@ void DecodeBatch::validate(const Gpt2Model& gpt, int64_t prefix_length, const De
   check(o.method != "sample" || o.row_seeds.size() == 1, "E_NATIVE", "a sampled row needs exactly one row seed");
 }
 
+// Greedy rows on the CPU: argmax and log p(argmax) per row in two passes over the logits, without the masked copy,
+// the log-softmax tensor and the gather of the general path (a twentieth of a batch-8 decoding step at two threads).
+// A row still short of min_tokens is picked from a copy with its end tokens at -inf (what the general path's
+// masked_fill gives). False when a row has a NaN or no finite logit: the general path decides those.
+bool DecodeBatch::greedy_cpu(const std::vector<Row*>& rows, const at::Tensor& logits, std::vector<int64_t>& next,
+                             std::vector<float>& logp) {
+  const int64_t R = static_cast<int64_t>(rows.size());
+  if (!logits.is_cpu() || logits.scalar_type() != at::kFloat || logits.dim() != 2 || logits.size(0) != R) return false;
+  const at::Tensor x = logits.contiguous();
+  const int64_t V = x.size(1);
+  const float* xp = x.data_ptr<float>();
+  next.assign(R, -1);
+  logp.assign(R, 0.f);
+  std::vector<char> ok(R, 0);
+  const kernels::Isa isa = kernels::active_isa();
+  at::parallel_for(0, R, R >= 4 ? 1 : R, [&](int64_t r0, int64_t r1) {
+    std::vector<float> masked;
+    for (int64_t r = r0; r < r1; ++r) {
+      const DecodeOptions& o = rows[r]->opts;
+      const float* row = xp + r * V;
+      if (rows[r]->t < o.min_tokens && (o.eos_id >= 0 || !o.stop_ids.empty())) {
+        masked.assign(row, row + V);
+        if (o.eos_id >= 0 && o.eos_id < V) masked[o.eos_id] = kNegInf;
+        for (int64_t id : o.stop_ids)
+          if (id >= 0 && id < V) masked[id] = kNegInf;
+        row = masked.data();
+      }
+      ok[r] = kernels::greedy_pick(row, V, &next[r], &logp[r], isa);
+    }
+  });
+  return std::all_of(ok.begin(), ok.end(), [](char c) { return c != 0; });
+}
+
 std::vector<RowToken> DecodeBatch::choose(const Gpt2Model& gpt, const at::Tensor& logits_in, const std::vector<int64_t>& ids) {
   const int64_t R = static_cast<int64_t>(ids.size());
   std::vector<Row*> rows(R);
@@ -109,13 +108,7 @@ std::vector<RowToken> DecodeBatch::choose(const Gpt2Model& gpt, const at::Tensor
   }
   std::vector<int64_t> picked;
   std::vector<float> picked_logp;
-  std::vector<const DecodeOptions*> opts(R);
-  std::vector<char> short_rows(R);
-  for (int64_t r = 0; r < R; ++r) {
-    opts[r] = &rows[r]->opts;
-    short_rows[r] = rows[r]->t < rows[r]->opts.min_tokens;
-  }
-  if (!any_sample && greedy_cpu(opts, short_rows, logits_in, picked, picked_logp)) {
+  if (!any_sample && greedy_cpu(rows, logits_in, picked, picked_logp)) {
     std::vector<RowToken> out(R);
     for (int64_t r = 0; r < R; ++r) out[r] = advance(ids[r], *rows[r], picked[r], picked_logp[r]);
     return out;

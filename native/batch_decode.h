@@ -80,6 +80,10 @@ class DecodeBatch {
   static EndMasks end_masks(const std::vector<Row*>& rows, int64_t n, const at::Device& device);
   // Chooses the tokens at one boundary for `rows` (their step t = row.t) from logits [R, V]; updates the rows.
   std::vector<RowToken> choose(const Gpt2Model& gpt, const at::Tensor& logits, const std::vector<int64_t>& ids);
+  // choose()'s path for all-greedy rows with float32 CPU logits: the token and its log p per row (false: use the
+  // general path).
+  static bool greedy_cpu(const std::vector<Row*>& rows, const at::Tensor& logits, std::vector<int64_t>& next,
+                         std::vector<float>& logp);
   // Row `id` took `token` with log-probability `logp`: its state moves on one token; says whether it finished.
   RowToken advance(int64_t id, Row& row, int64_t token, float logp);
   // The active rows' next n steps on the slab, checked and on the model's device (one copy from the host).

@@ -27,7 +27,7 @@ namespace semicap::kernels {
   void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,     \
             int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,         \
             float* scratch);                                                                                       \
-  int pick(const float* x, int64_t n, int64_t* arg, float* max, float* sum);                                       \
+  int pick(const float* x, int64_t n, int64_t* arg, float* sum);                                                   \
   }
 SEMICAP_KERNEL_DECL(portable)
 SEMICAP_KERNEL_DECL(avx2)
@@ -335,12 +335,12 @@ bool greedy_pick(const float* x, int64_t n, int64_t* arg, float* logp, Isa isa) 
   if (static_cast<int>(isa) > static_cast<int>(best_isa()))
     throw std::invalid_argument(std::string("cpu_kernels::greedy_pick: ") + isa_name(isa) + " does not run on this CPU");
   if (!x || n <= 0) return false;
-  float m = 0.f, s = 0.f;
+  float s = 0.f;
   int ok = 0;
   switch (isa) {
-    case Isa::Portable: ok = portable::pick(x, n, arg, &m, &s); break;
-    case Isa::Avx2: ok = avx2::pick(x, n, arg, &m, &s); break;
-    case Isa::Avx512: ok = avx512::pick(x, n, arg, &m, &s); break;
+    case Isa::Portable: ok = portable::pick(x, n, arg, &s); break;
+    case Isa::Avx2: ok = avx2::pick(x, n, arg, &s); break;
+    case Isa::Avx512: ok = avx512::pick(x, n, arg, &s); break;
   }
   if (!ok) return false;
   *logp = -std::log(s);  // x[arg] - max is 0

@@ -372,12 +372,12 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
   }
 }
 
-// The greedy choice over one row of logits x[0..n): *arg = the first index of the largest value, *max = that value,
-// *sum = sum_j e^(x[j] - max) (so that log p(arg) = -log(sum); the caller takes the log). One pass for the maximum
+// The greedy choice over one row of logits x[0..n): *arg = the first index of the largest value and *sum =
+// sum_j e^(x[j] - x[arg]) (so that log p(arg) = -log(sum); the caller takes the log). One pass for the maximum
 // and its first index (per lane: the lane's first maximum, then the smallest index among lanes holding the overall
 // maximum) and one for the sum. Returns 0 without finishing when x holds a NaN or its maximum is not finite: the
 // caller's general path decides then (torch's argmax ranks NaN first).
-static int row_pick(const float* x, int64_t n, int64_t* arg, float* max, float* sum) {
+static int row_pick(const float* x, int64_t n, int64_t* arg, float* sum) {
   if (n <= 0) return 0;
   const vf ninf = vset1(-__builtin_inff());
   vf mv = ninf;
@@ -417,7 +417,6 @@ static int row_pick(const float* x, int64_t n, int64_t* arg, float* max, float* 
     for (int j = 0; i + j < n; ++j) s += e[j];
   }
   *arg = a;
-  *max = m;
   *sum = s;
   return 1;
 }
@@ -454,4 +453,4 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
             float* scratch) {                                                                                      \
     gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, act, scratch);                \
   }                                                                                                                \
-  int pick(const float* x, int64_t n, int64_t* arg, float* max, float* sum) { return row_pick(x, n, arg, max, sum); }
+  int pick(const float* x, int64_t n, int64_t* arg, float* sum) { return row_pick(x, n, arg, sum); }
