@@ -264,6 +264,11 @@ export class Batcher {
     const data = input.data as Float32Array
     const rowShape = input.shape.slice(1)
     const rowSize = rowShape.reduce((a, b) => a * b, 1)
+    // The unbatched path checks this at the boundary (toWire); here rows are copied out in JS, where a short buffer
+    // would silently become zero rows.
+    if (data.length < n * rowSize) {
+      return Promise.reject(new SemicapError('E_SHAPE', `input data holds ${data.length} elements but its shape [${input.shape.join(', ')}] needs ${n * rowSize}`))
+    }
     let timer: ReturnType<typeof setTimeout> | undefined
     let onAbort: (() => void) | undefined
     const promise = new Promise<RowResult[]>((resolve, reject) => {

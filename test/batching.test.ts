@@ -322,6 +322,11 @@ describe('invalid inputs', () => {
       expect((await rejection(cap.caption(slice(pixels, 0, 1), { ...o, decoding: 'beam' }))).code).toBe('E_VALUE')
     }
     expect((await rejection(cap.stream(slice(pixels, 0, 2)).next())).code).toBe('E_SHAPE')
+    // A tensor whose data is shorter than its shape (the raw constructor does not check) is refused, not zero-filled.
+    const short = new Tensor('float32', [4, 32], new Float32Array(2 * 32))
+    const err = await rejection(cap.captionFeatures(short, { maxTokens: 3 }))
+    expect(err.code).toBe('E_SHAPE')
+    expect(err.message).toMatch(/holds 64 elements but its shape \[4, 32\] needs 128/)
   })
 
   it('the native batch: constructor, shapes, dtypes, row options, ids', async () => {
