@@ -252,7 +252,7 @@ export interface NativeInfo {
   /** The BLAS libtorch calls, as that library reports itself (OpenBLAS: its config and the core it runs). */
   blas: { library: string; core: string }
   /** CPU features detected at run time and the kernels' instruction set (SEMICAP_CPU_ISA lowers it). */
-  cpu: { isa: 'portable' | 'avx2' | 'avx512'; features: string[] }
+  cpu: { isa: 'portable' | 'avx2' | 'avx512' | 'avx512bf16'; features: string[] }
   /** The per-shape choices made so far between the addon's kernels and BLAS for float32 products. */
   kernelChoices: Array<{ rows: string; K: number; N: number; threads: number; choice: 'kernel' | 'blas'; kernelUs: number; blasUs: number }>
 }

@@ -32,6 +32,7 @@ namespace semicap::kernels {
 SEMICAP_KERNEL_DECL(portable)
 SEMICAP_KERNEL_DECL(avx2)
 SEMICAP_KERNEL_DECL(avx512)
+SEMICAP_KERNEL_DECL(avx512bf16)
 #undef SEMICAP_KERNEL_DECL
 
 const char* isa_name(Isa isa) {
@@ -39,6 +40,7 @@ const char* isa_name(Isa isa) {
     case Isa::Portable: return "portable";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Avx512Bf16: return "avx512bf16";
   }
   return "?";
 }
@@ -100,11 +102,13 @@ Isa choose_isa(const CpuFeatures& f, const char* request) {
   Isa best = Isa::Portable;
   if (f.avx2 && f.fma && f.f16c) best = Isa::Avx2;
   if (best == Isa::Avx2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512dq) best = Isa::Avx512;
+  if (best == Isa::Avx512 && f.avx512_bf16) best = Isa::Avx512Bf16;
   if (!request) return best;
   Isa want;
   if (std::strcmp(request, "portable") == 0) want = Isa::Portable;
   else if (std::strcmp(request, "avx2") == 0) want = Isa::Avx2;
   else if (std::strcmp(request, "avx512") == 0) want = Isa::Avx512;
+  else if (std::strcmp(request, "avx512bf16") == 0) want = Isa::Avx512Bf16;
   else return best;  // unset, empty or unknown: the best
   return static_cast<int>(want) < static_cast<int>(best) ? want : best;
 }
@@ -119,6 +123,7 @@ int panel_for(Isa isa) {
     case Isa::Portable: return portable::panel_width();
     case Isa::Avx2: return avx2::panel_width();
     case Isa::Avx512: return avx512::panel_width();
+    case Isa::Avx512Bf16: return avx512bf16::panel_width();
   }
   return 0;
 }
@@ -127,6 +132,7 @@ int segments_for(Isa isa) {
     case Isa::Portable: return portable::segments();
     case Isa::Avx2: return avx2::segments();
     case Isa::Avx512: return avx512::segments();
+    case Isa::Avx512Bf16: return avx512bf16::segments();
   }
   return 1;
 }
@@ -150,6 +156,8 @@ struct Layout {
   int64_t at(int64_t n, int64_t k) const { return koff[k] + (n / P) * klen[k] * P + n % P; }
 };
 size_t elem_size(WType t) { return t == WType::F32 ? 4 : (t == WType::BF16 ? 2 : 1); }
+// bfloat16 weights for VDPBF16PS (see cpu_kernels_impl.h): laid out as ceil(K / 2) rows of 32-bit pairs.
+bool pair_layout(WType t, Isa isa) { return t == WType::BF16 && isa == Isa::Avx512Bf16; }
 
 // Large packed weights sit on 2 MiB pages where the kernel allows it (transparent huge pages in "madvise" mode, the
 // common default): first touch costs one fault per 2 MiB instead of per 4 KiB, and the streaming products miss the
@@ -223,7 +231,7 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
   if (!w) throw std::invalid_argument("cpu_kernels::pack: null weight");
   if (type != WType::F32 && type != WType::BF16 && type != WType::I8)
     throw std::invalid_argument("cpu_kernels::pack: unknown weight type");
-  if (isa != Isa::Portable && isa != Isa::Avx2 && isa != Isa::Avx512)
+  if (isa != Isa::Portable && isa != Isa::Avx2 && isa != Isa::Avx512 && isa != Isa::Avx512Bf16)
     throw std::invalid_argument("cpu_kernels::pack: unknown isa");
   const int P = panel_for(isa), V = P / 2;
   const int64_t np = (N + P - 1) / P;
@@ -234,7 +242,9 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
   pw->N = N;
   pw->K = K;
   pw->panel = P;
-  pw->data_bytes = static_cast<size_t>(np * P * K) * elem_size(type);
+  const int64_t K2 = (K + 1) / 2;
+  pw->data_bytes = pair_layout(type, isa) ? static_cast<size_t>(np * P * K2) * 4
+                                          : static_cast<size_t>(np * P * K) * elem_size(type);
   pw->data = alloc64(pw->data_bytes);
   auto at = [&](int64_t n, int64_t k) { return w_is_kn ? w[k * ldw + n] : w[n * ldw + k]; };
   // Visits every (n, k) in the source's memory order.
@@ -270,6 +280,20 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
         }
     } else {
       dest_order([&](int64_t n, int64_t k, int64_t i, int64_t) { d[i] = at(n, k); });
+    }
+  } else if (pair_layout(type, isa)) {
+    // Pair row i of panel p: word j (two uint16, low first) = W(n0 + j, 2i), W(n0 + j, 2i + 1); 0 past an odd K.
+    uint16_t* d = static_cast<uint16_t*>(pw->data);
+    const Layout lay2(N, K2, P, segments_for(isa));
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t n0 = p * P, nc = std::min<int64_t>(P, N - n0);
+      for (int64_t i = 0; i < K2; ++i) {
+        uint16_t* row = d + 2 * lay2.at(n0, i);
+        for (int64_t j = 0; j < nc; ++j) {
+          row[2 * j] = to_bf16(at(n0 + j, 2 * i));
+          if (2 * i + 1 < K) row[2 * j + 1] = to_bf16(at(n0 + j, 2 * i + 1));
+        }
+      }
     }
   } else if (type == WType::BF16) {
     uint16_t* d = static_cast<uint16_t*>(pw->data);
@@ -328,6 +352,11 @@ void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& 
       avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
       break;
     }
+    case Isa::Avx512Bf16: {
+      float* s = thread_scratch(avx512bf16::scratch_size(rows, w.K));
+      avx512bf16::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
+      break;
+    }
   }
 }
 
@@ -341,6 +370,7 @@ bool greedy_pick(const float* x, int64_t n, int64_t* arg, float* logp, Isa isa) 
     case Isa::Portable: ok = portable::pick(x, n, arg, &s); break;
     case Isa::Avx2: ok = avx2::pick(x, n, arg, &s); break;
     case Isa::Avx512: ok = avx512::pick(x, n, arg, &s); break;
+    case Isa::Avx512Bf16: ok = avx512bf16::pick(x, n, arg, &s); break;
   }
   if (!ok) return false;
   *logp = -std::log(s);  // x[arg] - max is 0
@@ -349,6 +379,13 @@ bool greedy_pick(const float* x, int64_t n, int64_t* arg, float* logp, Isa isa) 
 
 void unpack(const PackedWeight& w, float* out) {
   const int64_t N = w.N, K = w.K, P = w.panel, V = P / 2;
+  if (pair_layout(w.type, w.isa)) {
+    const Layout lay2(N, (K + 1) / 2, P, segments_for(w.isa));
+    const uint16_t* d = static_cast<const uint16_t*>(w.data);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) out[n * K + k] = from_bf16(d[2 * lay2.at(n, k / 2) + k % 2]);
+    return;
+  }
   const Layout lay(N, K, P, segments_for(w.isa));
   for (int64_t n = 0; n < N; ++n) {
     const int64_t j = n % P;

@@ -5,7 +5,8 @@
 // Each instruction set has its own translation unit built with its own -m flags (cpu_kernels_avx512.cc,
 // cpu_kernels_avx2.cc, cpu_kernels_portable.cc) from one template source, so the loops tested on one ISA are the
 // loops that run on the others; which one runs is decided at run time from cpuid, never at compile time. A CPU
-// without AVX-512 never executes AVX-512 code.
+// without AVX-512 never executes AVX-512 code. avx512bf16 is the AVX-512 loops plus the AVX512-BF16 dot product for
+// bfloat16 weights (float32 and int8 weights run the avx512 loops there).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -14,14 +15,14 @@
 
 namespace semicap::kernels {
 
-enum class Isa { Portable = 0, Avx2 = 1, Avx512 = 2 };
+enum class Isa { Portable = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3 };
 enum class WType { F32 = 0, BF16 = 1, I8 = 2 };
 // An activation applied to each output in the product's epilogue (after bias and scale), saving a pass over y:
 // QuickGelu x * sigmoid(1.702 x) (CLIP), GeluTanh 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (GPT-2). Both
 // within a few float32 ulps of the exact functions (their own e^x, not libm's).
 enum class Act { None = 0, QuickGelu = 1, GeluTanh = 2 };
 
-const char* isa_name(Isa isa);      // "portable", "avx2", "avx512"
+const char* isa_name(Isa isa);      // "portable", "avx2", "avx512", "avx512bf16"
 const char* wtype_name(WType t);    // "float32", "bfloat16", "int8"
 
 struct CpuFeatures {
@@ -32,8 +33,8 @@ struct CpuFeatures {
 };
 CpuFeatures cpu_features();
 
-// The best ISA this CPU runs (AVX-512 needs F+BW+VL+DQ; AVX2 needs AVX2+FMA), lowered (never raised) by
-// SEMICAP_CPU_ISA=portable|avx2|avx512. Read once.
+// The best ISA this CPU runs (AVX-512 needs F+BW+VL+DQ; AVX2 needs AVX2+FMA; avx512bf16 needs AVX-512 and
+// AVX512-BF16), lowered (never raised) by SEMICAP_CPU_ISA=portable|avx2|avx512|avx512bf16. Read once.
 Isa active_isa();
 // The same decision for a given request string (tests): a request above what the CPU has is lowered.
 Isa choose_isa(const CpuFeatures& f, const char* request);
@@ -42,7 +43,9 @@ Isa choose_isa(const CpuFeatures& f, const char* request);
 // Layout (details in cpu_kernels_impl.h): ceil(N / panel) panels of `panel` columns (the last zero-padded); K cut
 // into 4 segments, each holding every panel's rows of that segment in turn, so a product over consecutive panels
 // reads 4 sequential streams (a core pulls more bandwidth from 4 places at once than from one). bf16 rows are
-// pair-interleaved. panel: 8 portable, 16 AVX2, 32 AVX-512. Memory is 64-byte aligned and owned; not copyable.
+// pair-interleaved (columns j and V + j), except for avx512bf16, whose bf16 weights are laid out by pairs of k
+// (ceil(K / 2) rows of 32-bit words, each holding W(n, 2i) and W(n, 2i + 1): the operand of VDPBF16PS). panel: 8
+// portable, 16 AVX2, 32 AVX-512. Memory is 64-byte aligned and owned; not copyable.
 struct PackedWeight {
   WType type = WType::F32;
   Isa isa = Isa::Portable;     // the kernels it was laid out for
@@ -70,7 +73,8 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
 // range may end inside a panel). x is [rows, K] with row stride ldx >= K; ldy >= n_end; no alignment needed for
 // x, y, bias. bias may be null. Serial and reentrant (per-thread scratch, grown on demand and kept): callers split
 // the columns between threads by whole panels (contiguous panel ranges keep the 4 streams sequential; splitting by
-// rows instead makes every thread stream the whole weight). Runs the kernels of w.isa; throws
+// rows instead makes every thread stream the whole weight). Runs the kernels of w.isa (bfloat16 weights on
+// avx512bf16: x is rounded to bfloat16 too, products exact, sums in float32, as in VDPBF16PS); throws
 // std::invalid_argument on a bad range or stride, or when this CPU does not run w.isa (pack() callers use
 // active_isa() or lower).
 void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,

@@ -1,6 +1,6 @@
 // The product loops of cpu_kernels, written once and compiled once per instruction set. NOT a normal header: each
-// of cpu_kernels_portable.cc, cpu_kernels_avx2.cc and cpu_kernels_avx512.cc defines SK_VBYTES (16, 32, 64: the
-// vector width in bytes), includes <immintrin.h> (or <emmintrin.h>) and <cstdint> itself, and then includes this file
+// of cpu_kernels_portable.cc, cpu_kernels_avx2.cc, cpu_kernels_avx512.cc and cpu_kernels_avx512bf16.cc (which also
+// defines SK_BF16DOT) defines SK_VBYTES (16, 32, 64: the vector width in bytes), includes <immintrin.h> (or <emmintrin.h>) and <cstdint> itself, and then includes this file
 // inside its own anonymous namespace, so nothing compiled here has a name another translation unit could share.
 //
 // Rules for this file (a violation can make the linker keep the AVX-512 copy of a function for every caller, and a
@@ -372,6 +372,162 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
   }
 }
 
+#ifdef SK_BF16DOT
+// bfloat16 weights on AVX512-BF16 (cpu_kernels_avx512bf16.cc): VDPBF16PS multiplies 16 pairs of bf16 and adds both
+// products to a float32 lane, twice the multiply-adds of an FMA per instruction. Its operands come in pairs of k, so
+// this path has its own layout (written by pack() for Isa::Avx512Bf16): K2 = ceil(K / 2) pair rows cut into SEG
+// segments exactly as K is above, each pair row P 32-bit words, word j = bits(W(n0 + j, 2i)) | bits(W(n0 + j, 2i + 1))
+// << 16 (the high half 0 past an odd K). x is rounded to bf16 (to nearest even) as it is packed, the same pairs side
+// by side; products of two bf16 are exact in float32 and the sums are float32, so against the float32 path over the
+// same bf16 weights the only new error is x's rounding (a relative 2^-9 per element).
+static inline uint32_t bf16_bits(float v) {
+  uint32_t u;
+  __builtin_memcpy(&u, &v, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40;  // NaN stays a quiet NaN
+  u += 0x7FFFu + ((u >> 16) & 1);
+  return u >> 16;
+}
+
+struct RunsDot {
+  const uint32_t* w[SEG];
+  const uint32_t* x[SEG];
+  int64_t len;
+  int extra;
+};
+
+static inline vf vdot(vf acc, vu w, vu x) {
+  return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)x);
+}
+
+template <int R>
+static inline void tile_dot(const RunsDot& q, vf (&out)[R][2]) {
+  constexpr int KS = Split<R>::value;
+  vf acc[KS][R][2];
+#pragma GCC unroll 64
+  for (int s = 0; s < KS; ++s)
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) acc[s][r][0] = acc[s][r][1] = vf{};
+  const uint32_t* w[SEG];
+  const uint32_t* x[SEG];
+#pragma GCC unroll 8
+  for (int s = 0; s < SEG; ++s) { w[s] = q.w[s]; x[s] = q.x[s]; }
+  for (int64_t i = 0; i < q.len; ++i) {
+#pragma GCC unroll 8
+    for (int s = 0; s < SEG; ++s) {
+      const vu a = *reinterpret_cast<const vuu*>(w[s] + i * P), b = *reinterpret_cast<const vuu*>(w[s] + i * P + V);
+#pragma GCC unroll 64
+      for (int r = 0; r < R; ++r) {
+        const vu xb = (vu)_mm512_set1_epi32(static_cast<int>(x[s][i * R + r]));
+        acc[s % KS][r][0] = vdot(acc[s % KS][r][0], a, xb);
+        acc[s % KS][r][1] = vdot(acc[s % KS][r][1], b, xb);
+      }
+    }
+  }
+  for (int s = 0; s < q.extra; ++s) {
+    const vu a = *reinterpret_cast<const vuu*>(w[s] + q.len * P), b = *reinterpret_cast<const vuu*>(w[s] + q.len * P + V);
+#pragma GCC unroll 64
+    for (int r = 0; r < R; ++r) {
+      const vu xb = (vu)_mm512_set1_epi32(static_cast<int>(x[s][q.len * R + r]));
+      acc[0][r][0] = vdot(acc[0][r][0], a, xb);
+      acc[0][r][1] = vdot(acc[0][r][1], b, xb);
+    }
+  }
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) {
+    vf s0 = acc[0][r][0], s1 = acc[0][r][1];
+#pragma GCC unroll 8
+    for (int s = 1; s < KS; ++s) { s0 += acc[s][r][0]; s1 += acc[s][r][1]; }
+    out[r][0] = s0;
+    out[r][1] = s1;
+  }
+}
+
+template <int R>
+static inline void tile_dot_store(const RunsDot& q, const Out& o) {
+#pragma GCC unroll 64
+  for (int r = 0; r < R; ++r) {
+    __builtin_prefetch(o.y + r * o.ldy, 1);
+    __builtin_prefetch(o.y + r * o.ldy + P - 1, 1);
+  }
+  vf acc[R][2];
+  tile_dot<R>(q, acc);
+  store<R>(acc, o);
+}
+
+static void tile_dot_any(int r, const RunsDot& q, const Out& o) {
+  switch (r) {
+    case 1: tile_dot_store<1>(q, o); break;
+    case 2: tile_dot_store<2>(q, o); break;
+    case 3: tile_dot_store<3>(q, o); break;
+    case 4: tile_dot_store<4>(q, o); break;
+    case 5: tile_dot_store<5>(q, o); break;
+    case 6: tile_dot_store<6>(q, o); break;
+    case 7: tile_dot_store<7>(q, o); break;
+    case 8: tile_dot_store<8>(q, o); break;
+    case 9: tile_dot_store<9>(q, o); break;
+    case 10: tile_dot_store<10>(q, o); break;
+    case 11: tile_dot_store<11>(q, o); break;
+    case 12: tile_dot_store<12>(q, o); break;
+    default: break;
+  }
+}
+
+// x[0..rows) x [0, K) into xp as bf16 pairs: tile by tile (see Cut), each pair-major (tile t at xp + start(t) * K2).
+static void pack_x_dot(const float* x, int64_t ldx, int64_t rows, int64_t K, uint32_t* xp) {
+  const Cut cut(rows);
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t t = 0; t < cut.nt; ++t) {
+    const int64_t r0 = cut.start(t);
+    const int R = cut.size(t);
+    uint32_t* dst = xp + r0 * K2;
+    for (int r = 0; r < R; ++r) {
+      const float* src = x + (r0 + r) * ldx;
+      for (int64_t i = 0; i < K / 2; ++i) dst[i * R + r] = bf16_bits(src[2 * i]) | bf16_bits(src[2 * i + 1]) << 16;
+      if (K % 2) dst[(K2 - 1) * R + r] = bf16_bits(src[K - 1]);
+    }
+  }
+}
+
+static void gemm_dot(const float* x, int64_t rows, int64_t ldx, const uint32_t* data, int64_t N, int64_t K,
+                     const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act, float* scratch) {
+  if (rows <= 0 || n_end <= n_begin) return;
+  const int64_t K2 = (K + 1) / 2;
+  const int64_t np = (N + P - 1) / P;
+  const int64_t p0 = n_begin / P, p1 = (n_end + P - 1) / P;
+  int64_t mb = row_block(K);  // (the scratch holds mb * K floats; a block's pairs take mb * K2 words)
+  const int64_t nmb = (rows + mb - 1) / mb;
+  mb = (rows + nmb - 1) / nmb;
+  uint32_t* xp = reinterpret_cast<uint32_t*>(scratch);
+  for (int64_t m0 = 0; m0 < rows; m0 += mb) {
+    const int64_t mr = lmin(mb, rows - m0);
+    pack_x_dot(x + m0 * ldx, ldx, mr, K, xp);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n0 = p * P;
+      Out o;
+      o.y = y + m0 * ldy + n0;
+      o.ldy = ldy;
+      o.ncols = static_cast<int>(lmin(P, n_end - n0));
+      o.bias = bias ? bias + n0 : nullptr;
+      o.scale = nullptr;
+      o.act = act;
+      RunsDot q;
+      q.len = K2 / SEG;
+      q.extra = static_cast<int>(K2 % SEG);
+      for (int s = 0; s < SEG; ++s) q.w[s] = data + (np * seg_start(K2, s) + p * seg_len(K2, s)) * P;
+      const Cut cut(mr);
+      float* y0 = o.y;
+      for (int64_t t = 0; t < cut.nt; ++t) {
+        const int64_t r0 = cut.start(t);
+        const int R = cut.size(t);
+        for (int s = 0; s < SEG; ++s) q.x[s] = xp + r0 * K2 + seg_start(K2, s) * R;
+        o.y = y0 + r0 * o.ldy;
+        tile_dot_any(R, q, o);
+      }
+    }
+  }
+}
+#endif  // SK_BF16DOT
+
 // The greedy choice over one row of logits x[0..n): *arg = the first index of the largest value and *sum =
 // sum_j e^(x[j] - x[arg]) (so that log p(arg) = -log(sum); the caller takes the log). One pass for the maximum
 // and its first index (per lane: the lane's first maximum, then the smallest index among lanes holding the overall
@@ -431,8 +587,12 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
                 scratch);
       break;
     case 1:
+#ifdef SK_BF16DOT
+      gemm_dot(x, rows, ldx, static_cast<const uint32_t*>(data), N, K, bias, y, ldy, n_begin, n_end, act, scratch);
+#else
       gemm_t<1>(x, rows, ldx, static_cast<const uint16_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
                 scratch);
+#endif
       break;
     case 2:
       gemm_t<2>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, act,

@@ -52,7 +52,7 @@ function maxAbsDiff(a: number[], b: number[]): number {
   return worst
 }
 
-const ISAS = ['portable', 'avx2', 'avx512'] as const
+const ISAS = ['portable', 'avx2', 'avx512', 'avx512bf16'] as const
 let blas: ChildOut
 let ref: Record<string, Tensor>
 const byIsa: Partial<Record<(typeof ISAS)[number], ChildOut>> = {}
@@ -87,7 +87,9 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
       const k = byIsa[isa]!
       const features = new Set(k.info.cpu.features)
       // The kernels of an instruction set the CPU lacks never run: the request is lowered.
-      const runs = isa === 'avx512' ? (features.has('avx512f') && features.has('avx512bw') && features.has('avx512vl') && features.has('avx512dq') ? 'avx512' : features.has('avx2') && features.has('fma') ? 'avx2' : 'portable') : isa === 'avx2' && !(features.has('avx2') && features.has('fma')) ? 'portable' : isa
+      const has = (...f: string[]) => f.every((x) => features.has(x))
+      const best = has('avx2', 'fma') ? (has('avx512f', 'avx512bw', 'avx512vl', 'avx512dq') ? (has('avx512_bf16') ? 3 : 2) : 1) : 0
+      const runs = ISAS[Math.min(ISAS.indexOf(isa), best)]
       expect(k.info.cpu.isa).toBe(runs)
       for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures'] as const) {
         const e = relErr(k[key], blas[key])
@@ -145,6 +147,20 @@ describe('bfloat16 and int8 weights on the golden models', () => {
       expect(eL).toBeGreaterThan(0) // the reduced weights were really used
       const same = low.greedy.filter((id, i) => id === f32.greedy[i]).length
       console.log(`${dtype}: golden greedy ids equal to float32's: ${same}/${f32.greedy.length}`)
+      if (dtype === 'bfloat16' && f32.info.cpu.isa === 'avx512bf16') {
+        // AVX512-BF16 (VDPBF16PS) rounds x to bf16 as well: within the same bounds as the widening avx512 loops over
+        // the same bf16 weights, and really a different path (its rounding differs).
+        const widen = await child({ SEMICAP_CPU_ISA: 'avx512' }, dtype)
+        expect(widen.info.cpu.isa).toBe('avx512')
+        const wL = relErr(widen.goldLogits, f32.goldLogits)
+        const wF = relErr(widen.goldFeatures, f32.goldFeatures)
+        console.log(`bfloat16 avx512 (widened to float32): logits ${wL.toExponential(2)}, features ${wF.toExponential(2)}; avx512bf16 (VDPBF16PS): ${eL.toExponential(2)}, ${eF.toExponential(2)}`)
+        expect(wL).toBeLessThan(bounds[dtype].logits)
+        expect(wF).toBeLessThan(bounds[dtype].features)
+        expect(maxAbsDiff(widen.goldLogits, low.goldLogits)).toBeGreaterThan(0)
+        expect(maxAbsDiff(widen.goldFeatures, low.goldFeatures)).toBeGreaterThan(0)
+        expect(widen.weights.packedBytes).toBe(low.weights.packedBytes)
+      }
     }, 120_000)
   }
 

@@ -37,7 +37,7 @@ if (childIsa) {
 
 const self = fileURLToPath(import.meta.url)
 const rows = []
-for (const isa of ['avx512', 'avx2', 'portable'])
+for (const isa of ['avx512bf16', 'avx512', 'avx2', 'portable'])
   for (const dtype of ['float32', 'bfloat16', 'int8']) {
     try {
       const out = execFileSync(process.execPath, [self, golden, isa, dtype], {

@@ -15,9 +15,10 @@ declare -A flags=(
   [cpu_kernels_portable]=""
   [cpu_kernels_avx2]="-mavx2 -mfma -mf16c"
   [cpu_kernels_avx512]="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma"
+  [cpu_kernels_avx512bf16]="-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma"
 )
 objs=()
-for f in cpu_kernels cpu_kernels_portable cpu_kernels_avx2 cpu_kernels_avx512; do
+for f in cpu_kernels cpu_kernels_portable cpu_kernels_avx2 cpu_kernels_avx512 cpu_kernels_avx512bf16; do
   # shellcheck disable=SC2086
   "$CXX" "${common[@]}" ${flags[$f]} -c "$root/native/$f.cc" -o "$out/$f.o" &
   objs+=("$out/$f.o")
@@ -32,11 +33,11 @@ done
 wait
 "$CXX" -o "$out/cpu_kernels_test" "$out/cpu_kernels_test.o" "${objs[@]}"
 "$CXX" -o "$out/cpu_kernels_test_wide" "$out/cpu_kernels_test.o" "$out/cpu_kernels.o" "$out/cpu_kernels_portable.o" \
-  "$out/cpu_kernels_avx2_wide.o" "$out/cpu_kernels_avx512.o"
+  "$out/cpu_kernels_avx2_wide.o" "$out/cpu_kernels_avx512.o" "$out/cpu_kernels_avx512bf16.o"
 "$CXX" -o "$out/cpu_kernels_bench" "$out/cpu_kernels_bench.o" "${objs[@]}" -ldl
 # No function the AVX-512 object defines may be one the others could share (a weak/comdat symbol): the linker
 # could keep that copy for every caller, and a CPU without AVX-512 would die with SIGILL.
-weak="$(nm -C "$out/cpu_kernels_avx512.o" "$out/cpu_kernels_avx2.o" | grep -E ' [WVu] ' || true)"
+weak="$(nm -C "$out/cpu_kernels_avx512.o" "$out/cpu_kernels_avx512bf16.o" "$out/cpu_kernels_avx2.o" | grep -E ' [WVu] ' || true)"
 if [ -n "$weak" ]; then
   echo "build.sh: weak symbols in the ISA objects:" >&2
   echo "$weak" >&2

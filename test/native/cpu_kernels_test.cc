@@ -53,6 +53,17 @@ struct Case {
   int64_t n_end;           // -1: N
 };
 
+// v rounded to the nearest bfloat16 (ties to even), as float.
+float round_bf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u += 0x7FFFu + ((u >> 16) & 1);
+  u &= 0xFFFF0000u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
 // The epilogue activations in double precision.
 double act_ref(double v, Act act) {
   if (act == Act::QuickGelu) return v / (1.0 + std::exp(-1.702 * v));
@@ -97,6 +108,8 @@ void run_case(Isa isa, WType t, const Case& c, Act act = Act::None) {
   std::vector<float> bias = randv(static_cast<size_t>(c.N));
   const float sentinel = 12345.f;
   std::vector<float> y(static_cast<size_t>(c.rows * ldy), sentinel);
+  // bf16 weights on avx512bf16 multiply x rounded to bf16 (VDPBF16PS): the reference rounds it the same way.
+  const bool dot_bf16 = t == WType::BF16 && isa == Isa::Avx512Bf16;
   gemm_packed(x.data(), c.rows, ldx, *pw, c.bias ? bias.data() : nullptr, y.data(), ldy, n_begin, n_end, act);
   int bad = 0;
   for (int64_t m = 0; m < c.rows; ++m)
@@ -108,7 +121,7 @@ void run_case(Isa isa, WType t, const Case& c, Act act = Act::None) {
       }
       double ref = c.bias ? bias[n] : 0.0, mag = std::fabs(ref);
       for (int64_t k = 0; k < c.K; ++k) {
-        const double term = double(x[m * ldx + k]) * wu[n * c.K + k];
+        const double term = double(dot_bf16 ? round_bf16(x[m * ldx + k]) : x[m * ldx + k]) * wu[n * c.K + k];
         ref += term;
         mag += std::fabs(term);
       }
@@ -178,6 +191,14 @@ void test_choose_isa() {
   CHECK(choose_isa(avx2, "portable") == Isa::Portable, "portable honoured");
   CHECK(choose_isa(avx512, "garbage") == Isa::Avx512, "garbage -> best");
   CHECK(choose_isa(avx2, "") == Isa::Avx2, "empty -> best");
+  CpuFeatures bf16 = avx512;
+  bf16.avx512_bf16 = true;
+  CHECK(choose_isa(bf16, nullptr) == Isa::Avx512Bf16, "avx512 + bf16");
+  CHECK(choose_isa(bf16, "avx512") == Isa::Avx512, "avx512 honoured below avx512bf16");
+  CHECK(choose_isa(avx512, "avx512bf16") == Isa::Avx512, "avx512bf16 request lowered");
+  CpuFeatures bf16only = avx2;
+  bf16only.avx512_bf16 = true;  // the flag without the AVX-512 base is not enough
+  CHECK(choose_isa(bf16only, nullptr) == Isa::Avx2, "bf16 without avx512");
   CpuFeatures nofma = avx2;
   nofma.fma = false;
   CHECK(choose_isa(nofma, nullptr) == Isa::Portable, "avx2 without fma");
@@ -218,13 +239,18 @@ void test_errors() {
   CHECK(!throws_invalid([&] { gemm_packed(x.data(), 2, 10, *pw, nullptr, y.data(), 10, 0, 10); }), "good product");
   CHECK(y[0] == 10.f && y[19] == 10.f, "ones: %g %g", y[0], y[19]);
   CHECK(!throws_invalid([&] { gemm_packed(x.data(), 0, 10, *pw, nullptr, y.data(), 10, 0, 10); }), "no rows");
-  if (choose_isa(cpu_features(), nullptr) != Isa::Avx512) {
-    auto p512 = pack(w.data(), 10, 10, false, 10, WType::F32, Isa::Avx512);  // packing is fine anywhere
-    CHECK(throws_invalid([&] { gemm_packed(x.data(), 2, 10, *p512, nullptr, y.data(), 10, 0, 10); }),
-          "avx512 weight on a CPU without it");
-    std::vector<float> u(100);
-    unpack(*p512, u.data());
-    CHECK(u == w, "avx512 layout unpacks anywhere");
+  // Packing for an ISA the CPU lacks is fine (and unpacks anywhere); multiplying with it throws.
+  const Isa best = choose_isa(cpu_features(), nullptr);
+  for (Isa above : {Isa::Avx512, Isa::Avx512Bf16}) {
+    if (static_cast<int>(best) >= static_cast<int>(above)) continue;
+    for (WType t : {WType::F32, WType::BF16}) {
+      auto p512 = pack(w.data(), 10, 10, false, 10, t, above);
+      CHECK(throws_invalid([&] { gemm_packed(x.data(), 2, 10, *p512, nullptr, y.data(), 10, 0, 10); }),
+            "%s weight on a CPU without it", isa_name(above));
+      std::vector<float> u(100);
+      unpack(*p512, u.data());
+      CHECK(u == w, "%s layout unpacks anywhere", isa_name(above));
+    }
   }
 }
 
@@ -371,7 +397,7 @@ void test_greedy_pick() {
     CHECK(!greedy_pick(x.data(), 0, &arg, &logp, isa), "%s: empty", isa_name(isa));
     std::printf("%-8s greedy_pick: %d rows\n", isa_name(isa), checked);
   }
-  if (choose_isa(cpu_features(), nullptr) != Isa::Avx512) {
+  if (static_cast<int>(choose_isa(cpu_features(), nullptr)) < static_cast<int>(Isa::Avx512)) {
     float v = 1.f;
     int64_t arg;
     float logp;
