@@ -110,13 +110,22 @@ static inline vf vact(vf x, int act) {
   return x / (vset1(1.f) + vexp(-z));
 }
 
-// One panel row (P columns) as two float vectors.
+// One panel row (P columns) as two vectors (get), and how a row of x meets them: bcast(x) once per row of the tile,
+// madd(acc, w, xb) per vector. X is the type of packed x; krows<T>(K) (below) the weight rows a K-long sum walks.
+struct FloatRow {
+  typedef float X;
+  typedef vf W;
+  typedef vf XB;
+  static constexpr bool pairs = false;
+  static inline vf bcast(float x) { return vset1(x); }
+  static inline vf madd(vf acc, vf w, vf xb) { return vfma(w, xb, acc); }
+};
 template <int T> struct Row;
-template <> struct Row<0> {
+template <> struct Row<0> : FloatRow {
   typedef float E;
   static inline void get(const float* p, vf& a, vf& b) { a = vload(p); b = vload(p + V); }
 };
-template <> struct Row<1> {
+template <> struct Row<1> : FloatRow {
   typedef uint16_t E;
   static inline void get(const uint16_t* p, vf& a, vf& b) {
     const vu u = *reinterpret_cast<const vuu*>(p);
@@ -124,7 +133,7 @@ template <> struct Row<1> {
     b = (vf)(u & 0xFFFF0000u);
   }
 };
-template <> struct Row<2> {
+template <> struct Row<2> : FloatRow {
   typedef int8_t E;
   // GCC scalarises __builtin_convertvector from int8, so the sign extension is spelled per ISA.
   static inline vf widen(const int8_t* p) {
@@ -147,22 +156,55 @@ template <> struct Row<2> {
   }
 };
 
+#ifdef SK_BF16DOT
+// bfloat16 weights on AVX512-BF16 (cpu_kernels_avx512bf16.cc): VDPBF16PS multiplies 16 pairs of bf16 and adds both
+// products to a float32 lane, twice the multiply-adds of an FMA per instruction. Its operands come in pairs of k, so
+// this path has its own layout (written by pack() for Isa::Avx512Bf16): K2 = ceil(K / 2) pair rows cut into SEG
+// segments exactly as K is above, each pair row P 32-bit words, word j = bits(W(n0 + j, 2i)) | bits(W(n0 + j, 2i + 1))
+// << 16 (the high half 0 past an odd K). x is rounded to bf16 (to nearest even) as it is packed, the same pairs side
+// by side; products of two bf16 are exact in float32 and the sums are float32, so against the float32 path over the
+// same bf16 weights the only new error is x's rounding (a relative 2^-9 per element).
+template <> struct Row<3> {
+  typedef uint32_t E;
+  typedef uint32_t X;
+  typedef vu W;
+  typedef vu XB;
+  static constexpr bool pairs = true;
+  static inline void get(const uint32_t* p, vu& a, vu& b) {
+    a = *reinterpret_cast<const vuu*>(p);
+    b = *reinterpret_cast<const vuu*>(p + V);
+  }
+  static inline vu bcast(uint32_t x) { return (vu)_mm512_set1_epi32(static_cast<int>(x)); }
+  static inline vf madd(vf acc, vu w, vu xb) { return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)xb); }
+};
+
+static inline uint32_t bf16_bits(float v) {
+  uint32_t u;
+  __builtin_memcpy(&u, &v, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40;  // NaN stays a quiet NaN
+  u += 0x7FFFu + ((u >> 16) & 1);
+  return u >> 16;
+}
+#endif  // SK_BF16DOT
+
+template <int T> static inline int64_t krows(int64_t K) { return Row<T>::pairs ? (K + 1) / 2 : K; }
+
 // Independent k-chains per accumulator: one or two rows alone would wait on the FMA latency.
 template <int R> struct Split { static constexpr int value = R == 1 ? 4 : (R <= 3 ? 2 : 1); };
 
 // The rows a tile reads: SEG runs of weight rows (run s: len + (s < extra) rows of P elements from w[s]) against
 // the matching packed x (x[s]: R floats per k). The runs are read side by side, run s feeding accumulator chain
 // s % KS.
-template <class E> struct Runs {
-  const E* w[SEG];
-  const float* x[SEG];
+template <int T> struct Runs {
+  const typename Row<T>::E* w[SEG];
+  const typename Row<T>::X* x[SEG];
   int64_t len;
   int extra;
 };
 
 // out[r][0..1] = sum over the runs' rows k of x[k][r] * (weight row k).
 template <int T, int R>
-static inline void tile(const Runs<typename Row<T>::E>& q, vf (&out)[R][2]) {
+static inline void tile(const Runs<T>& q, vf (&out)[R][2]) {
   constexpr int KS = Split<R>::value;
   vf acc[KS][R][2];
 #pragma GCC unroll 64
@@ -170,30 +212,30 @@ static inline void tile(const Runs<typename Row<T>::E>& q, vf (&out)[R][2]) {
 #pragma GCC unroll 64
     for (int r = 0; r < R; ++r) acc[s][r][0] = acc[s][r][1] = vf{};
   const typename Row<T>::E* w[SEG];
-  const float* x[SEG];
+  const typename Row<T>::X* x[SEG];
 #pragma GCC unroll 8
   for (int s = 0; s < SEG; ++s) { w[s] = q.w[s]; x[s] = q.x[s]; }
   for (int64_t i = 0; i < q.len; ++i) {
 #pragma GCC unroll 8
     for (int s = 0; s < SEG; ++s) {
-      vf a, b;
+      typename Row<T>::W a, b;
       Row<T>::get(w[s] + i * P, a, b);
 #pragma GCC unroll 64
       for (int r = 0; r < R; ++r) {
-        const vf xb = vset1(x[s][i * R + r]);
-        acc[s % KS][r][0] = vfma(a, xb, acc[s % KS][r][0]);
-        acc[s % KS][r][1] = vfma(b, xb, acc[s % KS][r][1]);
+        const typename Row<T>::XB xb = Row<T>::bcast(x[s][i * R + r]);
+        acc[s % KS][r][0] = Row<T>::madd(acc[s % KS][r][0], a, xb);
+        acc[s % KS][r][1] = Row<T>::madd(acc[s % KS][r][1], b, xb);
       }
     }
   }
   for (int s = 0; s < q.extra; ++s) {
-    vf a, b;
+    typename Row<T>::W a, b;
     Row<T>::get(w[s] + q.len * P, a, b);
 #pragma GCC unroll 64
     for (int r = 0; r < R; ++r) {
-      const vf xb = vset1(x[s][q.len * R + r]);
-      acc[0][r][0] = vfma(a, xb, acc[0][r][0]);
-      acc[0][r][1] = vfma(b, xb, acc[0][r][1]);
+      const typename Row<T>::XB xb = Row<T>::bcast(x[s][q.len * R + r]);
+      acc[0][r][0] = Row<T>::madd(acc[0][r][0], a, xb);
+      acc[0][r][1] = Row<T>::madd(acc[0][r][1], b, xb);
     }
   }
 #pragma GCC unroll 64
@@ -250,7 +292,7 @@ static inline void store(const vf (&acc)[R][2], const Out& o) {
 }
 
 template <int T, int R>
-static inline void tile_store(const Runs<typename Row<T>::E>& q, const Out& o) {
+static inline void tile_store(const Runs<T>& q, const Out& o) {
   // The tile's y lines are likely not cached (y is rows x N): fetch them while the k loop runs.
 #pragma GCC unroll 64
   for (int r = 0; r < R; ++r) {
@@ -264,7 +306,7 @@ static inline void tile_store(const Runs<typename Row<T>::E>& q, const Out& o) {
 
 // One tile of r rows (1..RMAX).
 template <int T>
-static void tile_any(int r, const Runs<typename Row<T>::E>& q, const Out& o) {
+static void tile_any(int r, const Runs<T>& q, const Out& o) {
   switch (r) {
     case 1: tile_store<T, 1>(q, o); break;
     case 2: tile_store<T, 2>(q, o); break;
@@ -295,15 +337,25 @@ struct Cut {
   int size(int64_t t) const { return static_cast<int>(t + 1 < nt ? RMAX : rows - t * RMAX); }
 };
 
-// x[0..rows) x [0, K) into xp: tile by tile (see Cut), each k-major (tile t at xp + start(t) * K).
-static void pack_x(const float* x, int64_t ldx, int64_t rows, int64_t K, float* xp) {
+// x[0..rows) x [0, K) into xp: tile by tile (see Cut), each k-major (tile t at xp + start(t) * krows(K)); for the
+// pair rows, bf16 pairs (x[2i], x[2i + 1]) in one word, the high half 0 past an odd K.
+template <int T>
+static void pack_x(const float* x, int64_t ldx, int64_t rows, int64_t K, typename Row<T>::X* xp) {
   const Cut cut(rows);
+  const int64_t KR = krows<T>(K);
   for (int64_t t = 0; t < cut.nt; ++t) {
     const int64_t r0 = cut.start(t);
     const int R = cut.size(t);
-    float* dst = xp + r0 * K;
+    typename Row<T>::X* dst = xp + r0 * KR;
     for (int r = 0; r < R; ++r) {
       const float* src = x + (r0 + r) * ldx;
+#ifdef SK_BF16DOT
+      if constexpr (Row<T>::pairs) {
+        for (int64_t i = 0; i < K / 2; ++i) dst[i * R + r] = bf16_bits(src[2 * i]) | bf16_bits(src[2 * i + 1]) << 16;
+        if (K % 2) dst[(KR - 1) * R + r] = bf16_bits(src[K - 1]);
+        continue;
+      }
+#endif
       for (int64_t k = 0; k < K; ++k) dst[k * R + r] = src[k];
     }
   }
@@ -316,10 +368,10 @@ static inline int64_t seg_start(int64_t K, int s) { return s * (K / SEG) + (s < 
 // Every tile of the rows (packed in xp by pack_x) against one panel; run s = segment s, starting at w[s] in the
 // weight.
 template <int T>
-static void tiles(const float* xp, int64_t rows, int64_t K, const typename Row<T>::E* const* w, Out o) {
+static void tiles(const typename Row<T>::X* xp, int64_t rows, int64_t K, const typename Row<T>::E* const* w, Out o) {
   const Cut cut(rows);
   float* y0 = o.y;
-  Runs<typename Row<T>::E> q;
+  Runs<T> q;
   q.len = K / SEG;
   q.extra = static_cast<int>(K % SEG);
   for (int s = 0; s < SEG; ++s) q.w[s] = w[s];
@@ -348,13 +400,14 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
   if (rows <= 0 || n_end <= n_begin) return;
   const int64_t np = (N + P - 1) / P;
   const int64_t p0 = n_begin / P, p1 = (n_end + P - 1) / P;
-  int64_t mb = row_block(K);
+  const int64_t KR = krows<T>(K);  // weight rows: K, or K's pairs
+  int64_t mb = row_block(K);        // (a block's packed x takes mb * KR <= mb * K elements of 4 bytes)
   const int64_t nmb = (rows + mb - 1) / mb;
   mb = (rows + nmb - 1) / nmb;  // near-equal row blocks
-  float* xp = scratch;
+  typename Row<T>::X* xp = reinterpret_cast<typename Row<T>::X*>(scratch);
   for (int64_t m0 = 0; m0 < rows; m0 += mb) {
     const int64_t mr = lmin(mb, rows - m0);
-    pack_x(x + m0 * ldx, ldx, mr, K, xp);
+    pack_x<T>(x + m0 * ldx, ldx, mr, K, xp);
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n0 = p * P;
       Out o;
@@ -366,167 +419,12 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
       o.act = act;
       // Panel p's rows of segment s are contiguous; consecutive panels continue 4 sequential streams.
       const typename Row<T>::E* w[SEG];
-      for (int s = 0; s < SEG; ++s) w[s] = data + (np * seg_start(K, s) + p * seg_len(K, s)) * P;
-      tiles<T>(xp, mr, K, w, o);
+      for (int s = 0; s < SEG; ++s) w[s] = data + (np * seg_start(KR, s) + p * seg_len(KR, s)) * P;
+      tiles<T>(xp, mr, KR, w, o);
     }
   }
 }
 
-#ifdef SK_BF16DOT
-// bfloat16 weights on AVX512-BF16 (cpu_kernels_avx512bf16.cc): VDPBF16PS multiplies 16 pairs of bf16 and adds both
-// products to a float32 lane, twice the multiply-adds of an FMA per instruction. Its operands come in pairs of k, so
-// this path has its own layout (written by pack() for Isa::Avx512Bf16): K2 = ceil(K / 2) pair rows cut into SEG
-// segments exactly as K is above, each pair row P 32-bit words, word j = bits(W(n0 + j, 2i)) | bits(W(n0 + j, 2i + 1))
-// << 16 (the high half 0 past an odd K). x is rounded to bf16 (to nearest even) as it is packed, the same pairs side
-// by side; products of two bf16 are exact in float32 and the sums are float32, so against the float32 path over the
-// same bf16 weights the only new error is x's rounding (a relative 2^-9 per element).
-static inline uint32_t bf16_bits(float v) {
-  uint32_t u;
-  __builtin_memcpy(&u, &v, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40;  // NaN stays a quiet NaN
-  u += 0x7FFFu + ((u >> 16) & 1);
-  return u >> 16;
-}
-
-struct RunsDot {
-  const uint32_t* w[SEG];
-  const uint32_t* x[SEG];
-  int64_t len;
-  int extra;
-};
-
-static inline vf vdot(vf acc, vu w, vu x) {
-  return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)x);
-}
-
-template <int R>
-static inline void tile_dot(const RunsDot& q, vf (&out)[R][2]) {
-  constexpr int KS = Split<R>::value;
-  vf acc[KS][R][2];
-#pragma GCC unroll 64
-  for (int s = 0; s < KS; ++s)
-#pragma GCC unroll 64
-    for (int r = 0; r < R; ++r) acc[s][r][0] = acc[s][r][1] = vf{};
-  const uint32_t* w[SEG];
-  const uint32_t* x[SEG];
-#pragma GCC unroll 8
-  for (int s = 0; s < SEG; ++s) { w[s] = q.w[s]; x[s] = q.x[s]; }
-  for (int64_t i = 0; i < q.len; ++i) {
-#pragma GCC unroll 8
-    for (int s = 0; s < SEG; ++s) {
-      const vu a = *reinterpret_cast<const vuu*>(w[s] + i * P), b = *reinterpret_cast<const vuu*>(w[s] + i * P + V);
-#pragma GCC unroll 64
-      for (int r = 0; r < R; ++r) {
-        const vu xb = (vu)_mm512_set1_epi32(static_cast<int>(x[s][i * R + r]));
-        acc[s % KS][r][0] = vdot(acc[s % KS][r][0], a, xb);
-        acc[s % KS][r][1] = vdot(acc[s % KS][r][1], b, xb);
-      }
-    }
-  }
-  for (int s = 0; s < q.extra; ++s) {
-    const vu a = *reinterpret_cast<const vuu*>(w[s] + q.len * P), b = *reinterpret_cast<const vuu*>(w[s] + q.len * P + V);
-#pragma GCC unroll 64
-    for (int r = 0; r < R; ++r) {
-      const vu xb = (vu)_mm512_set1_epi32(static_cast<int>(x[s][q.len * R + r]));
-      acc[0][r][0] = vdot(acc[0][r][0], a, xb);
-      acc[0][r][1] = vdot(acc[0][r][1], b, xb);
-    }
-  }
-#pragma GCC unroll 64
-  for (int r = 0; r < R; ++r) {
-    vf s0 = acc[0][r][0], s1 = acc[0][r][1];
-#pragma GCC unroll 8
-    for (int s = 1; s < KS; ++s) { s0 += acc[s][r][0]; s1 += acc[s][r][1]; }
-    out[r][0] = s0;
-    out[r][1] = s1;
-  }
-}
-
-template <int R>
-static inline void tile_dot_store(const RunsDot& q, const Out& o) {
-#pragma GCC unroll 64
-  for (int r = 0; r < R; ++r) {
-    __builtin_prefetch(o.y + r * o.ldy, 1);
-    __builtin_prefetch(o.y + r * o.ldy + P - 1, 1);
-  }
-  vf acc[R][2];
-  tile_dot<R>(q, acc);
-  store<R>(acc, o);
-}
-
-static void tile_dot_any(int r, const RunsDot& q, const Out& o) {
-  switch (r) {
-    case 1: tile_dot_store<1>(q, o); break;
-    case 2: tile_dot_store<2>(q, o); break;
-    case 3: tile_dot_store<3>(q, o); break;
-    case 4: tile_dot_store<4>(q, o); break;
-    case 5: tile_dot_store<5>(q, o); break;
-    case 6: tile_dot_store<6>(q, o); break;
-    case 7: tile_dot_store<7>(q, o); break;
-    case 8: tile_dot_store<8>(q, o); break;
-    case 9: tile_dot_store<9>(q, o); break;
-    case 10: tile_dot_store<10>(q, o); break;
-    case 11: tile_dot_store<11>(q, o); break;
-    case 12: tile_dot_store<12>(q, o); break;
-    default: break;
-  }
-}
-
-// x[0..rows) x [0, K) into xp as bf16 pairs: tile by tile (see Cut), each pair-major (tile t at xp + start(t) * K2).
-static void pack_x_dot(const float* x, int64_t ldx, int64_t rows, int64_t K, uint32_t* xp) {
-  const Cut cut(rows);
-  const int64_t K2 = (K + 1) / 2;
-  for (int64_t t = 0; t < cut.nt; ++t) {
-    const int64_t r0 = cut.start(t);
-    const int R = cut.size(t);
-    uint32_t* dst = xp + r0 * K2;
-    for (int r = 0; r < R; ++r) {
-      const float* src = x + (r0 + r) * ldx;
-      for (int64_t i = 0; i < K / 2; ++i) dst[i * R + r] = bf16_bits(src[2 * i]) | bf16_bits(src[2 * i + 1]) << 16;
-      if (K % 2) dst[(K2 - 1) * R + r] = bf16_bits(src[K - 1]);
-    }
-  }
-}
-
-static void gemm_dot(const float* x, int64_t rows, int64_t ldx, const uint32_t* data, int64_t N, int64_t K,
-                     const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act, float* scratch) {
-  if (rows <= 0 || n_end <= n_begin) return;
-  const int64_t K2 = (K + 1) / 2;
-  const int64_t np = (N + P - 1) / P;
-  const int64_t p0 = n_begin / P, p1 = (n_end + P - 1) / P;
-  int64_t mb = row_block(K);  // (the scratch holds mb * K floats; a block's pairs take mb * K2 words)
-  const int64_t nmb = (rows + mb - 1) / mb;
-  mb = (rows + nmb - 1) / nmb;
-  uint32_t* xp = reinterpret_cast<uint32_t*>(scratch);
-  for (int64_t m0 = 0; m0 < rows; m0 += mb) {
-    const int64_t mr = lmin(mb, rows - m0);
-    pack_x_dot(x + m0 * ldx, ldx, mr, K, xp);
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t n0 = p * P;
-      Out o;
-      o.y = y + m0 * ldy + n0;
-      o.ldy = ldy;
-      o.ncols = static_cast<int>(lmin(P, n_end - n0));
-      o.bias = bias ? bias + n0 : nullptr;
-      o.scale = nullptr;
-      o.act = act;
-      RunsDot q;
-      q.len = K2 / SEG;
-      q.extra = static_cast<int>(K2 % SEG);
-      for (int s = 0; s < SEG; ++s) q.w[s] = data + (np * seg_start(K2, s) + p * seg_len(K2, s)) * P;
-      const Cut cut(mr);
-      float* y0 = o.y;
-      for (int64_t t = 0; t < cut.nt; ++t) {
-        const int64_t r0 = cut.start(t);
-        const int R = cut.size(t);
-        for (int s = 0; s < SEG; ++s) q.x[s] = xp + r0 * K2 + seg_start(K2, s) * R;
-        o.y = y0 + r0 * o.ldy;
-        tile_dot_any(R, q, o);
-      }
-    }
-  }
-}
-#endif  // SK_BF16DOT
 
 // The greedy choice over one row of logits x[0..n): *arg = the first index of the largest value and *sum =
 // sum_j e^(x[j] - x[arg]) (so that log p(arg) = -log(sum); the caller takes the log). One pass for the maximum
@@ -588,7 +486,8 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
       break;
     case 1:
 #ifdef SK_BF16DOT
-      gemm_dot(x, rows, ldx, static_cast<const uint32_t*>(data), N, K, bias, y, ldy, n_begin, n_end, act, scratch);
+      gemm_t<3>(x, rows, ldx, static_cast<const uint32_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
+                scratch);
 #else
       gemm_t<1>(x, rows, ldx, static_cast<const uint16_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
                 scratch);
