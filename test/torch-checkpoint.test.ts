@@ -27,7 +27,10 @@ beforeAll(() => {
 })
 afterAll(() => rmSync(tmp, { recursive: true, force: true }))
 
-const hasTorch = spawnSync('python3', ['-c', 'import torch'], { stdio: 'ignore' }).status === 0
+// The first Python that imports torch: the one on PATH, else Debian's (python3-torch installs into /usr/bin/python3,
+// which a pyenv or venv python3 earlier on PATH hides).
+const python = ['python3', '/usr/bin/python3'].find((py) => spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore' }).status === 0)
+const hasTorch = python !== undefined
 
 /** Element values as plain numbers: 16-bit floats decoded, int64 as numbers. */
 function values(t: Tensor): number[] {
@@ -266,7 +269,7 @@ describe('writeTorchCheckpoint', () => {
       "out['_type'] = type(sd).__name__",
       'print(json.dumps(out))',
     ].join('\n')
-    const r = spawnSync('python3', ['-c', script, path], { encoding: 'utf8' })
+    const r = spawnSync(python!, ['-c', script, path], { encoding: 'utf8' })
     expect(r.status, r.stderr).toBe(0)
     const py = JSON.parse(r.stdout) as Record<string, { dtype: string; shape: number[]; values: number[] }> & { _shared: boolean; _type: string }
     expect(py._type).toBe('OrderedDict')
