@@ -20,7 +20,11 @@ std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, 
   for (int64_t i = 0; i < c.layers; ++i) {
     std::string p = prefix + ".encoder.layers." + std::to_string(i) + ".";
     auto lin = [&](const std::string& n, int64_t out, int64_t in) {
-      return Linear{params_.normal(p + n + ".weight", {out, in}), params_.zeros(p + n + ".bias", {out}), params_.slot(p + n + ".weight", false)};
+      // Every CLIP product has a row per token (50 per image for ViT-B/32) but the last layer's class token: int8
+      // goes through bf16 pairs where the CPU has AVX512-BF16, the same way whatever the batch.
+      auto slot = params_.slot(p + n + ".weight", false);
+      slot->set_i8_dot(true);
+      return Linear{params_.normal(p + n + ".weight", {out, in}), params_.zeros(p + n + ".bias", {out}), std::move(slot)};
     };
     ClipEncoderLayer l;
     l.ln1 = {params_.ones(p + "layer_norm1.weight", {c.hidden}), params_.zeros(p + "layer_norm1.bias", {c.hidden}), c.eps};

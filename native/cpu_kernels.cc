@@ -335,7 +335,9 @@ void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& 
   if (act != Act::None && act != Act::QuickGelu && act != Act::GeluTanh)
     throw std::invalid_argument("cpu_kernels::gemm_packed: unknown activation");
   if (rows == 0 || n_begin == n_end) return;
-  const int t = static_cast<int>(w.type), a = static_cast<int>(act);
+  // Weight-type codes of the ISA entry points: 0 float32, 1 bfloat16, 2 int8, 3 int8 through bf16 pairs.
+  const int t = w.type == WType::I8 && w.i8_dot && w.isa == Isa::Avx512Bf16 ? 3 : static_cast<int>(w.type);
+  const int a = static_cast<int>(act);
   switch (w.isa) {
     case Isa::Portable: {
       float* s = thread_scratch(portable::scratch_size(rows, w.K));

@@ -54,6 +54,11 @@ struct PackedWeight {
   void* data = nullptr;        // float / uint16_t (bf16 bits) / int8_t
   float* scale = nullptr;      // int8: [N] per-output-channel scales; null otherwise
   size_t data_bytes = 0;
+  // int8 on avx512bf16 only (ignored elsewhere): multiply through VDPBF16PS, each panel widened to bf16 pairs once
+  // per product and x rounded to bf16, instead of widening to float32 for every row tile. Twice the multiply-adds,
+  // for products with many rows (CLIP); the owner sets it for all of a model's products, so that a result does not
+  // depend on how many rows came together.
+  bool i8_dot = false;
   PackedWeight() = default;
   PackedWeight(const PackedWeight&) = delete;             // owns data and scale
   PackedWeight& operator=(const PackedWeight&) = delete;

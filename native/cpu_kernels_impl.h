@@ -117,16 +117,19 @@ struct FloatRow {
   typedef vf W;
   typedef vf XB;
   static constexpr bool pairs = false;
+  static constexpr bool widen_panel = false;
   static inline vf bcast(float x) { return vset1(x); }
   static inline vf madd(vf acc, vf w, vf xb) { return vfma(w, xb, acc); }
 };
 template <int T> struct Row;
 template <> struct Row<0> : FloatRow {
   typedef float E;
+  typedef E Src;  // what the packed weight holds (the tile reads E)
   static inline void get(const float* p, vf& a, vf& b) { a = vload(p); b = vload(p + V); }
 };
 template <> struct Row<1> : FloatRow {
   typedef uint16_t E;
+  typedef E Src;
   static inline void get(const uint16_t* p, vf& a, vf& b) {
     const vu u = *reinterpret_cast<const vuu*>(p);
     a = (vf)(u << 16);
@@ -135,6 +138,7 @@ template <> struct Row<1> : FloatRow {
 };
 template <> struct Row<2> : FloatRow {
   typedef int8_t E;
+  typedef E Src;
   // GCC scalarises __builtin_convertvector from int8, so the sign extension is spelled per ISA.
   static inline vf widen(const int8_t* p) {
 #if SK_VBYTES == 64
@@ -166,6 +170,8 @@ template <> struct Row<2> : FloatRow {
 // same bf16 weights the only new error is x's rounding (a relative 2^-9 per element).
 template <> struct Row<3> {
   typedef uint32_t E;
+  typedef E Src;
+  static constexpr bool widen_panel = false;
   typedef uint32_t X;
   typedef vu W;
   typedef vu XB;
@@ -178,6 +184,15 @@ template <> struct Row<3> {
   static inline vf madd(vf acc, vu w, vu xb) { return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)xb); }
 };
 
+// int8 weights through the same tile (PackedWeight::i8_dot): the packed weight keeps the plain int8 layout; each
+// panel is widened into bf16 pair rows (exact: |q| <= 127 fits bf16's 8 significant bits) once per product, into
+// scratch, and all row tiles read it from there; the per-column scale is applied in the epilogue. For products with
+// many rows, where the widening is paid once for many tiles.
+template <> struct Row<4> : Row<3> {
+  typedef int8_t Src;
+  static constexpr bool widen_panel = true;
+};
+
 static inline uint32_t bf16_bits(float v) {
   uint32_t u;
   __builtin_memcpy(&u, &v, 4);
@@ -188,6 +203,7 @@ static inline uint32_t bf16_bits(float v) {
 #endif  // SK_BF16DOT
 
 template <int T> static inline int64_t krows(int64_t K) { return Row<T>::pairs ? (K + 1) / 2 : K; }
+
 
 // Independent k-chains per accumulator: one or two rows alone would wait on the FMA latency.
 template <int R> struct Split { static constexpr int value = R == 1 ? 4 : (R <= 3 ? 2 : 1); };
@@ -391,10 +407,37 @@ static inline int64_t row_block(int64_t K) {
 }
 
 // Floats of scratch gemm_t needs (64-byte aligned): the packed x of one row block.
-static inline int64_t scratch_floats(int64_t rows, int64_t K) { return lmin(rows, row_block(K)) * K; }
+static inline int64_t x_floats(int64_t rows, int64_t K) { return (lmin(rows, row_block(K)) * K + 15) / 16 * 16; }
+#ifdef SK_BF16DOT
+// The packed x of one row block, then one panel of int8 weights widened to bf16 pairs (Row<4>).
+static inline int64_t scratch_floats(int64_t rows, int64_t K) { return x_floats(rows, K) + (K + 1) / 2 * P; }
+
+// Panel p of an int8 weight (plain layout, np panels) as K2 bf16 pair rows, one after the other (which is the pair
+// layout of one panel: its SEG segments of K2 rows follow each other).
+static void widen_panel(const int8_t* data, int64_t np, int64_t K, int64_t p, uint32_t* out) {
+  const int8_t* row[2];
+  for (int64_t k = 0; k < K; k += 2) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t kk = k + h;
+      int s = 0;
+      while (s + 1 < SEG && kk >= seg_start(K, s + 1)) ++s;
+      row[h] = kk < K ? data + (np * seg_start(K, s) + p * seg_len(K, s) + (kk - seg_start(K, s))) * P : nullptr;
+    }
+    uint32_t* dst = out + (k / 2) * P;
+#pragma GCC unroll 2
+    for (int j = 0; j < P; j += V) {
+      const vu lo = (vu)Row<2>::widen(row[0] + j) >> 16;
+      const vu hi = row[1] ? ((vu)Row<2>::widen(row[1] + j) & 0xFFFF0000u) : vu{};
+      *reinterpret_cast<vuu*>(dst + j) = lo | hi;
+    }
+  }
+}
+#else
+static inline int64_t scratch_floats(int64_t rows, int64_t K) { return x_floats(rows, K); }
+#endif
 
 template <int T>
-static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row<T>::E* data, const float* scale,
+static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row<T>::Src* data, const float* scale,
                    int64_t N, int64_t K, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end,
                    int act, float* scratch) {
   if (rows <= 0 || n_end <= n_begin) return;
@@ -419,7 +462,16 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
       o.act = act;
       // Panel p's rows of segment s are contiguous; consecutive panels continue 4 sequential streams.
       const typename Row<T>::E* w[SEG];
-      for (int s = 0; s < SEG; ++s) w[s] = data + (np * seg_start(KR, s) + p * seg_len(KR, s)) * P;
+#ifdef SK_BF16DOT
+      if constexpr (Row<T>::widen_panel) {
+        uint32_t* panel = reinterpret_cast<uint32_t*>(scratch + x_floats(rows, K));
+        widen_panel(data, np, K, p, panel);
+        for (int s = 0; s < SEG; ++s) w[s] = panel + seg_start(KR, s) * P;
+      } else
+#endif
+      {
+        for (int s = 0; s < SEG; ++s) w[s] = data + (np * seg_start(KR, s) + p * seg_len(KR, s)) * P;
+      }
       tiles<T>(xp, mr, KR, w, o);
     }
   }
@@ -497,6 +549,12 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
       gemm_t<2>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, act,
                 scratch);
       break;
+#ifdef SK_BF16DOT
+    case 3:  // int8 through bf16 pairs (PackedWeight::i8_dot)
+      gemm_t<4>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, act,
+                scratch);
+      break;
+#endif
     default: break;
   }
 }

@@ -203,6 +203,13 @@ void PackedSlot::set_type(kernels::WType t) {
   packed_.reset();
 }
 
+void PackedSlot::set_i8_dot(bool on) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (on == i8_dot_.load()) return;
+  i8_dot_ = on;
+  packed_.reset();
+}
+
 void PackedSlot::drop() {
   std::lock_guard<std::mutex> lock(mu_);
   packed_.reset();
@@ -222,7 +229,9 @@ std::shared_ptr<const kernels::PackedWeight> PackedSlot::get(const at::Tensor& w
   at::Tensor wc = w.contiguous();
   const int64_t N = kn_ ? wc.size(1) : wc.size(0), K = kn_ ? wc.size(0) : wc.size(1);
   packed_.reset();  // the old copy goes before the new one is made
-  packed_ = kernels::pack(wc.data_ptr<float>(), N, K, kn_, kn_ ? N : K, type, kernels::active_isa());
+  auto pw = kernels::pack(wc.data_ptr<float>(), N, K, kn_, kn_ ? N : K, type, kernels::active_isa());
+  pw->i8_dot = i8_dot_.load();
+  packed_ = std::move(pw);
   version_ = version;
   ptr_ = w.data_ptr();
   return packed_;

@@ -23,6 +23,9 @@ class PackedSlot {
   bool w_is_kn() const { return kn_; }
   kernels::WType type() const { return static_cast<kernels::WType>(type_.load()); }
   void set_type(kernels::WType t);
+  // int8 products through bf16 pairs where the CPU has AVX512-BF16 (kernels::PackedWeight::i8_dot): for a model
+  // whose products all have many rows (CLIP's tokens), set for every slot of that model.
+  void set_i8_dot(bool on);
   // The packed form of w (packing it now when missing or stale). Thread-safe.
   std::shared_ptr<const kernels::PackedWeight> get(const at::Tensor& w);
   void drop();
@@ -34,6 +37,7 @@ class PackedSlot {
  private:
   const bool kn_;
   std::atomic<int> type_{0};
+  std::atomic<bool> i8_dot_{false};
   std::atomic<bool> file_backed_{false};
   mutable std::mutex mu_;
   std::shared_ptr<const kernels::PackedWeight> packed_;

@@ -72,10 +72,11 @@ double act_ref(double v, Act act) {
 }
 
 // One product checked against the double-precision reference over unpack()'s weights.
-void run_case(Isa isa, WType t, const Case& c, Act act = Act::None) {
+void run_case(Isa isa, WType t, const Case& c, Act act = Act::None, bool i8_dot = false) {
   const int64_t ldw = (c.kn ? c.N : c.K) + c.ldw_pad;
   std::vector<float> w = randv(static_cast<size_t>((c.kn ? c.K : c.N) * ldw));
   auto pw = pack(w.data(), c.N, c.K, c.kn, ldw, t, isa);
+  pw->i8_dot = i8_dot;
   CHECK(pw->isa == isa && pw->type == t && pw->N == c.N && pw->K == c.K, "header");
   CHECK(reinterpret_cast<uintptr_t>(pw->data) % 64 == 0, "alignment");
   std::vector<float> wu(static_cast<size_t>(c.N * c.K));
@@ -109,7 +110,7 @@ void run_case(Isa isa, WType t, const Case& c, Act act = Act::None) {
   const float sentinel = 12345.f;
   std::vector<float> y(static_cast<size_t>(c.rows * ldy), sentinel);
   // bf16 weights on avx512bf16 multiply x rounded to bf16 (VDPBF16PS): the reference rounds it the same way.
-  const bool dot_bf16 = t == WType::BF16 && isa == Isa::Avx512Bf16;
+  const bool dot_bf16 = isa == Isa::Avx512Bf16 && (t == WType::BF16 || (t == WType::I8 && i8_dot));
   gemm_packed(x.data(), c.rows, ldx, *pw, c.bias ? bias.data() : nullptr, y.data(), ldy, n_begin, n_end, act);
   int bad = 0;
   for (int64_t m = 0; m < c.rows; ++m)
@@ -170,6 +171,13 @@ void test_products() {
       std::printf("%-8s %-8s %zu products: %s\n", isa_name(isa), wtype_name(t), cases.size(),
                   g_failures == before ? "ok" : "FAILED");
     }
+  // int8 through bf16 pairs (PackedWeight::i8_dot): on avx512bf16 against x rounded to bf16; elsewhere the flag is
+  // ignored and the plain int8 loop runs (the reference keeps x as it is).
+  for (Isa isa : runnable_isas()) {
+    const int before = g_failures;
+    for (size_t j = 0; j < cases.size(); ++j) run_case(isa, WType::I8, cases[j], static_cast<Act>(j % 3), true);
+    std::printf("%-8s int8 i8_dot %zu products: %s\n", isa_name(isa), cases.size(), g_failures == before ? "ok" : "FAILED");
+  }
 }
 
 void test_choose_isa() {
