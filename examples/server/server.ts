@@ -18,6 +18,7 @@
 // failures); the message never includes a server path. A client that goes away aborts its rows (AbortSignal).
 //
 // Run: node --import tsx examples/server/server.ts --model <captioner folder> [--port 8080] [--host 127.0.0.1] [--max-batch 16]
+//        [--dtype float32|bfloat16|int8]
 //      node --import tsx examples/server/server.ts --clip <hf clip> --gpt2 <hf gpt2>
 //      node --import tsx examples/server/server.ts --tiny        (the test suite's tiny random models; needs ../shared)
 import { readFileSync } from 'node:fs'
@@ -607,6 +608,7 @@ async function main(): Promise<void> {
       'max-body-mb': { type: 'string' },
       'max-parts': { type: 'string' },
       'request-timeout-s': { type: 'string' },
+      dtype: { type: 'string' },
     },
   })
   const num = (v: string | undefined, name: string): number | undefined => {
@@ -619,7 +621,14 @@ async function main(): Promise<void> {
     return n
   }
   const maxBatch = num(values['max-batch'], 'max-batch')
-  const batching = maxBatch === undefined ? {} : { maxBatch }
+  const dtypes = ['float32', 'bfloat16', 'int8'] as const
+  const dtype = values.dtype as (typeof dtypes)[number] | undefined
+  if (dtype !== undefined && !dtypes.includes(dtype)) {
+    console.error(`--dtype must be one of ${dtypes.join(', ')}, got ${values.dtype}`)
+    process.exit(2)
+  }
+  // dtype: the CPU inference weights (bfloat16 runs on AVX512-BF16 where the CPU has it); CUDA loads float32 only.
+  const batching = { ...(maxBatch === undefined ? {} : { maxBatch }), ...(dtype === undefined ? {} : { dtype }) }
   let captioner: Captioner
   if (values.model) captioner = await Captioner.load(values.model, { device: 'auto', ...batching })
   else if (values.clip && values.gpt2) captioner = await Captioner.create({ clip: values.clip, gpt2: values.gpt2, device: 'auto', ...batching })
@@ -628,7 +637,7 @@ async function main(): Promise<void> {
     const m = await makeTinyModels()
     captioner = await Captioner.create({ clip: m.clipDir, gpt2: m.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu', ...batching })
   } else {
-    console.error('usage: server.ts --model <dir> | --clip <dir> --gpt2 <dir> | --tiny  [--port 8080] [--host 127.0.0.1] [--max-batch 16]')
+    console.error('usage: server.ts --model <dir> | --clip <dir> --gpt2 <dir> | --tiny  [--port 8080] [--host 127.0.0.1] [--max-batch 16] [--dtype float32|bfloat16|int8]')
     process.exit(2)
   }
   const s = createCaptionServer({
@@ -644,6 +653,7 @@ async function main(): Promise<void> {
   console.log(`listening on http://${values.host}:${port}`)
   const st = captionEngine(captioner).stats()
   console.log(`batching: ${st ? `maxBatch ${st.maxBatch}` : 'not available in this library build'}`)
+  console.log(`weights: ${captioner.weights.dtype} (${captioner.weights.isa})`)
   let closing = false
   const shutdown = (signal: string) => {
     if (closing) return
