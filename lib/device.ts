@@ -3,7 +3,10 @@ import { native } from './native.js'
 
 export type DeviceOption = 'cpu' | 'cuda' | 'auto' | `cuda:${number}`
 
-/** The type CPU inference weights are converted to at load (float32 arithmetic either way). */
+/**
+ * The type CPU inference weights are converted to at load, accumulated in float32. Where the CPU has AVX512-BF16,
+ * bfloat16 products (and CLIP's int8 ones) multiply in bfloat16 (activations rounded too); elsewhere in float32.
+ */
 export type InferenceDtype = 'float32' | 'bfloat16' | 'int8'
 
 /** Validates a `dtype` option: undefined means float32; reduced types are for CPU inference only. */

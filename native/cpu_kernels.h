@@ -87,8 +87,8 @@ void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& 
 
 // The greedy choice over one row of float32 logits x[0..n), by the loop of `isa` (active_isa() in the addon): *arg =
 // the first index of the largest value (torch's argmax) and *logp = its log-probability, -log(sum_j e^(x[j] - max))
-// (torch's log_softmax at *arg, within float32 rounding: the sum's order differs). One pass for the maximum, one for the sum; no
-// allocation. Returns false, leaving both unset, when x holds a NaN, its maximum is not finite, or n < 1; throws
+// (torch's log_softmax at *arg, within float32 rounding: the sum's order differs). One pass for the maximum, one for
+// the sum; no allocation. Returns false, leaving both unset, when x holds a NaN, its maximum is not finite, or n < 1; throws
 // std::invalid_argument when this CPU does not run `isa`.
 bool greedy_pick(const float* x, int64_t n, int64_t* arg, float* logp, Isa isa);
 

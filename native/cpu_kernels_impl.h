@@ -1,7 +1,8 @@
 // The product loops of cpu_kernels, written once and compiled once per instruction set. NOT a normal header: each
 // of cpu_kernels_portable.cc, cpu_kernels_avx2.cc, cpu_kernels_avx512.cc and cpu_kernels_avx512bf16.cc (which also
-// defines SK_BF16DOT) defines SK_VBYTES (16, 32, 64: the vector width in bytes), includes <immintrin.h> (or <emmintrin.h>) and <cstdint> itself, and then includes this file
-// inside its own anonymous namespace, so nothing compiled here has a name another translation unit could share.
+// defines SK_BF16DOT) defines SK_VBYTES (16, 32, 64: the vector width in bytes), includes <immintrin.h> (or
+// <emmintrin.h>) and <cstdint> itself, and then includes this file inside its own anonymous namespace, so nothing
+// compiled here has a name another translation unit could share.
 //
 // Rules for this file (a violation can make the linker keep the AVX-512 copy of a function for every caller, and a
 // CPU without AVX-512 then dies with SIGILL): no #include, no STL, no exceptions, no function from any header other
@@ -203,7 +204,6 @@ static inline uint32_t bf16_bits(float v) {
 #endif  // SK_BF16DOT
 
 template <int T> static inline int64_t krows(int64_t K) { return Row<T>::pairs ? (K + 1) / 2 : K; }
-
 
 // Independent k-chains per accumulator: one or two rows alone would wait on the FMA latency.
 template <int R> struct Split { static constexpr int value = R == 1 ? 4 : (R <= 3 ? 2 : 1); };
@@ -476,7 +476,6 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
     }
   }
 }
-
 
 // The greedy choice over one row of logits x[0..n): *arg = the first index of the largest value and *sum =
 // sum_j e^(x[j] - x[arg]) (so that log p(arg) = -log(sum); the caller takes the log). One pass for the maximum

@@ -628,14 +628,14 @@ async function main(): Promise<void> {
     process.exit(2)
   }
   // dtype: the CPU inference weights (bfloat16 runs on AVX512-BF16 where the CPU has it); CUDA loads float32 only.
-  const batching = { ...(maxBatch === undefined ? {} : { maxBatch }), ...(dtype === undefined ? {} : { dtype }) }
+  const loadOptions = { ...(maxBatch === undefined ? {} : { maxBatch }), ...(dtype === undefined ? {} : { dtype }) }
   let captioner: Captioner
-  if (values.model) captioner = await Captioner.load(values.model, { device: 'auto', ...batching })
-  else if (values.clip && values.gpt2) captioner = await Captioner.create({ clip: values.clip, gpt2: values.gpt2, device: 'auto', ...batching })
+  if (values.model) captioner = await Captioner.load(values.model, { device: 'auto', ...loadOptions })
+  else if (values.clip && values.gpt2) captioner = await Captioner.create({ clip: values.clip, gpt2: values.gpt2, device: 'auto', ...loadOptions })
   else if (values.tiny) {
     const { makeTinyModels } = await import('../../test/helpers/models.js')
     const m = await makeTinyModels()
-    captioner = await Captioner.create({ clip: m.clipDir, gpt2: m.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu', ...batching })
+    captioner = await Captioner.create({ clip: m.clipDir, gpt2: m.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu', ...loadOptions })
   } else {
     console.error('usage: server.ts --model <dir> | --clip <dir> --gpt2 <dir> | --tiny  [--port 8080] [--host 127.0.0.1] [--max-batch 16] [--dtype float32|bfloat16|int8]')
     process.exit(2)
