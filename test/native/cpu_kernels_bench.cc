@@ -1,7 +1,7 @@
 // Timing of native/cpu_kernels on the captioner's product shapes against OpenBLAS at one thread (dlopen'ed, so the
 // build needs no BLAS headers): sgemv for one row, sgemm otherwise, with the weight as torch's Linear holds it
 // ([N, K], "nk") and as GPT-2's Conv1D holds it ([K, N], "kn").
-//   test/native/build.sh && test/native/out/cpu_kernels_bench [--all-isas] [--hot] [--filter SUBSTR] [--budget S]
+//   test/native/build.sh && test/native/out/cpu_kernels_bench [--all-isas] [--hot] [--filter SUBSTR] [--rows M] [--type T] [--budget S]
 // Times are the fastest of as many calls as fit in S seconds (default 0.4) of the thread's CPU time.
 // Weights are cold by default: enough copies of each weight are rotated through that they never stay in the last
 // level cache (decoding streams GPT-2's 500 MB of weights from memory); --hot reuses one copy.
@@ -95,12 +95,15 @@ int copies_for(size_t bytes) {
 
 int main(int argc, char** argv) {
   bool all_isas = false;
-  std::string filter;
+  std::string filter, only_type;  // --type float32|bfloat16|int8|int8dot: that weight type only
+  int64_t only_rows = 0;          // --rows M: shapes of M rows only
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--all-isas")) all_isas = true;
     else if (!std::strcmp(argv[i], "--hot")) g_hot = true;
     else if (!std::strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
     else if (!std::strcmp(argv[i], "--budget") && i + 1 < argc) g_budget_s = std::atof(argv[++i]);
+    else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) only_rows = std::atoll(argv[++i]);
+    else if (!std::strcmp(argv[i], "--type") && i + 1 < argc) only_type = argv[++i];
   }
   load_blas();
   const Isa best = active_isa();
@@ -113,7 +116,8 @@ int main(int argc, char** argv) {
       {"gpt2 fc", 8, 768, 3072},    {"gpt2 fc2", 8, 3072, 768},   {"logits", 8, 768, 50257},
       {"mapper1", 8, 512, 3840},    {"mapper2", 8, 3840, 7680},   {"gpt2 qkv", 16, 768, 2304},
       {"gpt2 proj", 16, 768, 768},  {"gpt2 fc", 16, 768, 3072},   {"gpt2 fc2", 16, 3072, 768},
-      {"logits", 16, 768, 50257},   {"prefill fc", 32, 768, 3072},
+      {"logits", 16, 768, 50257},   {"prefill fc", 32, 768, 3072}, {"logits", 2, 768, 50257},
+      {"logits", 4, 768, 50257},
       {"clip qkv", 50, 768, 2304},  {"clip fc", 50, 768, 3072},   {"clip fc2", 50, 3072, 768},
       {"clip qkv", 400, 768, 2304}, {"clip proj", 400, 768, 768}, {"clip fc", 400, 768, 3072},
       {"clip fc2", 400, 3072, 768},
@@ -126,6 +130,7 @@ int main(int argc, char** argv) {
     char label[64];
     std::snprintf(label, sizeof label, "%s %ld %ld %ld", s.what, (long)s.M, (long)s.K, (long)s.N);
     if (!filter.empty() && std::string(label).find(filter) == std::string::npos) continue;
+    if (only_rows > 0 && s.M != only_rows) continue;
     const int64_t M = s.M, K = s.K, N = s.N;
     std::vector<float> w(static_cast<size_t>(N * K)), x(static_cast<size_t>(M * K)), y(static_cast<size_t>(M * N));
     for (auto& e : w) e = d(rng);
@@ -159,6 +164,7 @@ int main(int argc, char** argv) {
       // (int8 twice on avx512bf16: widened to float32, then through bf16 pairs, PackedWeight::i8_dot: "int8 dot")
       for (int v = 0; v < (isa == Isa::Avx512Bf16 ? 4 : 3); ++v) {
         const WType t = v == 0 ? WType::F32 : v == 1 ? WType::BF16 : WType::I8;
+        if (!only_type.empty() && only_type != (v == 3 ? "int8dot" : wtype_name(t))) continue;
         auto first = pack(w.data(), N, K, false, K, t, isa);
         const int nc = copies_for(first->bytes());
         std::vector<std::unique_ptr<PackedWeight>> pws;
