@@ -28,6 +28,8 @@ namespace semicap::kernels {
             int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,         \
             float* scratch);                                                                                       \
   int pick(const float* x, int64_t n, int64_t* arg, float* sum);                                                   \
+  void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \
+              float* out);                                                                                         \
   }
 SEMICAP_KERNEL_DECL(portable)
 SEMICAP_KERNEL_DECL(avx2)
@@ -377,6 +379,20 @@ bool greedy_pick(const float* x, int64_t n, int64_t* arg, float* logp, Isa isa) 
   if (!ok) return false;
   *logp = -std::log(s);  // x[arg] - max is 0
   return true;
+}
+
+void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float* scores, float* out, Isa isa) {
+  if (static_cast<int>(isa) > static_cast<int>(best_isa()))
+    throw std::invalid_argument(std::string("cpu_kernels::attend: ") + isa_name(isa) + " does not run on this CPU");
+  if (!q || !k || !v || !scores || !out || D < 1 || len < 1)
+    throw std::invalid_argument("cpu_kernels::attend: null buffer, or D or len below 1");
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  switch (isa) {
+    case Isa::Portable: portable::attend(q, k, v, D, len, scale, scores, out); break;
+    case Isa::Avx2: avx2::attend(q, k, v, D, len, scale, scores, out); break;
+    case Isa::Avx512: avx512::attend(q, k, v, D, len, scale, scores, out); break;
+    case Isa::Avx512Bf16: avx512bf16::attend(q, k, v, D, len, scale, scores, out); break;
+  }
 }
 
 void unpack(const PackedWeight& w, float* out) {

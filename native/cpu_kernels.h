@@ -92,6 +92,12 @@ void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& 
 // std::invalid_argument when this CPU does not run `isa`.
 bool greedy_pick(const float* x, int64_t n, int64_t* arg, float* logp, Isa isa);
 
+// One decoding query's attention over its KV cache, by the loop of `isa`: out[0..D) = sum_t softmax_t(q . k_t / sqrt(D))
+// v_t over t < len, with k_t = k + t * D and v_t = v + t * D. scores: len floats of scratch. Vectorised over D; a
+// row's result depends on its own q, k, v and the ISA only. Throws std::invalid_argument on a null buffer, D or len
+// below 1, or an ISA this CPU does not run.
+void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float* scores, float* out, Isa isa);
+
 // The weight as float32 [N, K] again (tests; int8 and bf16 give the dequantised values).
 void unpack(const PackedWeight& w, float* out);
 

@@ -551,6 +551,60 @@ static int row_pick(const float* x, int64_t n, int64_t* arg, float* sum) {
   return 1;
 }
 
+// One decoding query's attention over its cache: out[0..D) = sum_t softmax_t(q . k_t * scale) v_t over t < len, rows
+// k_t = k + t * D (likewise v). scores: len floats of scratch. Vectors over D (a scalar tail past the last whole
+// vector), so a row's result depends only on its own q, k and v and on the ISA.
+static void attend_one(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale,
+                       float* scores, float* out) {
+  const int64_t DV = D / V * V;
+  // The cache was written steps ago and the weights streamed through since: ask for all of it at once (a few KiB)
+  // instead of one short stream at a time.
+  for (int64_t i = 0; i < len * D; i += 16) {
+    __builtin_prefetch(k + i);
+    __builtin_prefetch(v + i);
+  }
+  float mx = -__builtin_inff();
+  for (int64_t t = 0; t < len; ++t) {
+    const float* kt = k + t * D;
+    vf acc = vf{};
+    for (int64_t d = 0; d < DV; d += V) acc = vfma(vload(q + d), vload(kt + d), acc);
+    float s = 0.f;
+    for (int j = 0; j < V; ++j) s += acc[j];
+    for (int64_t d = DV; d < D; ++d) s += q[d] * kt[d];
+    s *= scale;
+    scores[t] = s;
+    mx = s > mx ? s : mx;
+  }
+  const vf mb = vset1(mx);
+  vf sv = vf{};
+  int64_t t = 0;
+  for (; t + V <= len; t += V) {
+    const vf e = vexp(vload(scores + t) - mb);
+    vstore(scores + t, e);
+    sv += e;
+  }
+  float sum = 0.f;
+  for (int j = 0; j < V; ++j) sum += sv[j];
+  if (t < len) {
+    float tmp[V];
+    for (int j = 0; j < V; ++j) tmp[j] = t + j < len ? scores[t + j] : mx;
+    const vf e = vexp(vload(tmp) - mb);
+    for (int j = 0; t + j < len; ++j) {
+      scores[t + j] = e[j];
+      sum += e[j];
+    }
+  }
+  const float inv = 1.f / sum;
+  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
+  for (t = 0; t < len; ++t) {
+    const float p = scores[t] * inv;
+    const vf pv = vset1(p);
+    const float* vt = v + t * D;
+    for (int64_t d = 0; d < DV; d += V) vstore(out + d, vfma(pv, vload(vt + d), vload(out + d)));
+    for (int64_t d = DV; d < D; ++d) out[d] += p * vt[d];
+  }
+}
+
 // The entry point each ISA translation unit exports under its own namespace.
 static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x,
                               int64_t rows, int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin,
@@ -594,4 +648,8 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
             float* scratch) {                                                                                      \
     gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, act, scratch);                \
   }                                                                                                                \
-  int pick(const float* x, int64_t n, int64_t* arg, float* sum) { return row_pick(x, n, arg, sum); }
+  int pick(const float* x, int64_t n, int64_t* arg, float* sum) { return row_pick(x, n, arg, sum); }              \
+  void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \
+              float* out) {                                                                                        \
+    attend_one(q, k, v, D, len, scale, scores, out);                                                               \
+  }

@@ -289,53 +289,10 @@ bool decode_attention_usable(const at::Tensor& x) {
   return x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(1) == 1 && !c10::GradMode::is_enabled();
 }
 
-namespace {
-
-typedef float v4f __attribute__((vector_size(16)));
-
-// sum_d a[d] * b[d] in a fixed order: four lanes over d, then the lanes and the tail.
-inline float dot(const float* a, const float* b, int64_t n) {
-  v4f acc = {0.f, 0.f, 0.f, 0.f};
-  int64_t d = 0;
-  for (; d + 4 <= n; d += 4) {
-    v4f x, y;
-    std::memcpy(&x, a + d, sizeof x);
-    std::memcpy(&y, b + d, sizeof y);
-    acc += x * y;
-  }
-  float s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  for (; d < n; ++d) s += a[d] * b[d];
-  return s;
-}
-
-// out[D] = softmax_t(q . k_t / sqrt(D)) . v_t over t < len; k and v rows D apart. scores: len floats of scratch.
-void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float* scores, float* out) {
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < len; ++t) {
-    scores[t] = dot(q, k + t * D, D) * scale;
-    mx = std::max(mx, scores[t]);
-  }
-  float sum = 0.f;
-  for (int64_t t = 0; t < len; ++t) {
-    scores[t] = std::exp(scores[t] - mx);
-    sum += scores[t];
-  }
-  const float inv = 1.f / sum;
-  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
-  for (int64_t t = 0; t < len; ++t) {
-    const float p = scores[t] * inv;
-    const float* vt = v + t * D;
-    for (int64_t d = 0; d < D; ++d) out[d] += p * vt[d];
-  }
-}
-
-}  // namespace
-
 at::Tensor decode_attention(const at::Tensor& qkv, int64_t heads, const std::vector<float*>& k_cache,
                             const std::vector<float*>& v_cache, int64_t capacity, const std::vector<int64_t>& pos) {
   const int64_t rows = qkv.size(0), C3 = qkv.size(2), C = C3 / 3, D = C / heads;
-  check(C3 == 3 * C && C == heads * D && static_cast<int64_t>(k_cache.size()) == rows &&
+  check(D >= 1 && C3 == 3 * C && C == heads * D && static_cast<int64_t>(k_cache.size()) == rows &&
             static_cast<int64_t>(v_cache.size()) == rows && static_cast<int64_t>(pos.size()) == rows,
         "E_NATIVE", "decode_attention: inconsistent sizes");
   for (int64_t r = 0; r < rows; ++r)
@@ -343,6 +300,7 @@ at::Tensor decode_attention(const at::Tensor& qkv, int64_t heads, const std::vec
   at::Tensor out = at::empty({rows, 1, C}, qkv.options());
   const float* src = qkv.data_ptr<float>();
   float* dst = out.data_ptr<float>();
+  const kernels::Isa isa = kernels::active_isa();
   at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(static_cast<size_t>(capacity));
     for (int64_t i = begin; i < end; ++i) {
@@ -352,7 +310,7 @@ at::Tensor decode_attention(const at::Tensor& qkv, int64_t heads, const std::vec
       float* vh = v_cache[r] + h * capacity * D;
       std::memcpy(kh + pos[r] * D, row + C + h * D, sizeof(float) * D);
       std::memcpy(vh + pos[r] * D, row + 2 * C + h * D, sizeof(float) * D);
-      attend(row + h * D, kh, vh, D, pos[r] + 1, scores.data(), dst + r * C + h * D);
+      kernels::attend(row + h * D, kh, vh, D, pos[r] + 1, scores.data(), dst + r * C + h * D, isa);
     }
   });
   return out;

@@ -82,7 +82,7 @@ std::string cache_path() {
 
 // Part of the machine field: raise it when the kernels' speed changes (a new loop), so that choices measured
 // against the old kernels are measured again instead of kept.
-constexpr const char* kKernelsRevision = "kernels-2";
+constexpr const char* kKernelsRevision = "kernels-3";
 
 std::string machine_key() {
   std::string brand;

@@ -415,6 +415,52 @@ void test_greedy_pick() {
 
 }  // namespace
 
+// attend against a double-precision softmax(q . k / sqrt(D)) . v, on every runnable ISA: head sizes around the vector
+// widths (GPT-2's 64 among them, and a scalar tail), lengths around them, large scores (the shift by the maximum),
+// scratch that is exactly len floats; and the sizes it refuses.
+void test_attend() {
+  for (Isa isa : runnable_isas()) {
+    int checked = 0;
+    for (int64_t D : {1, 3, 4, 8, 15, 16, 17, 64, 67}) {
+      for (int64_t len : {1, 2, 7, 8, 15, 16, 17, 40}) {
+        for (float mag : {1.f, 30.f}) {
+          std::vector<float> q = randv(D, -mag, mag), k = randv(len * D), v = randv(len * D), out(D, NAN);
+          std::vector<float> scores(len);
+          attend(q.data(), k.data(), v.data(), D, len, scores.data(), out.data(), isa);
+          std::vector<double> p(len);
+          double mx = -INFINITY, sum = 0;
+          for (int64_t t = 0; t < len; ++t) {
+            double s = 0;
+            for (int64_t d = 0; d < D; ++d) s += static_cast<double>(q[d]) * k[t * D + d];
+            p[t] = s / std::sqrt(static_cast<double>(D));
+            mx = std::max(mx, p[t]);
+          }
+          for (auto& e : p) sum += (e = std::exp(e - mx));
+          double worst = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            double want = 0, scale = 0;
+            for (int64_t t = 0; t < len; ++t) {
+              want += p[t] / sum * v[t * D + d];
+              scale += p[t] / sum * std::fabs(v[t * D + d]);
+            }
+            // float32 rounding of the scores (|score| up to ~mag * D) moves the weights; bound relative to the terms
+            const double tol = 2e-6 * (1 + mag * std::sqrt(static_cast<double>(D))) * (scale + 1e-3);
+            worst = std::max(worst, std::fabs(out[d] - want) / tol);
+          }
+          CHECK(worst <= 1, "%s attend D %ld len %ld mag %g: error %.2f x the bound", isa_name(isa), (long)D,
+                (long)len, mag, worst);
+          ++checked;
+        }
+      }
+    }
+    float f = 0.f;
+    CHECK(throws_invalid([&] { attend(&f, &f, &f, 0, 1, &f, &f, isa); }), "%s attend: D 0", isa_name(isa));
+    CHECK(throws_invalid([&] { attend(&f, &f, &f, 1, 0, &f, &f, isa); }), "%s attend: len 0", isa_name(isa));
+    CHECK(throws_invalid([&] { attend(nullptr, &f, &f, 1, 1, &f, &f, isa); }), "%s attend: null q", isa_name(isa));
+    std::printf("%-8s attend: %d cases\n", isa_name(isa), checked);
+  }
+}
+
 int main() {
   test_activation_extremes();
   test_choose_isa();
@@ -422,6 +468,7 @@ int main() {
   test_special_values();
   test_products();
   test_greedy_pick();
+  test_attend();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
