@@ -253,8 +253,13 @@ export interface NativeInfo {
   blas: { library: string; core: string }
   /** CPU features detected at run time and the kernels' instruction set (SEMICAP_CPU_ISA lowers it). */
   cpu: { isa: 'portable' | 'avx2' | 'avx512' | 'avx512bf16'; features: string[] }
-  /** The per-shape choices made so far between the addon's kernels and BLAS for float32 products. */
-  kernelChoices: Array<{ rows: string; K: number; N: number; threads: number; choice: 'kernel' | 'blas'; kernelUs: number; blasUs: number }>
+  /**
+   * The per-shape choices made so far (measured on a product's first call, kept in the choices file): for float32,
+   * the addon's kernels or BLAS; for every type, when several threads could share a product, whether they do
+   * ('kernel') or the calling thread runs it alone ('kernel1'). Times in microseconds, the fastest of three runs;
+   * null where that path was not a candidate.
+   */
+  kernelChoices: Array<{ type: 'float32' | 'bfloat16' | 'int8'; rows: string; K: number; N: number; threads: number; choice: 'kernel' | 'kernel1' | 'blas'; kernelUs: number | null; kernel1Us: number | null; blasUs: number | null }>
 }
 
 /** What the library decided about OpenBLAS's core type before libtorch loaded (see lib/cpu.ts). */

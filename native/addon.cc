@@ -3,6 +3,8 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <napi.h>
+
+#include <cmath>
 #include <torch/version.h>
 #include <unistd.h>
 
@@ -120,13 +122,16 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   uint32_t i = 0;
   for (const auto& k : kernel_choices()) {
     Napi::Object e = Napi::Object::New(env);
+    e.Set("type", k.type);
     e.Set("rows", k.rows);
     e.Set("K", static_cast<double>(k.K));
     e.Set("N", static_cast<double>(k.N));
     e.Set("threads", k.threads);
-    e.Set("choice", k.kernel ? "kernel" : "blas");
-    e.Set("kernelUs", k.kernel_us);
-    e.Set("blasUs", k.blas_us);
+    e.Set("choice", path_name(k.path));
+    auto us = [&](double v) { return std::isnan(v) ? env.Null() : Napi::Number::New(env, v); };
+    e.Set("kernelUs", us(k.kernel_us));
+    e.Set("kernel1Us", us(k.kernel1_us));
+    e.Set("blasUs", us(k.blas_us));
     choices.Set(i++, e);
   }
   o.Set("kernelChoices", choices);

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <tuple>
@@ -61,14 +62,14 @@ int bucket_of_label(const std::string& label) {
   return -1;
 }
 
-using ChoiceKey = std::tuple<int, int64_t, int64_t, int>;
+using ChoiceKey = std::tuple<int, int, int64_t, int64_t, int>;  // type, rows bucket, K, N, threads
 
 // Choices are kept in a small text file per user so that a machine keeps making the same choice across processes
 // (float32 results then do not depend on which side won a close race in this process). One line per choice:
-// "v1 <machine> <rows> <K> <N> <threads> <kernel|blas> <kernel_us> <blas_us>", tab-separated; the machine field
-// names the CPU, the kernels' ISA and revision and the BLAS core, so another CPU, BLAS or kernel loop measures
-// again. Lines that do not parse are ignored. SEMICAP_KERNEL_CACHE=<file> moves it, =off keeps choices in memory
-// only.
+// "v2 <machine> <type> <rows> <K> <N> <threads> <kernel|kernel1|blas> <kernel_us> <kernel1_us> <blas_us>",
+// tab-separated; the machine field names the CPU, the kernels' ISA and revision and the BLAS core, so another CPU,
+// BLAS or kernel loop measures again. Lines that do not parse are ignored (v1 lines, which had no thread choice,
+// among them). SEMICAP_KERNEL_CACHE=<file> moves it, =off keeps choices in memory only.
 std::string cache_path() {
   const char* v = std::getenv("SEMICAP_KERNEL_CACHE");
   if (v && *v) return std::strcmp(v, "off") == 0 || std::strcmp(v, "0") == 0 ? std::string() : std::string(v);
@@ -83,6 +84,10 @@ std::string cache_path() {
 // Part of the machine field: raise it when the kernels' speed changes (a new loop), so that choices measured
 // against the old kernels are measured again instead of kept.
 constexpr const char* kKernelsRevision = "kernels-3";
+
+const char* type_name(WType t) { return t == WType::F32 ? "float32" : t == WType::BF16 ? "bfloat16" : "int8"; }
+int type_of_name(const std::string& s) { return s == "float32" ? 0 : s == "bfloat16" ? 1 : s == "int8" ? 2 : -1; }
+int path_of_name(const std::string& s) { return s == "kernel" ? 0 : s == "kernel1" ? 1 : s == "blas" ? 2 : -1; }
 
 std::string machine_key() {
   std::string brand;
@@ -120,12 +125,15 @@ struct Calibration {
       std::stringstream ss(line);
       std::string field;
       while (std::getline(ss, field, '\t')) f.push_back(field);
-      if (f.size() != 9 || f[0] != "v1" || f[1] != machine || (f[6] != "kernel" && f[6] != "blas")) continue;
+      if (f.size() != 11 || f[0] != "v2" || f[1] != machine) continue;
+      const int type = type_of_name(f[2]), path = path_of_name(f[7]);
+      if (type < 0 || path < 0) continue;
       try {
-        KernelChoice c{f[2], std::stoll(f[3]), std::stoll(f[4]), std::stoi(f[5]), f[6] == "kernel", std::stod(f[7]), std::stod(f[8])};
+        KernelChoice c{f[2], f[3], std::stoll(f[4]), std::stoll(f[5]), std::stoi(f[6]), static_cast<Path>(path),
+                       std::stod(f[8]), std::stod(f[9]), std::stod(f[10])};
         const int bucket = bucket_of_label(c.rows);
-        if (bucket < 0 || c.K <= 0 || c.N <= 0 || c.threads <= 0) continue;
-        choices[ChoiceKey{bucket, c.K, c.N, c.threads}] = c;
+        if (bucket < 0 || c.K <= 0 || c.N <= 0 || c.threads <= 0 || (type != 0 && c.path == Path::Blas)) continue;
+        choices[ChoiceKey{type, bucket, c.K, c.N, c.threads}] = c;
       } catch (...) {
       }
     }
@@ -140,8 +148,8 @@ struct Calibration {
       mkdir(dir.c_str(), 0755);
     }
     std::ostringstream o;
-    o << "v1\t" << machine << "\t" << c.rows << "\t" << c.K << "\t" << c.N << "\t" << c.threads << "\t"
-      << (c.kernel ? "kernel" : "blas") << "\t" << c.kernel_us << "\t" << c.blas_us << "\n";
+    o << "v2\t" << machine << "\t" << c.type << "\t" << c.rows << "\t" << c.K << "\t" << c.N << "\t" << c.threads
+      << "\t" << path_name(c.path) << "\t" << c.kernel_us << "\t" << c.kernel1_us << "\t" << c.blas_us << "\n";
     const std::string line = o.str();
     int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) return;  // a read-only home: choices stay in memory
@@ -155,8 +163,16 @@ Calibration& calibration() {
   return *c;
 }
 
-// The kernels over the packed weight, columns split between threads by whole panels (rows when there are few).
-at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, const at::Tensor& bias, kernels::Act act) {
+// Whether a product is big enough for its columns (or rows) to be split between threads at all.
+bool splittable(int64_t rows, int64_t K, int64_t N) {
+  return at::get_num_threads() > 1 && rows * N * K >= (int64_t{1} << 18) && !at::in_parallel_region();
+}
+
+// The kernels over the packed weight; split: columns split between threads by whole panels (rows when there are
+// few), else all on the calling thread. Either way every output element gets the same arithmetic (the row tiles
+// start at the same multiples of the tile height), so the choice never changes a result.
+at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, const at::Tensor& bias, kernels::Act act,
+                       bool split) {
   const int64_t K = pw.K, N = pw.N, rows = x.numel() / K;
   at::Tensor xc = x.reshape({rows, K}).contiguous();
   at::Tensor b = bias.defined() ? bias.contiguous() : bias;
@@ -170,7 +186,7 @@ at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, con
     kernels::gemm_packed(xp + r0 * K, r1 - r0, K, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P), act);
   };
   constexpr int64_t kRowBlock = 48;
-  if (threads <= 1 || rows * N * K < (int64_t{1} << 18)) {
+  if (!split || threads <= 1 || !splittable(rows, K, N)) {
     cols(0, rows, 0, panels);
   } else if (panels >= 4 * threads || rows < 2 * kRowBlock) {
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) { cols(0, rows, p0, p1); });
@@ -246,44 +262,68 @@ bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* s
   return slot->type() != WType::F32 || f32_mode() != F32Mode::Blas;
 }
 
+const char* path_name(Path p) { return p == Path::Kernel ? "kernel" : p == Path::Kernel1 ? "kernel1" : "blas"; }
+
 at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
                           const std::function<at::Tensor()>& blas, kernels::Act act) {
   auto pw = slot.get(w);
-  if (slot.type() != WType::F32 || f32_mode() == F32Mode::Kernel) return run_kernels(x, *pw, bias, act);
+  const WType type = slot.type();
   const int64_t rows = x.numel() / pw->K;
+  const bool with_blas = type == WType::F32 && f32_mode() == F32Mode::Auto;
+  const bool split = splittable(rows, pw->K, pw->N);
+  if (!with_blas && !split) return run_kernels(x, *pw, bias, act, false);
   const int threads = at::get_num_threads();
-  ChoiceKey key{rows_bucket(rows), pw->K, pw->N, threads};
+  ChoiceKey key{static_cast<int>(type), rows_bucket(rows), pw->K, pw->N, threads};
   Calibration& cal = calibration();
+  auto run = [&](Path p) { return p == Path::Blas ? blas() : run_kernels(x, *pw, bias, act, p == Path::Kernel); };
   {
     std::lock_guard<std::mutex> lock(cal.mu);
     if (!cal.loaded) cal.load_file();
     auto it = cal.choices.find(key);
-    if (it != cal.choices.end()) return it->second.kernel ? run_kernels(x, *pw, bias, act) : blas();
+    if (it != cal.choices.end()) {
+      const KernelChoice& c = it->second;
+      Path p = c.path;
+      if (p == Path::Blas && !with_blas) p = c.kernel_us * 1.05 < c.kernel1_us ? Path::Kernel : Path::Kernel1;  // forced to the kernels since
+      return run(p);
+    }
   }
-  // First product of this shape: time both three times, alternating, and keep the faster by the fastest run (the
-  // first BLAS run may fault the weight's pages back in; on a shared machine other work only ever adds time, and
-  // two runs each were seen to pick the slower side). Its result is the one returned, so every product of this
-  // shape takes the same path.
-  double tk = 1e300, tb = 1e300;
-  at::Tensor yk, yb;
+  // First product of this shape: time the candidates three times each, alternating, and keep the fastest by the
+  // fastest run (the first BLAS run may fault the weight's pages back in; on a shared machine other work only ever
+  // adds time, and two runs each were seen to pick the slower side). Its result is the one returned, so every
+  // product of this shape takes the same path. The candidates: the kernels split between the threads and on one
+  // thread (a memory-bound product on a VM's second vCPU was measured no faster split: the join costs what the
+  // second stream gains), and BLAS for float32 unless forced either way.
+  constexpr double kNone = std::numeric_limits<double>::quiet_NaN();
+  double tk = split ? 1e300 : kNone, t1 = 1e300, tb = with_blas ? 1e300 : kNone;
+  at::Tensor yk, y1, yb;
   for (int i = 0; i < 3; ++i) {
     auto t0 = std::chrono::steady_clock::now();
-    yk = run_kernels(x, *pw, bias, act);
-    tk = std::min(tk, micros_since(t0));
-    t0 = std::chrono::steady_clock::now();
-    yb = blas();
-    tb = std::min(tb, micros_since(t0));
+    if (split) {
+      yk = run(Path::Kernel);
+      tk = std::min(tk, micros_since(t0));
+      t0 = std::chrono::steady_clock::now();
+    }
+    y1 = run(Path::Kernel1);
+    t1 = std::min(t1, micros_since(t0));
+    if (with_blas) {
+      t0 = std::chrono::steady_clock::now();
+      yb = run(Path::Blas);
+      tb = std::min(tb, micros_since(t0));
+    }
   }
-  // BLAS must win by a margin: it reads the float32 original, which then stays resident beside the packed copy
-  // (double the weight's memory), and a near tie is within what a shared machine's noise moves.
-  const bool kernel = tk <= tb * 1.05;
-  if (kernel && slot.file_backed()) page_out(w);  // the BLAS runs above read it back in
+  // Splitting must win by a margin: one thread leaves the other core to other work (a second request, the event
+  // loop). BLAS too: it reads the float32 original, which then stays resident beside the packed copy (double the
+  // weight's memory), and a near tie is within what a shared machine's noise moves.
+  Path path = split && tk * 1.05 < t1 ? Path::Kernel : Path::Kernel1;
+  const double best_kernel = path == Path::Kernel ? tk : t1;
+  if (with_blas && !(best_kernel <= tb * 1.05)) path = Path::Blas;
+  if (with_blas && path != Path::Blas && slot.file_backed()) page_out(w);  // the BLAS runs above read it back in
   {
     std::lock_guard<std::mutex> lock(cal.mu);
-    KernelChoice c{bucket_label(std::get<0>(key)), pw->K, pw->N, threads, kernel, tk, tb};
+    KernelChoice c{type_name(type), bucket_label(std::get<1>(key)), pw->K, pw->N, threads, path, tk, t1, tb};
     if (cal.choices.emplace(key, c).second) cal.append(c);
   }
-  return kernel ? yk : yb;
+  return path == Path::Kernel ? yk : path == Path::Kernel1 ? y1 : yb;
 }
 
 size_t page_out(const at::Tensor& w) {

@@ -61,13 +61,17 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
 // mapping that the packed copy now stands for); dirty or anonymous pages are kept. Returns the bytes advised.
 size_t page_out(const at::Tensor& w);
 
-// The choices made so far between the kernels and BLAS for float32 products (runtimeInfo().kernelChoices).
+// The choices made so far per product shape (runtimeInfo().kernelChoices): for float32 between the kernels and BLAS,
+// and for every type, when several threads could share a product, whether they do or one thread runs it alone.
+enum class Path { Kernel, Kernel1, Blas };  // the kernels on every thread, on the calling thread alone; BLAS
+const char* path_name(Path p);
 struct KernelChoice {
+  std::string type;  // float32 | bfloat16 | int8
   std::string rows;
   int64_t K, N;
   int threads;
-  bool kernel;
-  double kernel_us, blas_us;
+  Path path;
+  double kernel_us, kernel1_us, blas_us;  // fastest of the timed runs; NaN: not a candidate
 };
 std::vector<KernelChoice> kernel_choices();
 

@@ -12,7 +12,15 @@ import { goldenDir, repoRoot } from './helpers/paths.js'
 const run = promisify(execFile)
 
 interface ChildOut {
-  info: { cpu: { isa: string; features: string[] }; cpuGemm: boolean; blas: { library: string; core: string }; blasCoreType: { coreType: string | null; source: string }; choices: number }
+  info: {
+    cpu: { isa: string; features: string[] }
+    cpuGemm: boolean
+    blas: { library: string; core: string }
+    blasCoreType: { coreType: string | null; source: string }
+    choices: number
+    choiceList: Array<{ type: string; rows: string; K: number; N: number; threads: number; choice: string; kernelUs: number | null; kernel1Us: number | null; blasUs: number | null }>
+    threads: number
+  }
   weights: { dtype: string; isa: string; packedBytes: number }
   clipWeights: { dtype: string; isa: string; packedBytes: number }
   logits: number[]
@@ -113,13 +121,40 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
     expect(first.greedy).toEqual(Array.from(ref['outputs.greedy_ids']!.data as BigInt64Array, Number))
     const lines = readFileSync(file, 'utf8').trim().split('\n')
     expect(lines.length).toBe(first.info.choices)
-    expect(lines.every((l) => /^v1\t[^\t]*\t[0-9+-]+\t\d+\t\d+\t1\t(kernel|blas)\t/.test(l))).toBe(true)
+    expect(lines.every((l) => /^v2\t[^\t]*\tfloat32\t[0-9+-]+\t\d+\t\d+\t1\t(kernel1|blas)\t/.test(l))).toBe(true)
     // Same machine, same file: nothing is measured again and every product takes the same path (bitwise equal).
     const second = await child({ SEMICAP_KERNEL_CACHE: file })
     expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(lines.length)
     expect(second.logits).toEqual(first.logits)
     expect(second.features).toEqual(first.features)
     expect(second.goldLogits).toEqual(first.goldLogits)
+  }, 90_000)
+
+  it('with 2 threads each product is split between them or left to one thread by measurement, recorded, and every output is bitwise the one-thread output', async () => {
+    const { tempDir } = await import('./helpers/paths.js')
+    const { readFileSync } = await import('node:fs')
+    const file = join(tempDir('semicap-split-'), 'choices.tsv')
+    // Kernels forced (no BLAS side), so the only choice is the split; one thread makes none.
+    const one = await child({ SEMICAP_CPU_GEMM: 'kernel', SEMICAP_KERNEL_CACHE: 'off' })
+    const two = await child({ SEMICAP_CPU_GEMM: 'kernel', SEMICAP_KERNEL_CACHE: file, SEMICAP_THREADS: '2' })
+    expect(one.info.choices).toBe(0)
+    expect(two.info.threads).toBe(2)
+    const choices = two.info.choiceList
+    expect(choices.length).toBeGreaterThan(0)
+    for (const c of choices) {
+      expect(c.type).toBe('float32')
+      expect(c.threads).toBe(2)
+      expect(['kernel', 'kernel1']).toContain(c.choice)
+      expect(c.kernelUs).toBeGreaterThan(0)
+      expect(c.kernel1Us).toBeGreaterThan(0)
+      expect(c.blasUs).toBeNull()
+      // The faster side wins, one thread on near ties (within 5%).
+      expect(c.choice === 'kernel').toBe(c.kernelUs! * 1.05 < c.kernel1Us!)
+    }
+    const lines = readFileSync(file, 'utf8').trim().split('\n')
+    expect(lines).toHaveLength(choices.length)
+    expect(lines.every((l) => /^v2\t[^\t]*\tfloat32\t[0-9+-]+\t\d+\t\d+\t2\t(kernel|kernel1)\t[0-9.e+-]+\t[0-9.e+-]+\tnan\n?$/.test(l))).toBe(true)
+    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy'] as const) expect(two[key], key).toEqual(one[key])
   }, 90_000)
 })
 

@@ -36,7 +36,7 @@ const goldFeatures = floats(await goldClip.imageFeatures(ref['inputs.pixel_value
 const info = runtimeInfo()
 console.log(
   JSON.stringify({
-    info: { cpu: info.cpu, cpuGemm: info.cpuGemm, blas: info.blas, blasCoreType: info.blasCoreType, choices: info.kernelChoices.length },
+    info: { cpu: info.cpu, cpuGemm: info.cpuGemm, blas: info.blas, blasCoreType: info.blasCoreType, choices: info.kernelChoices.length, choiceList: info.kernelChoices, threads: info.threads },
     weights: gold.weights,
     clipWeights: goldClip.weights,
     logits,
