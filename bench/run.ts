@@ -667,7 +667,7 @@ const md = [
       : []),
   '',
   'Kernels (runtimeInfo() of the float32 caption children: instruction set, BLAS core, and the per-shape choices, measured: the addon\'s packed kernels split between the threads (kernel), on one thread (kernel1), or BLAS, "type rows K x N: choice (kernel us / kernel1 us / BLAS us)"):',
-  ...Object.entries((results.addon.kernels ?? {}) as Record<string, Json>).map(([t, k]) => `- ${t}: isa ${k?.cpu?.isa} (features ${(k?.cpu?.features ?? []).join(' ')}), BLAS core ${k?.blas?.core} (${k?.blas_core_type?.source}); ${((k?.choices ?? []) as Json[]).map((c) => `${c.type} ${c.rows} ${c.K}x${c.N}: ${c.choice} (${[c.kernelUs, c.kernel1Us, c.blasUs].map((v) => (v == null ? '-' : f0(v))).join('/')})`).join('; ')}`),
+  ...Object.entries((results.addon.kernels ?? {}) as Record<string, Json>).map(([t, k]) => `- ${t}: isa ${k?.cpu?.isa} (features ${(k?.cpu?.features ?? []).join(' ')}), BLAS core ${k?.blas?.core} (${k?.blas_core_type?.source}); ${((k?.choices ?? []) as Json[]).filter((c) => `t${c.threads}` === t).map((c) => `${c.type} ${c.rows} ${c.K}x${c.N}: ${c.choice} (${[c.kernelUs, c.kernel1Us, c.blasUs].map((v) => (v == null ? '-' : f0(v))).join('/')})`).join('; ')}`),
   ...(results.addon.dtypes ? [`Reduced precision: ${Object.entries(results.addon.dtypes as Record<string, Json>).map(([d, v]) => `${d}: packed ${(((v.weights?.captioner?.packedBytes ?? 0) + (v.weights?.clip?.packedBytes ?? 0)) / 2 ** 20).toFixed(0)} MiB, greedy rows equal to float32 ${v.greedy_rows_equal_float32}`).join('; ')} (random benchmark weights; quality on trained captioners: bench/quality.ts).`] : []),
   '',
   'Floors (max(bytes / bandwidth, FLOPs / best matmul rate) per phase, bench/floors.py):',
