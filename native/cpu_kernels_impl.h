@@ -345,25 +345,12 @@ static inline void tile_at(bool first, const Runs<T>& q, const Out& o) {
   tile_store<T, R, false>(q, o);
 }
 
-// One tile of r rows (1..RMAX).
-template <int T>
-static void tile_any(int r, bool first, const Runs<T>& q, const Out& o) {
-  switch (r) {
-    case 1: tile_at<T, 1>(first, q, o); break;
-    case 2: tile_at<T, 2>(first, q, o); break;
-    case 3: tile_at<T, 3>(first, q, o); break;
-    case 4: tile_at<T, 4>(first, q, o); break;
-    case 5: tile_at<T, 5>(first, q, o); break;
-    case 6: tile_at<T, 6>(first, q, o); break;
-#if SK_RMAX > 6
-    case 7: tile_at<T, 7>(first, q, o); break;
-    case 8: tile_at<T, 8>(first, q, o); break;
-    case 9: tile_at<T, 9>(first, q, o); break;
-    case 10: tile_at<T, 10>(first, q, o); break;
-    case 11: tile_at<T, 11>(first, q, o); break;
-    case 12: tile_at<T, 12>(first, q, o); break;
-#endif
-    default: break;
+// One tile of r rows (1..RMAX): the instantiation for R == r.
+template <int T, int R = 1>
+static inline void tile_any(int r, bool first, const Runs<T>& q, const Out& o) {
+  if constexpr (R <= RMAX) {
+    if (r == R) return tile_at<T, R>(first, q, o);
+    tile_any<T, R + 1>(r, first, q, o);
   }
 }
 
