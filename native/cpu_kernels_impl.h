@@ -489,6 +489,31 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
   }
 }
 
+// sum_i e^(x[i] - m) over x[0..n), in vectors and then the lanes, a scalar-padded tail last; with out, each
+// e^(x[i] - m) is also stored there (out may be x).
+static inline float exp_sum(const float* x, int64_t n, float m, float* out) {
+  const vf mb = vset1(m);
+  vf acc = vf{};
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    const vf e = vexp(vload(x + i) - mb);
+    if (out) vstore(out + i, e);
+    acc += e;
+  }
+  float s = 0.f;
+  for (int j = 0; j < V; ++j) s += acc[j];
+  if (i < n) {
+    float t[V];
+    for (int j = 0; j < V; ++j) t[j] = i + j < n ? x[i + j] : m;
+    const vf e = vexp(vload(t) - mb);
+    for (int j = 0; i + j < n; ++j) {
+      if (out) out[i + j] = e[j];
+      s += e[j];
+    }
+  }
+  return s;
+}
+
 // The greedy choice over one row of logits x[0..n): *arg = the first index of the largest value and *sum =
 // sum_j e^(x[j] - x[arg]) (so that log p(arg) = -log(sum); the caller takes the log). One pass for the maximum
 // and its first index (per lane: the lane's first maximum, then the smallest index among lanes holding the overall
@@ -522,19 +547,8 @@ static int row_pick(const float* x, int64_t n, int64_t* arg, float* sum) {
     if (v > m) { m = v; a = i; }
   }
   if (a < 0 || !(m - m == 0.f)) return 0;  // every value -inf, or +inf
-  const vf mb = vset1(m);
-  vf acc = vf{};
-  for (i = 0; i + V <= n; i += V) acc += vexp(vload(x + i) - mb);
-  float s = 0.f;
-  for (int j = 0; j < V; ++j) s += acc[j];
-  if (i < n) {
-    float t[V];
-    for (int j = 0; j < V; ++j) t[j] = i + j < n ? x[i + j] : m;
-    const vf e = vexp(vload(t) - mb);
-    for (int j = 0; i + j < n; ++j) s += e[j];
-  }
   *arg = a;
-  *sum = s;
+  *sum = exp_sum(x, n, m, nullptr);
   return 1;
 }
 
@@ -562,28 +576,9 @@ static void attend_one(const float* q, const float* k, const float* v, int64_t D
     scores[t] = s;
     mx = s > mx ? s : mx;
   }
-  const vf mb = vset1(mx);
-  vf sv = vf{};
-  int64_t t = 0;
-  for (; t + V <= len; t += V) {
-    const vf e = vexp(vload(scores + t) - mb);
-    vstore(scores + t, e);
-    sv += e;
-  }
-  float sum = 0.f;
-  for (int j = 0; j < V; ++j) sum += sv[j];
-  if (t < len) {
-    float tmp[V];
-    for (int j = 0; j < V; ++j) tmp[j] = t + j < len ? scores[t + j] : mx;
-    const vf e = vexp(vload(tmp) - mb);
-    for (int j = 0; t + j < len; ++j) {
-      scores[t + j] = e[j];
-      sum += e[j];
-    }
-  }
-  const float inv = 1.f / sum;
+  const float inv = 1.f / exp_sum(scores, len, mx, scores);
   for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
-  for (t = 0; t < len; ++t) {
+  for (int64_t t = 0; t < len; ++t) {
     const float p = scores[t] * inv;
     const vf pv = vset1(p);
     const float* vt = v + t * D;
