@@ -3,14 +3,13 @@
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <napi.h>
-
-#include <cmath>
 #include <torch/version.h>
 #include <unistd.h>
 
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <mutex>
 #include <cstdlib>

@@ -6,7 +6,7 @@
 // cpu_kernels_avx2.cc, cpu_kernels_portable.cc) from one template source, so the loops tested on one ISA are the
 // loops that run on the others; which one runs is decided at run time from cpuid, never at compile time. A CPU
 // without AVX-512 never executes AVX-512 code. avx512bf16 is the AVX-512 loops plus the AVX512-BF16 dot product for
-// bfloat16 weights (float32 and int8 weights run the avx512 loops there).
+// bfloat16 weights and for int8 weights marked i8_dot (float32 and other int8 weights run the avx512 loops there).
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -85,9 +85,17 @@ std::string cache_path() {
 // against the old kernels are measured again instead of kept.
 constexpr const char* kKernelsRevision = "kernels-3";
 
-const char* type_name(WType t) { return t == WType::F32 ? "float32" : t == WType::BF16 ? "bfloat16" : "int8"; }
-int type_of_name(const std::string& s) { return s == "float32" ? 0 : s == "bfloat16" ? 1 : s == "int8" ? 2 : -1; }
-int path_of_name(const std::string& s) { return s == "kernel" ? 0 : s == "kernel1" ? 1 : s == "blas" ? 2 : -1; }
+// The file's names for a weight type (kernels::wtype_name) and a path (path_name), back to their codes; -1: unknown.
+int type_of_name(const std::string& s) {
+  for (WType t : {WType::F32, WType::BF16, WType::I8})
+    if (s == kernels::wtype_name(t)) return static_cast<int>(t);
+  return -1;
+}
+int path_of_name(const std::string& s) {
+  for (Path p : {Path::Kernel, Path::Kernel1, Path::Blas})
+    if (s == path_name(p)) return static_cast<int>(p);
+  return -1;
+}
 
 std::string machine_key() {
   std::string brand;
@@ -132,7 +140,8 @@ struct Calibration {
         KernelChoice c{f[2], f[3], std::stoll(f[4]), std::stoll(f[5]), std::stoi(f[6]), static_cast<Path>(path),
                        std::stod(f[8]), std::stod(f[9]), std::stod(f[10])};
         const int bucket = bucket_of_label(c.rows);
-        if (bucket < 0 || c.K <= 0 || c.N <= 0 || c.threads <= 0 || (type != 0 && c.path == Path::Blas)) continue;
+        if (bucket < 0 || c.K <= 0 || c.N <= 0 || c.threads <= 0 || (type != static_cast<int>(WType::F32) && c.path == Path::Blas))
+          continue;
         choices[ChoiceKey{type, bucket, c.K, c.N, c.threads}] = c;
       } catch (...) {
       }
@@ -168,8 +177,8 @@ bool splittable(int64_t rows, int64_t K, int64_t N) {
   return at::get_num_threads() > 1 && rows * N * K >= (int64_t{1} << 18) && !at::in_parallel_region();
 }
 
-// The kernels over the packed weight; split: columns split between threads by whole panels (rows when there are
-// few), else all on the calling thread. Either way every output element gets the same arithmetic (the row tiles
+// The kernels over the packed weight; split (callers pass it only for splittable() products): columns split between
+// threads by whole panels (rows when there are few), else all on the calling thread. Either way every output element gets the same arithmetic (the row tiles
 // start at the same multiples of the tile height), so the choice never changes a result.
 at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, const at::Tensor& bias, kernels::Act act,
                        bool split) {
@@ -186,7 +195,7 @@ at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, con
     kernels::gemm_packed(xp + r0 * K, r1 - r0, K, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P), act);
   };
   constexpr int64_t kRowBlock = 48;
-  if (!split || threads <= 1 || !splittable(rows, K, N)) {
+  if (!split) {
     cols(0, rows, 0, panels);
   } else if (panels >= 4 * threads || rows < 2 * kRowBlock) {
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) { cols(0, rows, p0, p1); });
@@ -275,16 +284,17 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   const int threads = at::get_num_threads();
   ChoiceKey key{static_cast<int>(type), rows_bucket(rows), pw->K, pw->N, threads};
   Calibration& cal = calibration();
-  auto run = [&](Path p) { return p == Path::Blas ? blas() : run_kernels(x, *pw, bias, act, p == Path::Kernel); };
+  // (a choice kept for a bucket may meet a product of it too small to split)
+  auto run = [&](Path p) { return p == Path::Blas ? blas() : run_kernels(x, *pw, bias, act, split && p == Path::Kernel); };
   {
     std::lock_guard<std::mutex> lock(cal.mu);
     if (!cal.loaded) cal.load_file();
     auto it = cal.choices.find(key);
     if (it != cal.choices.end()) {
       const KernelChoice& c = it->second;
-      Path p = c.path;
-      if (p == Path::Blas && !with_blas) p = c.kernel_us * 1.05 < c.kernel1_us ? Path::Kernel : Path::Kernel1;  // forced to the kernels since
-      return run(p);
+      // BLAS chosen, but this process forces the kernels (SEMICAP_CPU_GEMM=kernel): the faster of the timed kernels.
+      if (c.path == Path::Blas && !with_blas) return run(c.kernel_us * 1.05 < c.kernel1_us ? Path::Kernel : Path::Kernel1);
+      return run(c.path);
     }
   }
   // First product of this shape: time the candidates three times each, alternating, and keep the fastest by the
@@ -320,7 +330,7 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   if (with_blas && path != Path::Blas && slot.file_backed()) page_out(w);  // the BLAS runs above read it back in
   {
     std::lock_guard<std::mutex> lock(cal.mu);
-    KernelChoice c{type_name(type), bucket_label(std::get<1>(key)), pw->K, pw->N, threads, path, tk, t1, tb};
+    KernelChoice c{kernels::wtype_name(type), bucket_label(std::get<1>(key)), pw->K, pw->N, threads, path, tk, t1, tb};
     if (cal.choices.emplace(key, c).second) cal.append(c);
   }
   return path == Path::Kernel ? yk : path == Path::Kernel1 ? y1 : yb;

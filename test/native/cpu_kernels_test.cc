@@ -413,8 +413,6 @@ void test_greedy_pick() {
   }
 }
 
-}  // namespace
-
 // attend against a double-precision softmax(q . k / sqrt(D)) . v, on every runnable ISA: head sizes around the vector
 // widths (GPT-2's 64 among them, and a scalar tail), lengths around them, large scores (the shift by the maximum),
 // scratch that is exactly len floats; and the sizes it refuses.
@@ -460,6 +458,8 @@ void test_attend() {
     std::printf("%-8s attend: %d cases\n", isa_name(isa), checked);
   }
 }
+
+}  // namespace
 
 int main() {
   test_activation_extremes();
