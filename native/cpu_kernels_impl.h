@@ -211,6 +211,23 @@ static inline uint32_t bf16_bits(float v) {
 }
 #endif  // SK_BF16DOT
 
+#if SK_VBYTES == 32
+// c0 += a * x, c1 += b * x (x broadcast from memory), in assembly: AVX2 has 16 vector registers and a 6-row tile
+// needs 15 (12 accumulators, the two weight vectors, the broadcast). Written with vector operators, GCC 12 hoisted
+// later loads among these and kept accumulators on the stack (an FMA reading and a store writing them every
+// iteration); as operands of this block they stay in registers. Measured on a Zen 3 (AVX2), one thread: 6-row tiles
+// hot in L2 56-60 -> 85 GFLOP/s, CLIP's 50- and 400-row products 64-66 -> 94-95 (float32, bf16 and int8 alike),
+// 8-row logits from memory 9.7 -> 8.6 ms; 1-4 rows from memory unchanged (they wait on memory).
+static inline void madd_row(vf& c0, vf& c1, vf a, vf b, const float* x) {
+  vf t;
+  asm("vbroadcastss %[x], %[t]\n\t"
+      "vfmadd231ps %[a], %[t], %[c0]\n\t"
+      "vfmadd231ps %[b], %[t], %[c1]"
+      : [c0] "+x"(c0), [c1] "+x"(c1), [t] "=&x"(t)
+      : [a] "x"(a), [b] "x"(b), [x] "m"(*x));
+}
+#endif
+
 template <int T> static inline int64_t krows(int64_t K) { return Row<T>::pairs ? (K + 1) / 2 : K; }
 
 // Independent k-chains per accumulator: one or two rows alone would wait on the FMA latency.
@@ -253,9 +270,13 @@ static inline void tile(const Runs<T>& q, vf (&out)[R][2]) {
       Row<T>::get(w[s] + i * P, a, b);
 #pragma GCC unroll 64
       for (int r = 0; r < R; ++r) {
+#if SK_VBYTES == 32
+        madd_row(acc[s % KS][r][0], acc[s % KS][r][1], a, b, &x[s][i * R + r]);
+#else
         const typename Row<T>::XB xb = Row<T>::bcast(x[s][i * R + r]);
         acc[s % KS][r][0] = Row<T>::madd(acc[s % KS][r][0], a, xb);
         acc[s % KS][r][1] = Row<T>::madd(acc[s % KS][r][1], b, xb);
+#endif
       }
     }
   }

@@ -83,7 +83,7 @@ std::string cache_path() {
 
 // Part of the machine field: raise it when the kernels' speed changes (a new loop), so that choices measured
 // against the old kernels are measured again instead of kept.
-constexpr const char* kKernelsRevision = "kernels-3";
+constexpr const char* kKernelsRevision = "kernels-4";
 
 // The file's names for a weight type (kernels::wtype_name) and a path (path_name), back to their codes; -1: unknown.
 int type_of_name(const std::string& s) {

@@ -2,6 +2,7 @@
 // build needs no BLAS headers): sgemv for one row, sgemm otherwise, with the weight as torch's Linear holds it
 // ([N, K], "nk") and as GPT-2's Conv1D holds it ([K, N], "kn").
 //   test/native/build.sh && test/native/out/cpu_kernels_bench [--all-isas] [--hot] [--filter SUBSTR] [--rows M] [--type T] [--budget S]
+//     [--shape M,K,N]  (one shape of your own instead of the captioner's; repeatable)
 // Times are the fastest of as many calls as fit in S seconds (default 0.4) of the thread's CPU time.
 // Weights are cold by default: enough copies of each weight are rotated through that they never stay in the last
 // level cache (decoding streams GPT-2's 500 MB of weights from memory); --hot reuses one copy.
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
   bool all_isas = false;
   std::string filter, only_type;  // --type float32|bfloat16|int8|int8dot: that weight type only
   int64_t only_rows = 0;          // --rows M: shapes of M rows only
+  std::vector<Shape> own;         // --shape M,K,N: these shapes instead of the list below
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--all-isas")) all_isas = true;
     else if (!std::strcmp(argv[i], "--hot")) g_hot = true;
@@ -104,12 +106,20 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--budget") && i + 1 < argc) g_budget_s = std::atof(argv[++i]);
     else if (!std::strcmp(argv[i], "--rows") && i + 1 < argc) only_rows = std::atoll(argv[++i]);
     else if (!std::strcmp(argv[i], "--type") && i + 1 < argc) only_type = argv[++i];
+    else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
+      long m = 0, k = 0, n = 0;
+      if (std::sscanf(argv[++i], "%ld,%ld,%ld", &m, &k, &n) != 3 || m < 1 || k < 1 || n < 1) {
+        std::fprintf(stderr, "--shape wants M,K,N (positive), got %s\n", argv[i]);
+        return 2;
+      }
+      own.push_back({"shape", m, k, n});
+    }
   }
   load_blas();
   const Isa best = active_isa();
   std::printf("cpu_kernels bench: active ISA %s, weights %s; BLAS: %s\n", isa_name(best), g_hot ? "hot" : "cold",
               blas_sgemm ? blas_name.c_str() : "not found");
-  const Shape shapes[] = {
+  const std::vector<Shape> listed = {
       {"gpt2 qkv", 1, 768, 2304},   {"gpt2 proj", 1, 768, 768},   {"gpt2 fc", 1, 768, 3072},
       {"gpt2 fc2", 1, 3072, 768},   {"logits", 1, 768, 50257},    {"mapper1", 1, 512, 3840},
       {"mapper2", 1, 3840, 7680},   {"gpt2 qkv", 8, 768, 2304},   {"gpt2 proj", 8, 768, 768},
@@ -126,7 +136,7 @@ int main(int argc, char** argv) {
               "GB/s", "GFLOP/s", "blas nk", "blas kn", "vs blas");
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> d(-1.f, 1.f);
-  for (const Shape& s : shapes) {
+  for (const Shape& s : own.empty() ? listed : own) {
     char label[64];
     std::snprintf(label, sizeof label, "%s %ld %ld %ld", s.what, (long)s.M, (long)s.K, (long)s.N);
     if (!filter.empty() && std::string(label).find(filter) == std::string::npos) continue;
