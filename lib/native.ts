@@ -256,10 +256,11 @@ export interface NativeInfo {
   /**
    * The per-shape choices made so far (measured on a product's first call, kept in the choices file): for float32,
    * the addon's kernels or BLAS; for every type, when several threads could share a product, whether they do
-   * ('kernel') or the calling thread runs it alone ('kernel1'). Times in microseconds, the fastest of three runs;
-   * null where that path was not a candidate.
+   * ('kernel') or the calling thread runs it alone ('kernel1'). Times in microseconds, the fastest run seen;
+   * null where that path was not a candidate. The split is timed again (at a shape's 1st, 16th and 256th call in a
+   * process, in this process or later ones) until `checks` sessions reach 3; BLAS against the kernels is decided once.
    */
-  kernelChoices: Array<{ type: 'float32' | 'bfloat16' | 'int8'; rows: string; K: number; N: number; threads: number; choice: 'kernel' | 'kernel1' | 'blas'; kernelUs: number | null; kernel1Us: number | null; blasUs: number | null }>
+  kernelChoices: Array<{ type: 'float32' | 'bfloat16' | 'int8'; rows: string; K: number; N: number; threads: number; choice: 'kernel' | 'kernel1' | 'blas'; kernelUs: number | null; kernel1Us: number | null; blasUs: number | null; checks: number }>
 }
 
 /** What the library decided about OpenBLAS's core type before libtorch loaded (see lib/cpu.ts). */

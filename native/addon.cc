@@ -131,6 +131,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     e.Set("kernelUs", us(k.kernel_us));
     e.Set("kernel1Us", us(k.kernel1_us));
     e.Set("blasUs", us(k.blas_us));
+    e.Set("checks", k.checks);
     choices.Set(i++, e);
   }
   o.Set("kernelChoices", choices);

@@ -72,6 +72,7 @@ struct KernelChoice {
   int threads;
   Path path;
   double kernel_us, kernel1_us, blas_us;  // fastest of the timed runs; NaN: not a candidate
+  int checks;  // sessions that have timed the split so far, in any process (kSplitChecks: settled)
 };
 std::vector<KernelChoice> kernel_choices();
 

@@ -121,7 +121,8 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
     expect(first.greedy).toEqual(Array.from(ref['outputs.greedy_ids']!.data as BigInt64Array, Number))
     const lines = readFileSync(file, 'utf8').trim().split('\n')
     expect(lines.length).toBe(first.info.choices)
-    expect(lines.every((l) => /^v2\t[^\t]*\tfloat32\t[0-9+-]+\t\d+\t\d+\t1\t(kernel1|blas)\t/.test(l))).toBe(true)
+    // One thread: nothing to split, so every choice is settled at once (checks 3) and written once.
+    expect(lines.every((l) => /^v3\t[^\t]*\tfloat32\t[0-9+-]+\t\d+\t\d+\t1\t(kernel1|blas)\t.*\t3$/.test(l))).toBe(true)
     // Same machine, same file: nothing is measured again and every product takes the same path (bitwise equal).
     const second = await child({ SEMICAP_KERNEL_CACHE: file })
     expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(lines.length)
@@ -132,7 +133,7 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
 
   it('with 2 threads each product is split between them or left to one thread by measurement, recorded, and every output is bitwise the one-thread output', async () => {
     const { tempDir } = await import('./helpers/paths.js')
-    const { readFileSync } = await import('node:fs')
+    const { readFileSync, writeFileSync } = await import('node:fs')
     const file = join(tempDir('semicap-split-'), 'choices.tsv')
     // Kernels forced (no BLAS side), so the only choice is the split; one thread makes none.
     const one = await child({ SEMICAP_CPU_GEMM: 'kernel', SEMICAP_KERNEL_CACHE: 'off' })
@@ -152,10 +153,41 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
       expect(c.choice === 'kernel').toBe(c.kernelUs! * 1.05 < c.kernel1Us!)
     }
     const lines = readFileSync(file, 'utf8').trim().split('\n')
-    expect(lines).toHaveLength(choices.length)
-    expect(lines.every((l) => /^v2\t[^\t]*\tfloat32\t[0-9+-]+\t\d+\t\d+\t2\t(kernel|kernel1)\t[0-9.e+-]+\t[0-9.e+-]+\tnan\n?$/.test(l))).toBe(true)
+    expect(lines.every((l) => /^v3\t[^\t]*\tfloat32\t[0-9+-]+\t\d+\t\d+\t2\t(kernel|kernel1)\t[0-9.e+-]+\t[0-9.e+-]+\tnan\t[123]$/.test(l))).toBe(true)
+    // A line per timing session of a shape (re-timed ones append), the last one what the process reports.
+    const keyOf = (f: string[]) => f.slice(2, 7).join(' ')
+    const last = new Map(lines.map((l) => l.split('\t')).map((f) => [keyOf(f), f]))
+    expect(last.size).toBe(choices.length)
+    for (const c of choices) {
+      const f = last.get([c.type, c.rows, c.K, c.N, c.threads].join(' '))!
+      expect(f[7]).toBe(c.choice)
+      expect(Number(f[11])).toBe(c.checks)
+    }
     for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy'] as const) expect(two[key], key).toEqual(one[key])
-  }, 90_000)
+
+    // A file that says the split is hopeless everywhere (one timing session, the split 1000x slower than one thread):
+    // a new process times the split again at each shape's first call, keeps the fastest time per side, and decides
+    // from those; the outputs stay bitwise the one-thread outputs.
+    const machine = lines[0]!.split('\t')[1]!
+    const bad = join(tempDir('semicap-split-bad-'), 'choices.tsv')
+    writeFileSync(bad, choices.map((c) => ['v3', machine, c.type, c.rows, c.K, c.N, 2, 'kernel1', c.kernel1Us! * 1000, c.kernel1Us!, 'nan', 1].join('\t') + '\n').join(''))
+    const again = await child({ SEMICAP_CPU_GEMM: 'kernel', SEMICAP_KERNEL_CACHE: bad, SEMICAP_THREADS: '2' })
+    const before = new Map(choices.map((c) => [[c.rows, c.K, c.N].join(' '), c]))
+    let retimed = 0
+    for (const c of again.info.choiceList) {
+      const old = before.get([c.rows, c.K, c.N].join(' '))
+      if (!old) continue
+      expect(c.checks).toBeGreaterThanOrEqual(2)
+      expect(c.checks).toBeLessThanOrEqual(3)
+      expect(c.kernelUs!).toBeLessThan(old.kernel1Us! * 1000)  // the split's real time replaced the file's
+      expect(c.kernel1Us!).toBeLessThanOrEqual(old.kernel1Us!)  // the fastest of the file's and the new runs
+      expect(c.choice === 'kernel').toBe(c.kernelUs! * 1.05 < c.kernel1Us!)
+      retimed++
+    }
+    expect(retimed).toBe(choices.length)
+    expect(readFileSync(bad, 'utf8').trim().split('\n').length).toBeGreaterThanOrEqual(2 * choices.length)
+    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy'] as const) expect(again[key], key).toEqual(one[key])
+  }, 120_000)
 })
 
 describe('bfloat16 and int8 weights on the golden models', () => {
