@@ -27,9 +27,9 @@
 // from memory (4 sequential streams), the others find it in L2 (a panel is at most P * K floats: 48 KiB for K 768
 // on AVX2). Rows come in blocks whose packed x (rows * K floats, at most X_BYTES) stays in the last-level cache
 // while the panels go by. bf16/int8 are widened in registers.
-//   Measured on an AMD EPYC (Zen 3, AVX2), hot weights, one thread: 400 x 768 x 3072 at ~85 GFLOP/s (~93% of the
-//   FMA peak) against ~63 for the earlier K-blocked path (a weight block copied to L1 per row block, y added to
-//   once per K-block), which this path replaced at every row count.
+//   Measured on an AMD EPYC (Zen 3, AVX2), hot weights, one thread: 400 x 768 x 3072 at ~94 GFLOP/s with madd_row
+//   (below; ~64 when GCC's register allocation had spilled the tile) against ~63 for the earlier K-blocked path (a
+//   weight block copied to L1 per row block, y added to once per K-block), which this path replaced.
 
 #ifndef SK_VBYTES
 #error "define SK_VBYTES before including cpu_kernels_impl.h"
