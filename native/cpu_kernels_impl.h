@@ -27,9 +27,9 @@
 // from memory (4 sequential streams), the others find it in L2 (a panel is at most P * K floats: 48 KiB for K 768
 // on AVX2). Rows come in blocks whose packed x (rows * K floats, at most X_BYTES) stays in the last-level cache
 // while the panels go by. bf16/int8 are widened in registers.
-//   Measured on an AMD EPYC (Zen 3, AVX2), hot weights, one thread: 400 x 768 x 3072 at ~94 GFLOP/s with madd_row
-//   (below; ~64 when GCC's register allocation had spilled the tile) against ~63 for the earlier K-blocked path (a
-//   weight block copied to L1 per row block, y added to once per K-block), which this path replaced.
+//   Measured on an AMD EPYC (Zen 3, AVX2), hot weights, one thread: 400 x 768 x 3072 at ~94 GFLOP/s (~64 before
+//   FloatRow::madd_row kept the tile out of the stack) against ~63 for the earlier K-blocked path (a weight block
+//   copied to L1 per row block, y added to once per K-block), which this path replaced.
 
 #ifndef SK_VBYTES
 #error "define SK_VBYTES before including cpu_kernels_impl.h"
@@ -119,16 +119,36 @@ static inline vf vact(vf x, int act) {
   return x / (vset1(1.f) + vexp(-z));
 }
 
-// One panel row (P columns) as two vectors (get), and how a row of x meets them: bcast(x) once per row of the tile,
-// madd(acc, w, xb) per vector. X is the type of packed x; krows<T>(K) (below) the weight rows a K-long sum walks.
+// One panel row (P columns) as two vectors (get), and how a row of x meets them: madd_row(c0, c1, a, b, &x) adds
+// x * a to c0 and x * b to c1, x broadcast once. X is the type of packed x; krows<T>(K) (below) the weight rows a
+// K-long sum walks.
 struct FloatRow {
   typedef float X;
   typedef vf W;
-  typedef vf XB;
   static constexpr bool pairs = false;
   static constexpr bool widen_panel = false;
-  static inline vf bcast(float x) { return vset1(x); }
-  static inline vf madd(vf acc, vf w, vf xb) { return vfma(w, xb, acc); }
+#if SK_VBYTES == 32
+  // In assembly on AVX2: it has 16 vector registers and a 6-row tile needs 15 (12 accumulators, the two weight
+  // vectors, the broadcast). Written with vector operators, GCC 12 hoisted later loads among these and kept
+  // accumulators on the stack (an FMA reading and a store writing them every iteration); as operands of this block
+  // they stay in registers. Measured on a Zen 3 (AVX2), one thread: 6-row tiles hot in L2 56-60 -> 85 GFLOP/s,
+  // CLIP's 50- and 400-row products 64-66 -> 94-95 (float32, bf16 and int8 alike), 8-row logits from memory 9.7 ->
+  // 8.6 ms; 1-4 rows from memory unchanged (they wait on memory).
+  static inline void madd_row(vf& c0, vf& c1, vf a, vf b, const float* x) {
+    vf t;
+    asm("vbroadcastss %[x], %[t]\n\t"
+        "vfmadd231ps %[a], %[t], %[c0]\n\t"
+        "vfmadd231ps %[b], %[t], %[c1]"
+        : [c0] "+x"(c0), [c1] "+x"(c1), [t] "=&x"(t)
+        : [a] "x"(a), [b] "x"(b), [x] "m"(*x));
+  }
+#else
+  static inline void madd_row(vf& c0, vf& c1, vf a, vf b, const float* x) {
+    const vf xb = vset1(*x);
+    c0 = vfma(a, xb, c0);
+    c1 = vfma(b, xb, c1);
+  }
+#endif
 };
 template <int T> struct Row;
 template <> struct Row<0> : FloatRow {
@@ -183,14 +203,16 @@ template <> struct Row<3> {
   static constexpr bool widen_panel = false;
   typedef uint32_t X;
   typedef vu W;
-  typedef vu XB;
   static constexpr bool pairs = true;
   static inline void get(const uint32_t* p, vu& a, vu& b) {
     a = *reinterpret_cast<const vuu*>(p);
     b = *reinterpret_cast<const vuu*>(p + V);
   }
-  static inline vu bcast(uint32_t x) { return (vu)_mm512_set1_epi32(static_cast<int>(x)); }
-  static inline vf madd(vf acc, vu w, vu xb) { return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)w, (__m512bh)xb); }
+  static inline void madd_row(vf& c0, vf& c1, vu a, vu b, const uint32_t* x) {
+    const __m512bh xb = (__m512bh)_mm512_set1_epi32(static_cast<int>(*x));
+    c0 = (vf)_mm512_dpbf16_ps((__m512)c0, (__m512bh)a, xb);
+    c1 = (vf)_mm512_dpbf16_ps((__m512)c1, (__m512bh)b, xb);
+  }
 };
 
 // int8 weights through the same tile (PackedWeight::i8_dot): the packed weight keeps the plain int8 layout; each
@@ -210,23 +232,6 @@ static inline uint32_t bf16_bits(float v) {
   return u >> 16;
 }
 #endif  // SK_BF16DOT
-
-#if SK_VBYTES == 32
-// c0 += a * x, c1 += b * x (x broadcast from memory), in assembly: AVX2 has 16 vector registers and a 6-row tile
-// needs 15 (12 accumulators, the two weight vectors, the broadcast). Written with vector operators, GCC 12 hoisted
-// later loads among these and kept accumulators on the stack (an FMA reading and a store writing them every
-// iteration); as operands of this block they stay in registers. Measured on a Zen 3 (AVX2), one thread: 6-row tiles
-// hot in L2 56-60 -> 85 GFLOP/s, CLIP's 50- and 400-row products 64-66 -> 94-95 (float32, bf16 and int8 alike),
-// 8-row logits from memory 9.7 -> 8.6 ms; 1-4 rows from memory unchanged (they wait on memory).
-static inline void madd_row(vf& c0, vf& c1, vf a, vf b, const float* x) {
-  vf t;
-  asm("vbroadcastss %[x], %[t]\n\t"
-      "vfmadd231ps %[a], %[t], %[c0]\n\t"
-      "vfmadd231ps %[b], %[t], %[c1]"
-      : [c0] "+x"(c0), [c1] "+x"(c1), [t] "=&x"(t)
-      : [a] "x"(a), [b] "x"(b), [x] "m"(*x));
-}
-#endif
 
 template <int T> static inline int64_t krows(int64_t K) { return Row<T>::pairs ? (K + 1) / 2 : K; }
 
@@ -270,13 +275,7 @@ static inline void tile(const Runs<T>& q, vf (&out)[R][2]) {
       Row<T>::get(w[s] + i * P, a, b);
 #pragma GCC unroll 64
       for (int r = 0; r < R; ++r) {
-#if SK_VBYTES == 32
-        madd_row(acc[s % KS][r][0], acc[s % KS][r][1], a, b, &x[s][i * R + r]);
-#else
-        const typename Row<T>::XB xb = Row<T>::bcast(x[s][i * R + r]);
-        acc[s % KS][r][0] = Row<T>::madd(acc[s % KS][r][0], a, xb);
-        acc[s % KS][r][1] = Row<T>::madd(acc[s % KS][r][1], b, xb);
-#endif
+        Row<T>::madd_row(acc[s % KS][r][0], acc[s % KS][r][1], a, b, &x[s][i * R + r]);
       }
     }
   }
@@ -285,9 +284,7 @@ static inline void tile(const Runs<T>& q, vf (&out)[R][2]) {
     Row<T>::get(w[s] + q.len * P, a, b);
 #pragma GCC unroll 64
     for (int r = 0; r < R; ++r) {
-      const typename Row<T>::XB xb = Row<T>::bcast(x[s][q.len * R + r]);
-      acc[0][r][0] = Row<T>::madd(acc[0][r][0], a, xb);
-      acc[0][r][1] = Row<T>::madd(acc[0][r][1], b, xb);
+      Row<T>::madd_row(acc[0][r][0], acc[0][r][1], a, b, &x[s][q.len * R + r]);
     }
   }
 #pragma GCC unroll 64

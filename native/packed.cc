@@ -13,7 +13,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <limits>
 #include <map>
 #include <sstream>
 #include <tuple>
@@ -127,7 +126,7 @@ std::string machine_key() {
 struct Calibration {
   struct Entry {
     KernelChoice c;
-    uint64_t calls = 0;     // lookups in this process
+    uint64_t calls = 0;     // lookups in this process (the first session counts as one)
     bool timing = false;    // a thread is re-timing the split now
   };
   std::mutex mu;
@@ -305,7 +304,29 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   // The split or the calling thread alone: the split must win by a margin (one thread leaves the other core to
   // other work: a second request, the event loop).
   auto split_or_not = [](double tk, double t1) { return tk * 1.05 < t1 ? Path::Kernel : Path::Kernel1; };
-  bool retime = false;
+  // The kernels on the calling thread, and the split and BLAS when asked, three times each, alternating: the fastest
+  // time per path (NaN: not timed) and its last output. On a shared machine other work only ever adds time, and
+  // two runs each were seen to pick the slower side; the first BLAS run may fault the weight's pages back in.
+  struct Timed {
+    double us[3] = {std::nan(""), std::nan(""), std::nan("")};
+    at::Tensor y[3];
+  };
+  auto time_paths = [&](bool with_split, bool with_blas_path) {
+    Timed t;
+    for (int i = 0; i < 3; ++i)
+      for (Path p : {Path::Kernel, Path::Kernel1, Path::Blas}) {
+        if ((p == Path::Kernel && !with_split) || (p == Path::Blas && !with_blas_path)) continue;
+        const auto t0 = std::chrono::steady_clock::now();
+        t.y[static_cast<int>(p)] = run(p);
+        double& us = t.us[static_cast<int>(p)];
+        us = std::fmin(us, micros_since(t0));  // (fmin of NaN and a time is the time)
+      }
+    return t;
+  };
+  // A choice made before: decided under the lock, run outside it (concurrent callers' products do not wait on
+  // each other).
+  Path known = Path::Kernel1;
+  bool found = false, retime = false;
   {
     std::lock_guard<std::mutex> lock(cal.mu);
     if (!cal.loaded) cal.load_file();
@@ -313,62 +334,37 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
     if (it != cal.choices.end()) {
       Calibration::Entry& e = it->second;
       const KernelChoice& c = e.c;
+      found = true;
       ++e.calls;
       // BLAS chosen, but this process forces the kernels (SEMICAP_CPU_GEMM=kernel): the faster of the timed kernels.
-      if (c.path == Path::Blas && !with_blas) return run(split_or_not(c.kernel_us, c.kernel1_us));
+      known = c.path == Path::Blas && !with_blas ? split_or_not(c.kernel_us, c.kernel1_us) : c.path;
       // Not settled: time the split again at this process's 1st, 16th and 256th call of the shape.
       retime = split && c.path != Path::Blas && c.checks < kSplitChecks && !e.timing &&
                (e.calls == 1 || e.calls == 16 || e.calls == 256);
-      if (!retime) return run(c.path);
-      e.timing = true;
+      e.timing = e.timing || retime;
     }
   }
+  if (found && !retime) return run(known);
   if (retime) {
-    double tk = 1e300, t1 = 1e300;
-    at::Tensor yk, y1;
-    for (int i = 0; i < 3; ++i) {
-      auto t0 = std::chrono::steady_clock::now();
-      yk = run(Path::Kernel);
-      tk = std::min(tk, micros_since(t0));
-      t0 = std::chrono::steady_clock::now();
-      y1 = run(Path::Kernel1);
-      t1 = std::min(t1, micros_since(t0));
-    }
+    Timed t = time_paths(true, false);
     std::lock_guard<std::mutex> lock(cal.mu);
     Calibration::Entry& e = cal.choices.at(key);
     KernelChoice& c = e.c;
-    c.kernel_us = std::isnan(c.kernel_us) ? tk : std::min(c.kernel_us, tk);
-    c.kernel1_us = std::min(c.kernel1_us, t1);
+    c.kernel_us = std::fmin(c.kernel_us, t.us[static_cast<int>(Path::Kernel)]);
+    c.kernel1_us = std::fmin(c.kernel1_us, t.us[static_cast<int>(Path::Kernel1)]);
     c.path = split_or_not(c.kernel_us, c.kernel1_us);
     ++c.checks;
     e.timing = false;
     cal.append(c);
-    return c.path == Path::Kernel ? yk : y1;
+    return t.y[static_cast<int>(c.path)];
   }
-  // First product of this shape: time the candidates three times each, alternating, and keep the fastest by the
-  // fastest run (the first BLAS run may fault the weight's pages back in; on a shared machine other work only ever
-  // adds time, and two runs each were seen to pick the slower side). Its result is the one returned, so every
-  // product of this shape takes the same path. The candidates: the kernels split between the threads and on one
-  // thread (a memory-bound product on a VM's second vCPU was measured no faster split: the join costs what the
-  // second stream gains), and BLAS for float32 unless forced either way.
-  constexpr double kNone = std::numeric_limits<double>::quiet_NaN();
-  double tk = split ? 1e300 : kNone, t1 = 1e300, tb = with_blas ? 1e300 : kNone;
-  at::Tensor yk, y1, yb;
-  for (int i = 0; i < 3; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    if (split) {
-      yk = run(Path::Kernel);
-      tk = std::min(tk, micros_since(t0));
-      t0 = std::chrono::steady_clock::now();
-    }
-    y1 = run(Path::Kernel1);
-    t1 = std::min(t1, micros_since(t0));
-    if (with_blas) {
-      t0 = std::chrono::steady_clock::now();
-      yb = run(Path::Blas);
-      tb = std::min(tb, micros_since(t0));
-    }
-  }
+  // First product of this shape: its result is the one returned, so every product of this shape takes the same
+  // path. The candidates: the kernels split between the threads and on one thread (a memory-bound product on a VM's
+  // second vCPU was measured no faster split: the join costs what the second stream gains), and BLAS for float32
+  // unless forced either way.
+  Timed t = time_paths(split, with_blas);
+  const double tk = t.us[static_cast<int>(Path::Kernel)], t1 = t.us[static_cast<int>(Path::Kernel1)],
+               tb = t.us[static_cast<int>(Path::Blas)];
   // BLAS must win by a margin too: it reads the float32 original, which then stays resident beside the packed copy
   // (double the weight's memory), and a near tie is within what a shared machine's noise moves.
   Path path = split ? split_or_not(tk, t1) : Path::Kernel1;
@@ -380,12 +376,9 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
     // Settled at once when there is no split to time again (one thread) or BLAS won.
     const int checks = split && path != Path::Blas ? 1 : kSplitChecks;
     KernelChoice c{kernels::wtype_name(type), bucket_label(std::get<1>(key)), pw->K, pw->N, threads, path, tk, t1, tb, checks};
-    Calibration::Entry e;
-    e.c = c;
-    e.calls = 1;
-    if (cal.choices.emplace(key, e).second) cal.append(c);
+    if (cal.choices.emplace(key, Calibration::Entry{c, 1}).second) cal.append(c);
   }
-  return path == Path::Kernel ? yk : path == Path::Kernel1 ? y1 : yb;
+  return t.y[static_cast<int>(path)];
 }
 
 size_t page_out(const at::Tensor& w) {
