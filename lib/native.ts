@@ -261,6 +261,13 @@ export interface NativeInfo {
    * process, in this process or later ones) until `checks` sessions reach 3; BLAS against the kernels is decided once.
    */
   kernelChoices: Array<{ type: 'float32' | 'bfloat16' | 'int8'; rows: string; K: number; N: number; threads: number; choice: 'kernel' | 'kernel1' | 'blas'; kernelUs: number | null; kernel1Us: number | null; blasUs: number | null; checks: number }>
+  /**
+   * The helper threads that share split products, attention and greedy picks with the calling thread
+   * (native/cpu_pool.h): how many were started, jobs shared with them, jobs run alone because another caller had
+   * them, how often a caller woke a sleeping helper, and how long a helper looks for the next job before sleeping
+   * (SEMICAP_SPIN_US, default 200).
+   */
+  pool: { helpers: number; jobs: number; alone: number; wakes: number; spinUs: number }
 }
 
 /** What the library decided about OpenBLAS's core type before libtorch loaded (see lib/cpu.ts). */

@@ -18,6 +18,7 @@
 #include "bridge.h"
 #include "cpu_allocator.h"
 #include "cpu_kernels.h"
+#include "cpu_pool.h"
 #include "packed.h"
 #include <dlfcn.h>
 #include "errors.h"
@@ -135,6 +136,14 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
     choices.Set(i++, e);
   }
   o.Set("kernelChoices", choices);
+  const PoolStats ps = pool_stats();
+  Napi::Object pool = Napi::Object::New(env);
+  pool.Set("helpers", ps.helpers);
+  pool.Set("jobs", static_cast<double>(ps.jobs));
+  pool.Set("alone", static_cast<double>(ps.alone));
+  pool.Set("wakes", static_cast<double>(ps.wakes));
+  pool.Set("spinUs", ps.spin_us);
+  o.Set("pool", pool);
   return o;
 }
 

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "cpu_pool.h"
 #include "errors.h"
 #include "safetensors.h"
 #include "env.h"
@@ -315,10 +316,11 @@ at::Tensor decode_attention(const at::Tensor& qkv, int64_t heads, const std::vec
       kernels::attend(row + h * D, kh, vh, D, pos[r] + 1, scores.data(), dst + r * C + h * D, isa);
     }
   };
-  // Below ~2^16 multiply-adds (one row's heads over a short cache: ~15 us) the work is less than waking a passive
-  // OpenMP worker (~30 us on a VM, measured): the calling thread does it alone.
+  // Below ~2^16 multiply-adds (one row's heads over a short cache: ~15 us) the work is less than handing half of it
+  // to a helper: the calling thread does it alone.
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   if (keys < (int64_t{1} << 16)) heads_of(0, rows * heads);
-  else at::parallel_for(0, rows * heads, 1, heads_of);
+  else pool_for(rows * heads, 2 * threads, threads, heads_of);
   return out;
 }
 

@@ -21,6 +21,7 @@
 #include <cpuid.h>
 #endif
 
+#include "cpu_pool.h"
 #include "env.h"
 #include "errors.h"
 
@@ -91,7 +92,7 @@ std::string cache_path() {
 
 // Part of the machine field: raise it when the kernels' speed changes (a new loop), so that choices measured
 // against the old kernels are measured again instead of kept.
-constexpr const char* kKernelsRevision = "kernels-4";
+constexpr const char* kKernelsRevision = "kernels-5";  // 5: splits on cpu_pool instead of OpenMP
 
 // The file's names for a weight type (kernels::wtype_name) and a path (path_name), back to their codes; -1: unknown.
 int type_of_name(const std::string& s) {
@@ -213,10 +214,11 @@ at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, con
   if (!split) {
     cols(0, rows, 0, panels);
   } else if (panels >= 4 * threads || rows < 2 * kRowBlock) {
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) { cols(0, rows, p0, p1); });
+    pool_for(panels, 2 * threads, threads, [&](int64_t p0, int64_t p1) { cols(0, rows, p0, p1); });
   } else {
     const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) { cols(b0 * kRowBlock, std::min(rows, b1 * kRowBlock), 0, panels); });
+    pool_for(blocks, 2 * threads, threads,
+             [&](int64_t b0, int64_t b1) { cols(b0 * kRowBlock, std::min(rows, b1 * kRowBlock), 0, panels); });
   }
   auto shape = x.sizes().vec();
   shape.back() = N;

@@ -20,6 +20,7 @@ interface ChildOut {
     choices: number
     choiceList: Array<{ type: string; rows: string; K: number; N: number; threads: number; choice: string; kernelUs: number | null; kernel1Us: number | null; blasUs: number | null }>
     threads: number
+    pool: { helpers: number; jobs: number; alone: number; wakes: number; spinUs: number }
   }
   weights: { dtype: string; isa: string; packedBytes: number }
   clipWeights: { dtype: string; isa: string; packedBytes: number }
@@ -30,6 +31,8 @@ interface ChildOut {
   goldLogits: number[]
   goldFeatures: number[]
   greedy: number[]
+  batch16: { ids: number[]; scores: number[] }
+  batch8: number[][]
 }
 
 async function child(env: Record<string, string>, dtype = 'float32'): Promise<ChildOut> {
@@ -66,9 +69,9 @@ let ref: Record<string, Tensor>
 const byIsa: Partial<Record<(typeof ISAS)[number], ChildOut>> = {}
 
 describe('the kernels on their own (test/native: every ISA this CPU runs, every weight type, odd shapes)', () => {
-  it('build and pass test/native/cpu_kernels_test (and the AVX2 loops with the AVX-512 tiling)', async () => {
+  it('build and pass test/native/cpu_kernels_test (and the AVX2 loops with the AVX-512 tiling) and cpu_pool_test', async () => {
     await run('bash', [join(repoRoot, 'test', 'native', 'build.sh')], { cwd: repoRoot, maxBuffer: 16 << 20 })
-    for (const bin of ['cpu_kernels_test', 'cpu_kernels_test_wide']) {
+    for (const bin of ['cpu_kernels_test', 'cpu_kernels_test_wide', 'cpu_pool_test']) {
       const out = await run(join(repoRoot, 'test', 'native', 'out', bin), [], { cwd: repoRoot, maxBuffer: 16 << 20 })
       const summary = /(\d+) checks, (\d+) failures/.exec(out.stdout)
       expect(summary, `${bin}: ${out.stdout.slice(-500)}`).not.toBeNull()
@@ -140,6 +143,10 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
     const two = await child({ SEMICAP_CPU_GEMM: 'kernel', SEMICAP_KERNEL_CACHE: file, SEMICAP_THREADS: '2' })
     expect(one.info.choices).toBe(0)
     expect(two.info.threads).toBe(2)
+    // One thread never hands work to a helper; two start one helper and share products, attention and picks with it.
+    expect(one.info.pool).toMatchObject({ helpers: 0, jobs: 0 })
+    expect(two.info.pool.helpers).toBe(1)
+    expect(two.info.pool.jobs).toBeGreaterThan(0)
     const choices = two.info.choiceList
     expect(choices.length).toBeGreaterThan(0)
     for (const c of choices) {
@@ -163,7 +170,7 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
       expect(f[7]).toBe(c.choice)
       expect(Number(f[11])).toBe(c.checks)
     }
-    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy'] as const) expect(two[key], key).toEqual(one[key])
+    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy', 'batch16', 'batch8'] as const) expect(two[key], key).toEqual(one[key])
 
     // A file that says the split is hopeless everywhere (one timing session, the split 1000x slower than one thread):
     // a new process times the split again at each shape's first call, keeps the fastest time per side, and decides
@@ -186,7 +193,7 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
     }
     expect(retimed).toBe(choices.length)
     expect(readFileSync(bad, 'utf8').trim().split('\n').length).toBeGreaterThanOrEqual(2 * choices.length)
-    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy'] as const) expect(again[key], key).toEqual(one[key])
+    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy', 'batch16', 'batch8'] as const) expect(again[key], key).toEqual(one[key])
   }, 120_000)
 })
 

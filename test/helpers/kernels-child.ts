@@ -2,7 +2,7 @@
 // each configuration runs in its own process. Prints one JSON line.
 //   node --import tsx test/helpers/kernels-child.ts <dtype>
 import { join } from 'node:path'
-import { Clip, Gpt2, Tensor, int64, loadSafetensors, runtimeInfo } from '../../lib/index.js'
+import { Captioner, Clip, Gpt2, Tensor, int64, loadSafetensors, runtimeInfo } from '../../lib/index.js'
 import { goldenDir } from './paths.js'
 
 const dtype = (process.argv[2] ?? 'float32') as 'float32' | 'bfloat16' | 'int8'
@@ -26,6 +26,16 @@ const clip = await Clip.create(
 const px = new Float32Array(2 * 3 * 64 * 64).map((_, i) => Math.sin(i * 0.37))
 const features = floats(await clip.imageFeatures(new Tensor('float32', [2, 3, 64, 64], px)))
 
+// Batched decoding at the sizes where work is shared between threads: 16 rows of the GPT-2 above over a cache of
+// 10-30 positions (the attention's heads are shared once a step has 2^16 multiply-adds), and a captioner's batch of
+// 8 rows (their greedy picks are shared).
+const prefix16 = new Tensor('float32', [16, 10, 256], new Float32Array(16 * 10 * 256).map((_, i) => Math.sin(i * 0.013)))
+const gen16 = await g.generate(prefix16, { maxTokens: 20, minTokens: 20, stop: null, stopAtEos: false })
+const batch16 = { ids: Array.from(gen16.ids.data as BigInt64Array, Number), scores: floats(gen16.scores) }
+const captioner = await Captioner.create({ clip: join(goldenDir, 'clip'), gpt2: join(goldenDir, 'gpt2'), mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
+const feats8 = new Tensor('float32', [8, 32], new Float32Array(8 * 32).map((_, i) => Math.cos(i * 0.7)))
+const batch8 = (await captioner.captionFeatures(feats8, { maxTokens: 12, minTokens: 12 })).map((c) => c.ids)
+
 // The golden models, loaded in the asked dtype.
 const ref = await loadSafetensors(join(goldenDir, 'reference.safetensors'))
 const gold = await Gpt2.load(join(goldenDir, 'gpt2'), { device: 'cpu', dtype })
@@ -36,7 +46,7 @@ const goldFeatures = floats(await goldClip.imageFeatures(ref['inputs.pixel_value
 const info = runtimeInfo()
 console.log(
   JSON.stringify({
-    info: { cpu: info.cpu, cpuGemm: info.cpuGemm, blas: info.blas, blasCoreType: info.blasCoreType, choices: info.kernelChoices.length, choiceList: info.kernelChoices, threads: info.threads },
+    info: { cpu: info.cpu, cpuGemm: info.cpuGemm, blas: info.blas, blasCoreType: info.blasCoreType, choices: info.kernelChoices.length, choiceList: info.kernelChoices, threads: info.threads, pool: info.pool },
     weights: gold.weights,
     clipWeights: goldClip.weights,
     logits,
@@ -46,5 +56,7 @@ console.log(
     goldLogits,
     goldFeatures,
     greedy: Array.from(greedy.data as BigInt64Array, Number),
+    batch16,
+    batch8,
   }),
 )

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the torch-free cpu_kernels test and bench on their own (no cmake, no libtorch):
+# Builds the torch-free cpu_kernels and cpu_pool tests and the kernels bench on their own (no cmake, no libtorch):
 #   test/native/build.sh && test/native/out/cpu_kernels_test && test/native/out/cpu_kernels_test_wide
+#   test/native/out/cpu_pool_test
 #   test/native/out/cpu_kernels_bench
 # The ISA flags per file are the ones CMakeLists.txt gives them. CXX=clang++ works too.
 set -euo pipefail
@@ -30,6 +31,7 @@ done
   -o "$out/cpu_kernels_avx2_wide.o" &
 "$CXX" "${common[@]}" -c "$here/cpu_kernels_test.cc" -o "$out/cpu_kernels_test.o" &
 "$CXX" "${common[@]}" -c "$here/cpu_kernels_bench.cc" -o "$out/cpu_kernels_bench.o" &
+"$CXX" "${common[@]}" -pthread "$here/cpu_pool_test.cc" "$root/native/cpu_pool.cc" -o "$out/cpu_pool_test" &
 wait
 "$CXX" -o "$out/cpu_kernels_test" "$out/cpu_kernels_test.o" "${objs[@]}"
 "$CXX" -o "$out/cpu_kernels_test_wide" "$out/cpu_kernels_test.o" "$out/cpu_kernels.o" "$out/cpu_kernels_portable.o" \
@@ -43,4 +45,4 @@ if [ -n "$weak" ]; then
   echo "$weak" >&2
   exit 1
 fi
-echo "built $out/cpu_kernels_test $out/cpu_kernels_test_wide $out/cpu_kernels_bench"
+echo "built $out/cpu_kernels_test $out/cpu_kernels_test_wide $out/cpu_kernels_bench $out/cpu_pool_test"
