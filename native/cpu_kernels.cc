@@ -30,6 +30,7 @@ namespace semicap::kernels {
   int pick(const float* x, int64_t n, int64_t* arg, float* sum);                                                   \
   void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \
               float* out);                                                                                         \
+  void layer_norm(const float* x, int64_t C, const float* w, const float* b, float eps, float* y);                 \
   }
 SEMICAP_KERNEL_DECL(portable)
 SEMICAP_KERNEL_DECL(avx2)
@@ -392,6 +393,23 @@ void attend(const float* q, const float* k, const float* v, int64_t D, int64_t l
     case Isa::Avx2: avx2::attend(q, k, v, D, len, scale, scores, out); break;
     case Isa::Avx512: avx512::attend(q, k, v, D, len, scale, scores, out); break;
     case Isa::Avx512Bf16: avx512bf16::attend(q, k, v, D, len, scale, scores, out); break;
+  }
+}
+
+void layer_norm(const float* x, int64_t rows, int64_t C, const float* w, const float* b, float eps, float* y, Isa isa) {
+  if (static_cast<int>(isa) > static_cast<int>(best_isa()))
+    throw std::invalid_argument(std::string("cpu_kernels::layer_norm: ") + isa_name(isa) + " does not run on this CPU");
+  if (!x || !w || !b || !y || rows < 0 || C < 1 || !(eps >= 0.f))
+    throw std::invalid_argument("cpu_kernels::layer_norm: null buffer, rows below 0, C below 1 or eps not >= 0");
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * C;
+    float* yr = y + r * C;
+    switch (isa) {
+      case Isa::Portable: portable::layer_norm(xr, C, w, b, eps, yr); break;
+      case Isa::Avx2: avx2::layer_norm(xr, C, w, b, eps, yr); break;
+      case Isa::Avx512: avx512::layer_norm(xr, C, w, b, eps, yr); break;
+      case Isa::Avx512Bf16: avx512bf16::layer_norm(xr, C, w, b, eps, yr); break;
+    }
   }
 }
 

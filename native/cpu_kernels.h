@@ -98,6 +98,12 @@ bool greedy_pick(const float* x, int64_t n, int64_t* arg, float* logp, Isa isa);
 // below 1, or an ISA this CPU does not run.
 void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float* scores, float* out, Isa isa);
 
+// Layer norm of `rows` rows of C floats (x and y row-major, rows C apart; y may be x), by the loop of `isa`:
+// y = (x - mean) / sqrt(var + eps) * w + b per row, the biased variance as torch's layer_norm, within float32
+// rounding of it (the sums' order differs). A row's result depends on its own x and the ISA only. Throws
+// std::invalid_argument on a null buffer, rows below 0, C below 1, eps not >= 0, or an ISA this CPU does not run.
+void layer_norm(const float* x, int64_t rows, int64_t C, const float* w, const float* b, float eps, float* y, Isa isa);
+
 // The weight as float32 [N, K] again (tests; int8 and bf16 give the dequantised values).
 void unpack(const PackedWeight& w, float* out);
 

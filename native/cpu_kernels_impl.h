@@ -605,6 +605,32 @@ static void attend_one(const float* q, const float* k, const float* v, int64_t D
   }
 }
 
+// One row's layer norm: y = (x - mean) / sqrt(var + eps) * w + b over x[0..C), the mean and then the variance in two
+// passes of V lanes each (lane sums added in a fixed order, a scalar tail past the last whole vector), so a row's
+// result depends only on its own x and the ISA.
+static void layer_norm_one(const float* x, int64_t C, const float* w, const float* b, float eps, float* y) {
+  const int64_t CV = C / V * V;
+  vf acc = vf{};
+  for (int64_t i = 0; i < CV; i += V) acc += vload(x + i);
+  float sum = 0.f;
+  for (int j = 0; j < V; ++j) sum += acc[j];
+  for (int64_t i = CV; i < C; ++i) sum += x[i];
+  const float mean = sum / static_cast<float>(C);
+  const vf mv = vset1(mean);
+  acc = vf{};
+  for (int64_t i = 0; i < CV; i += V) {
+    const vf d = vload(x + i) - mv;
+    acc = vfma(d, d, acc);
+  }
+  float ss = 0.f;
+  for (int j = 0; j < V; ++j) ss += acc[j];
+  for (int64_t i = CV; i < C; ++i) ss += (x[i] - mean) * (x[i] - mean);
+  const float rstd = 1.f / __builtin_sqrtf(ss / static_cast<float>(C) + eps);
+  const vf rv = vset1(rstd);
+  for (int64_t i = 0; i < CV; i += V) vstore(y + i, vfma((vload(x + i) - mv) * rv, vload(w + i), vload(b + i)));
+  for (int64_t i = CV; i < C; ++i) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
 // The entry point each ISA translation unit exports under its own namespace.
 static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x,
                               int64_t rows, int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin,
@@ -652,4 +678,7 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
   void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \
               float* out) {                                                                                        \
     attend_one(q, k, v, D, len, scale, scores, out);                                                               \
+  }                                                                                                                \
+  void layer_norm(const float* x, int64_t C, const float* w, const float* b, float eps, float* y) {                \
+    layer_norm_one(x, C, w, b, eps, y);                                                                            \
   }

@@ -286,6 +286,28 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
 #endif
 }
 
+at::Tensor LayerNorm::operator()(const at::Tensor& x) const {
+  const int64_t C = weight.size(0);
+  const bool ours = !c10::GradMode::is_enabled() && x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 &&
+                    x.size(-1) == C && weight.is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 1 &&
+                    bias.defined() && bias.is_cpu() && bias.scalar_type() == at::kFloat && bias.sizes() == weight.sizes();
+  if (!ours) return at::layer_norm(x, {C}, weight, bias, eps);
+  const at::Tensor xc = x.contiguous(), w = weight.contiguous(), b = bias.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const int64_t rows = C > 0 ? xc.numel() / C : 0;
+  if (rows == 0) return y;
+  const float *xp = xc.data_ptr<float>(), *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const kernels::Isa isa = kernels::active_isa();
+  const float e = static_cast<float>(eps);
+  auto run = [&](int64_t r0, int64_t r1) { kernels::layer_norm(xp + r0 * C, r1 - r0, C, wp, bp, e, yp + r0 * C, isa); };
+  // A decoding step's few rows take microseconds: the calling thread does them. CLIP's hundreds are shared.
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (rows * C < (int64_t{1} << 16) || threads < 2) run(0, rows);
+  else pool_for(rows, 2 * threads, threads, run);
+  return y;
+}
+
 bool decode_attention_usable(const at::Tensor& x) {
   return x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(1) == 1 && !c10::GradMode::is_enabled();
 }

@@ -129,10 +129,13 @@ struct Conv1D {
   }
 };
 
+// Without autograd, float32 CPU rows go through kernels::layer_norm (rows shared with cpu_pool's helpers when there
+// are many): libtorch's layer_norm opens an OpenMP region for as few as two rows, and waking its passive worker
+// cost more than a decoding step's 8 rows of work (25 of them per GPT-2 step). Otherwise at::layer_norm.
 struct LayerNorm {
   at::Tensor weight, bias;
   double eps = 1e-5;
-  at::Tensor operator()(const at::Tensor& x) const { return at::layer_norm(x, {weight.size(0)}, weight, bias, eps); }
+  at::Tensor operator()(const at::Tensor& x) const;
 };
 
 // Decoding on the CPU in float32 without autograd: one new token per row attends to that row's own cache. qkv is

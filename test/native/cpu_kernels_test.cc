@@ -459,6 +459,54 @@ void test_attend() {
   }
 }
 
+// layer_norm against a double-precision reference on every runnable ISA: widths around the vector widths (CLIP's and
+// GPT-2's 768 among them, and scalar tails), rows with a large offset (the mean subtracted before squaring), a
+// constant row (variance 0: eps alone), in place; rows independent of one another; and the sizes it refuses.
+void test_layer_norm() {
+  for (Isa isa : runnable_isas()) {
+    int checked = 0;
+    for (int64_t C : {1, 3, 8, 15, 16, 17, 33, 64, 768, 1029}) {
+      for (float offset : {0.f, 100.f}) {
+        const int64_t rows = 3;
+        std::vector<float> x = randv(rows * C, -2.f, 2.f), w = randv(C), b = randv(C), y(rows * C, NAN);
+        for (auto& e : x) e += offset;
+        for (int64_t c = 0; c < C; ++c) x[2 * C + c] = 0.5f;  // a constant row
+        const float eps = 1e-5f;
+        layer_norm(x.data(), rows, C, w.data(), b.data(), eps, y.data(), isa);
+        for (int64_t r = 0; r < rows; ++r) {
+          double mean = 0, var = 0;
+          for (int64_t c = 0; c < C; ++c) mean += x[r * C + c];
+          mean /= C;
+          for (int64_t c = 0; c < C; ++c) var += (x[r * C + c] - mean) * (x[r * C + c] - mean);
+          var /= C;
+          const double rstd = 1 / std::sqrt(var + eps);
+          double worst = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            const double want = (x[r * C + c] - mean) * rstd * w[c] + b[c];
+            // float32 rounding of x - mean (relative to |x|, offset included) scaled by rstd, plus the products'
+            const double tol = 4e-6 * ((std::fabs(x[r * C + c]) + std::fabs(mean)) * rstd * std::fabs(w[c]) + std::fabs(want) + 1);
+            worst = std::max(worst, std::fabs(y[r * C + c] - want) / tol);
+          }
+          CHECK(worst <= 1, "%s layer_norm C %ld offset %g row %ld: error %.2f x the bound", isa_name(isa), (long)C,
+                offset, (long)r, worst);
+        }
+        // Row 1 alone, and in place, gives the same bits as within the batch.
+        std::vector<float> one(x.begin() + C, x.begin() + 2 * C);
+        layer_norm(one.data(), 1, C, w.data(), b.data(), eps, one.data(), isa);
+        CHECK(std::memcmp(one.data(), y.data() + C, sizeof(float) * C) == 0, "%s layer_norm C %ld: row alone/in place differs",
+              isa_name(isa), (long)C);
+        ++checked;
+      }
+    }
+    float f = 0.f;
+    CHECK(throws_invalid([&] { layer_norm(&f, 1, 0, &f, &f, 1e-5f, &f, isa); }), "%s layer_norm: C 0", isa_name(isa));
+    CHECK(throws_invalid([&] { layer_norm(&f, -1, 1, &f, &f, 1e-5f, &f, isa); }), "%s layer_norm: rows -1", isa_name(isa));
+    CHECK(throws_invalid([&] { layer_norm(&f, 1, 1, nullptr, &f, 1e-5f, &f, isa); }), "%s layer_norm: null w", isa_name(isa));
+    CHECK(throws_invalid([&] { layer_norm(&f, 1, 1, &f, &f, NAN, &f, isa); }), "%s layer_norm: eps NaN", isa_name(isa));
+    std::printf("%-8s layer_norm: %d cases\n", isa_name(isa), checked);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -469,6 +517,7 @@ int main() {
   test_products();
   test_greedy_pick();
   test_attend();
+  test_layer_norm();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
