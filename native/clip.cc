@@ -9,8 +9,8 @@ at::Tensor ClipEncoderLayer::forward(const at::Tensor& x, bool causal, bool firs
   // first_only: only token 0 asks; every token still answers (keys and values).
   at::Tensor hq = first_only ? h.narrow(1, 0, 1) : h;
   at::Tensor a = attention(split_heads(q(hq), heads), split_heads(k(h), heads), split_heads(v(h), heads), causal);
-  at::Tensor y = (first_only ? x.narrow(1, 0, 1) : x) + out(merge_heads(a));
-  return y + fc2(fc1(ln2(y), act));
+  at::Tensor y = add_into(out(merge_heads(a)), first_only ? x.narrow(1, 0, 1) : x);
+  return add_into(fc2(fc1(ln2(y), act)), y);
 }
 
 std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, const ClipTowerConfig& c) {

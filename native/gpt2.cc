@@ -158,8 +158,8 @@ at::Tensor Gpt2Model::forward(const at::Tensor& embeds, KvCache* cache) const {
       }
       att = merge_heads(attention(q, k, v, true));
     }
-    x = x + b.c_proj(att);
-    x = x + b.mlp_proj(b.c_fc(b.ln2(x), b.act));
+    x = add_into(b.c_proj(att), x);
+    x = add_into(b.mlp_proj(b.c_fc(b.ln2(x), b.act)), x);
   }
   if (cache) cache->len = past + T;
   return ln_f_(x);
@@ -203,8 +203,8 @@ at::Tensor Gpt2Model::forward_rows(const at::Tensor& embeds, const std::vector<K
       }
       att = merge_heads(B == 1 ? outs[0] : at::cat(outs, 0));
     }
-    x = x + b.c_proj(att);
-    x = x + b.mlp_proj(b.c_fc(b.ln2(x), b.act));
+    x = add_into(b.c_proj(att), x);
+    x = add_into(b.mlp_proj(b.c_fc(b.ln2(x), b.act)), x);
   }
   for (KvCache* c : caches) c->len += 1;
   return ln_f_(x);
@@ -239,8 +239,8 @@ at::Tensor Gpt2Model::forward_slots(const at::Tensor& embeds, KvSlab& slab, cons
     slab.v[i].view({-1, D}).index_copy_(0, where_t, v.reshape({B * H, D}));
     const at::Tensor ks = slab.k[i].narrow(2, 0, L).index_select(0, slot_t), vs = slab.v[i].narrow(2, 0, L).index_select(0, slot_t);
     at::Tensor att = merge_heads(masked_attention(q, ks, vs, see));
-    x = x + b.c_proj(att);
-    x = x + b.mlp_proj(b.c_fc(b.ln2(x), b.act));
+    x = add_into(b.c_proj(att), x);
+    x = add_into(b.mlp_proj(b.c_fc(b.ln2(x), b.act)), x);
   }
   return ln_f_(x);
 }

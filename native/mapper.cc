@@ -56,8 +56,8 @@ at::Tensor Mapper::operator()(const at::Tensor& f) const {
     // ClipCap lays keys and values out as [.., 2, heads, head_dim] in the last dimension.
     at::Tensor kv = l.to_keys_values(h).view({B, x.size(1), 2, l.heads, C / l.heads});
     at::Tensor k = kv.select(2, 0).transpose(1, 2), v = kv.select(2, 1).transpose(1, 2);
-    x = x + l.project(merge_heads(attention(q, k, v, false)));
-    x = x + l.fc2(at::relu(l.fc1(l.norm2(x))));
+    x = add_into(l.project(merge_heads(attention(q, k, v, false))), x);
+    x = add_into(l.fc2(at::relu(l.fc1(l.norm2(x)))), x);
   }
   return x.slice(1, cfg_.clip_length);
 }

@@ -261,8 +261,72 @@ at::Tensor merge_heads(const at::Tensor& x) {
   return x.transpose(1, 2).reshape({B, T, H * D});
 }
 
+namespace {
+
+// Whether t takes the CPU inference loops: float32 on the CPU without autograd.
+bool cpu_inference(const at::Tensor& t) {
+  return t.defined() && t.is_cpu() && t.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
+}
+
+// attention() for CPU inference: one kernels::attend per (batch, head, query) over that head's keys and values
+// gathered into contiguous scratch, (batch, head) pairs shared with cpu_pool's helpers. Instead of two batched
+// products, a scale, a softmax and the copies around them (each an OpenMP region above a few thousand elements),
+// one job; and the result is written in merged-heads order, so merge_heads() of it is a view. A query's result
+// depends on its own row and the keys it sees only, whatever the batch.
+at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
+  const int64_t B = q.size(0), H = q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
+  at::Tensor out = at::empty({B, Tq, H, D}, q.options());
+  const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2);
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  const kernels::Isa isa = kernels::active_isa();
+  auto heads_of = [&](int64_t i0, int64_t i1) {
+    std::vector<float> kh(static_cast<size_t>(Tk * D)), vh(kh.size()), scores(static_cast<size_t>(Tk));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = i / H, h = i % H;
+      for (int64_t t = 0; t < Tk; ++t) {
+        std::memcpy(kh.data() + t * D, kp + b * ks0 + h * ks1 + t * ks2, sizeof(float) * D);
+        std::memcpy(vh.data() + t * D, vp + b * vs0 + h * vs1 + t * vs2, sizeof(float) * D);
+      }
+      for (int64_t t = 0; t < Tq; ++t) {
+        const int64_t len = causal ? t + Tk - Tq + 1 : Tk;  // the mask's convention: aligned to the last key
+        kernels::attend(qp + b * qs0 + h * qs1 + t * qs2, kh.data(), vh.data(), D, len, scores.data(),
+                        op + ((b * Tq + t) * H + h) * D, isa);
+      }
+    }
+  };
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (B * H * Tq * Tk * D < (int64_t{1} << 16) || threads < 2) heads_of(0, B * H);
+  else pool_for(B * H, 2 * threads, threads, heads_of);
+  return out.transpose(1, 2);  // [B, H, Tq, D]
+}
+
+}  // namespace
+
+at::Tensor add_into(at::Tensor fresh, const at::Tensor& x) {
+  if (!cpu_inference(fresh) || !cpu_inference(x) || fresh.sizes() != x.sizes() || !fresh.is_contiguous() ||
+      !x.is_contiguous() || fresh.is_same(x))
+    return fresh + x;
+  float* fp = fresh.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  const int64_t n = fresh.numel();
+  auto run = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) fp[i] += xp[i];
+  };
+  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  if (n < (int64_t{1} << 16) || threads < 2) run(0, n);
+  else pool_for(n, 2 * threads, threads, run);
+  return fresh;
+}
+
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
   const int64_t Tq = q.size(2), Tk = k.size(2);
+  if (cpu_inference(q) && cpu_inference(k) && cpu_inference(v) && q.dim() == 4 && k.dim() == 4 && v.dim() == 4 &&
+      Tq > 0 && Tk > 0 && q.size(3) > 0 && (!causal || Tk >= Tq) && k.sizes() == v.sizes() && q.size(0) == k.size(0) &&
+      q.size(1) == k.size(1) && q.size(3) == k.size(3) && q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1)
+    return attention_cpu(q, k, v, causal);
 #if TORCH_VERSION_MAJOR >= 2
   // The fused kernel (flash / memory-efficient on CUDA, a blocked kernel on CPU) when its causal convention
   // (top-left aligned) agrees with ours: square, or a single query that may see every key.
