@@ -605,6 +605,70 @@ static void attend_one(const float* q, const float* k, const float* v, int64_t D
   }
 }
 
+// Scores of one query over NV vectors of keys at t0 (NV accumulators, kept in registers): scores[t0 + j * V + l] =
+// scale * sum_d qi[d] * kt[d * ldk + t0 + j * V + l].
+template <int NV>
+static inline void score_block(const float* qi, const float* kt, int64_t ldk, int64_t D, int64_t t0, vf sv,
+                               float* scores) {
+  vf a[NV];
+  for (int j = 0; j < NV; ++j) a[j] = vf{};
+  for (int64_t d = 0; d < D; ++d) {
+    const vf qd = vset1(qi[d]);
+    const float* kd = kt + d * ldk + t0;
+    for (int j = 0; j < NV; ++j) a[j] = vfma(qd, vload(kd + j * V), a[j]);
+  }
+  for (int j = 0; j < NV; ++j) vstore(scores + t0 + j * V, a[j] * sv);
+}
+
+// o[d0 .. d0 + NB * V) = sum_u p[u] * v[u * D + d], NB accumulators in registers.
+template <int NB>
+static inline void weigh_block(const float* p, int64_t len, const float* v, int64_t D, int64_t d0, float* o) {
+  vf a[NB];
+  for (int j = 0; j < NB; ++j) a[j] = vf{};
+  for (int64_t u = 0; u < len; ++u) {
+    const vf pv = vset1(p[u]);
+    const float* vu = v + u * D + d0;
+    for (int j = 0; j < NB; ++j) a[j] = vfma(pv, vload(vu + j * V), a[j]);
+  }
+  for (int j = 0; j < NB; ++j) vstore(o + d0 + j * V, a[j]);
+}
+
+// The attention of nq queries of one head (query i at q + i * ldq) over its keys, given transposed: kt[d * ldk + t]
+// is key t's element d, with ldk >= Tk rounded up to 16 and the padding finite (it is multiplied, never used);
+// v[t * D + d] as in attend_one. Query i sees keys [0, len) with len = Tk, or when causal Tk - nq + i + 1 (the
+// queries are the last nq positions). The scores are vectors over keys (a broadcast of q[d] times a row of kt, up
+// to 8 vectors of keys in registers), the weighted sum vectors over D (up to 8 in registers), instead of a dot
+// product and a horizontal sum per key: prefill and CLIP have many queries per head. scores: ldk floats of scratch;
+// out + i * ldo gets query i.
+static void attend_queries_one(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v,
+                               int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out, int64_t ldo) {
+  const vf sv = vset1(scale);
+  for (int64_t i = 0; i < nq; ++i) {
+    const float* qi = q + i * ldq;
+    const int64_t len = causal ? Tk - nq + i + 1 : Tk, nvec = (len + V - 1) / V;
+    int64_t j = 0;
+    for (; j + 8 <= nvec; j += 8) score_block<8>(qi, kt, ldk, D, j * V, sv, scores);
+    if (nvec - j >= 4) score_block<4>(qi, kt, ldk, D, j * V, sv, scores), j += 4;
+    if (nvec - j >= 2) score_block<2>(qi, kt, ldk, D, j * V, sv, scores), j += 2;
+    if (nvec - j >= 1) score_block<1>(qi, kt, ldk, D, j * V, sv, scores), j += 1;
+    float mx = -__builtin_inff();
+    for (int64_t u = 0; u < len; ++u) mx = scores[u] > mx ? scores[u] : mx;
+    const float inv = 1.f / exp_sum(scores, len, mx, scores);
+    for (int64_t u = 0; u < len; ++u) scores[u] *= inv;
+    float* o = out + i * ldo;
+    int64_t d = 0;
+    for (; d + 8 * V <= D; d += 8 * V) weigh_block<8>(scores, len, v, D, d, o);
+    if (D - d >= 4 * V) weigh_block<4>(scores, len, v, D, d, o), d += 4 * V;
+    if (D - d >= 2 * V) weigh_block<2>(scores, len, v, D, d, o), d += 2 * V;
+    if (D - d >= V) weigh_block<1>(scores, len, v, D, d, o), d += V;
+    for (; d < D; ++d) {
+      float acc = 0.f;
+      for (int64_t u = 0; u < len; ++u) acc += scores[u] * v[u * D + d];
+      o[d] = acc;
+    }
+  }
+}
+
 // One row's layer norm: y = (x - mean) / sqrt(var + eps) * w + b over x[0..C), the mean and then the variance in two
 // passes of V lanes each (lane sums added in a fixed order, a scalar tail past the last whole vector), so a row's
 // result depends only on its own x and the ISA.
@@ -681,4 +745,8 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
   }                                                                                                                \
   void layer_norm(const float* x, int64_t C, const float* w, const float* b, float eps, float* y) {                \
     layer_norm_one(x, C, w, b, eps, y);                                                                            \
+  }                                                                                                                \
+  void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v,      \
+                      int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out, int64_t ldo) {   \
+    attend_queries_one(q, ldq, nq, kt, ldk, v, D, Tk, causal, scale, scores, out, ldo);                            \
   }

@@ -268,8 +268,8 @@ bool cpu_inference(const at::Tensor& t) {
   return t.defined() && t.is_cpu() && t.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
 }
 
-// attention() for CPU inference: one kernels::attend per (batch, head, query) over that head's keys and values
-// gathered into contiguous scratch, (batch, head) pairs shared with cpu_pool's helpers. Instead of two batched
+// attention() for CPU inference: one kernels::attend_queries per (batch, head) over that head's keys (transposed) and
+// values gathered into contiguous scratch, (batch, head) pairs shared with cpu_pool's helpers. Instead of two batched
 // products, a scale, a softmax and the copies around them (each an OpenMP region above a few thousand elements),
 // one job; and the result is written in merged-heads order, so merge_heads() of it is a view. A query's result
 // depends on its own row and the keys it sees only, whatever the batch.
@@ -283,18 +283,18 @@ at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
   const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
   const kernels::Isa isa = kernels::active_isa();
   auto heads_of = [&](int64_t i0, int64_t i1) {
-    std::vector<float> kh(static_cast<size_t>(Tk * D)), vh(kh.size()), scores(static_cast<size_t>(Tk));
+    const int64_t ldk = kernels::attend_keys_stride(Tk);
+    std::vector<float> kt(static_cast<size_t>(D * ldk), 0.f), vh(static_cast<size_t>(Tk * D)), scores(static_cast<size_t>(ldk));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, h = i % H;
       for (int64_t t = 0; t < Tk; ++t) {
-        std::memcpy(kh.data() + t * D, kp + b * ks0 + h * ks1 + t * ks2, sizeof(float) * D);
+        const float* kr = kp + b * ks0 + h * ks1 + t * ks2;
+        for (int64_t d = 0; d < D; ++d) kt[d * ldk + t] = kr[d];
         std::memcpy(vh.data() + t * D, vp + b * vs0 + h * vs1 + t * vs2, sizeof(float) * D);
       }
-      for (int64_t t = 0; t < Tq; ++t) {
-        const int64_t len = causal ? t + Tk - Tq + 1 : Tk;  // the mask's convention: aligned to the last key
-        kernels::attend(qp + b * qs0 + h * qs1 + t * qs2, kh.data(), vh.data(), D, len, scores.data(),
-                        op + ((b * Tq + t) * H + h) * D, isa);
-      }
+      // causal: the mask's convention, query t sees keys up to t + Tk - Tq (aligned to the last key)
+      kernels::attend_queries(qp + b * qs0 + h * qs1, Tq > 1 ? qs2 : D, Tq, kt.data(), ldk, vh.data(), D, Tk, causal, scores.data(),
+                              op + (b * Tq * H + h) * D, H * D, isa);
     }
   };
   const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();

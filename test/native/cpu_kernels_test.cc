@@ -459,6 +459,59 @@ void test_attend() {
   }
 }
 
+// attend_queries against a double-precision reference on every runnable ISA: several queries per head (a row stride
+// above D), keys given transposed, lengths around 4 vectors of keys (the blocked loop, the single vectors and the
+// scalar tail), causal and not; and the sizes it refuses.
+void test_attend_queries() {
+  for (Isa isa : runnable_isas()) {
+    int checked = 0;
+    for (int64_t D : {1, 5, 16, 64, 67}) {
+      for (int64_t Tk : {1, 7, 31, 32, 33, 50, 70}) {
+        for (bool causal : {false, true}) {
+          const int64_t nq = causal ? std::min<int64_t>(Tk, 9) : 9, ldq = D + 3, ldo = D + 5;
+          const int64_t ldk = attend_keys_stride(Tk) + (D % 2) * 16;  // the least stride, and more
+          std::vector<float> q = randv(nq * ldq, -3.f, 3.f), k = randv(Tk * D), v = randv(Tk * D), kt = randv(D * ldk);
+          for (int64_t t = 0; t < Tk; ++t)
+            for (int64_t d = 0; d < D; ++d) kt[d * ldk + t] = k[t * D + d];  // the padding stays random
+          std::vector<float> out(nq * ldo, NAN), scores(ldk);
+          attend_queries(q.data(), ldq, nq, kt.data(), ldk, v.data(), D, Tk, causal, scores.data(), out.data(), ldo, isa);
+          double worst = 0;
+          for (int64_t i = 0; i < nq; ++i) {
+            const int64_t len = causal ? Tk - nq + i + 1 : Tk;
+            std::vector<double> p(len);
+            double mx = -INFINITY, sum = 0;
+            for (int64_t t = 0; t < len; ++t) {
+              double s = 0;
+              for (int64_t d = 0; d < D; ++d) s += static_cast<double>(q[i * ldq + d]) * k[t * D + d];
+              p[t] = s / std::sqrt(static_cast<double>(D));
+              mx = std::max(mx, p[t]);
+            }
+            for (auto& e : p) sum += (e = std::exp(e - mx));
+            for (int64_t d = 0; d < D; ++d) {
+              double want = 0, scale = 0;
+              for (int64_t t = 0; t < len; ++t) {
+                want += p[t] / sum * v[t * D + d];
+                scale += p[t] / sum * std::fabs(v[t * D + d]);
+              }
+              const double tol = 2e-6 * (1 + 3 * std::sqrt(static_cast<double>(D))) * (scale + 1e-3);
+              worst = std::max(worst, std::fabs(out[i * ldo + d] - want) / tol);
+            }
+          }
+          CHECK(worst <= 1, "%s attend_queries D %ld Tk %ld causal %d: error %.2f x the bound", isa_name(isa), (long)D,
+                (long)Tk, causal, worst);
+          ++checked;
+        }
+      }
+    }
+    float f = 0.f;
+    CHECK(throws_invalid([&] { attend_queries(&f, 1, 1, &f, 16, &f, 0, 1, false, &f, &f, 1, isa); }), "%s attend_queries: D 0", isa_name(isa));
+    CHECK(throws_invalid([&] { attend_queries(&f, 1, 2, &f, 16, &f, 1, 1, true, &f, &f, 1, isa); }), "%s attend_queries: causal nq > Tk", isa_name(isa));
+    CHECK(throws_invalid([&] { attend_queries(&f, 0, 1, &f, 16, &f, 1, 1, false, &f, &f, 1, isa); }), "%s attend_queries: ldq < D", isa_name(isa));
+    CHECK(throws_invalid([&] { attend_queries(&f, 1, 1, &f, 15, &f, 1, 17, false, &f, &f, 1, isa); }), "%s attend_queries: ldk too small", isa_name(isa));
+    std::printf("%-8s attend_queries: %d cases\n", isa_name(isa), checked);
+  }
+}
+
 // layer_norm against a double-precision reference on every runnable ISA: widths around the vector widths (CLIP's and
 // GPT-2's 768 among them, and scalar tails), rows with a large offset (the mean subtracted before squaring), a
 // constant row (variance 0: eps alone), in place; rows independent of one another; and the sizes it refuses.
@@ -518,6 +571,7 @@ int main() {
   test_greedy_pick();
   test_attend();
   test_layer_norm();
+  test_attend_queries();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
