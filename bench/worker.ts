@@ -187,7 +187,7 @@ async function main(): Promise<void> {
       res.tasks = out
       res.weights = { captioner: cap.weights, clip: cap.clip.weights }
       const info = runtimeInfo()
-      res.kernels = { cpu: info.cpu, blas: info.blas, blas_core_type: info.blasCoreType, choices: info.kernelChoices }
+      res.kernels = { cpu: info.cpu, blas: info.blas, blas_core_type: info.blasCoreType, choices: info.kernelChoices, pool: info.pool }
       if (job.dtype) res.greedy_ids = (await cap.caption(px(job.maxBatch), GREEDY)).map((c) => c.ids)
       if (job.profile) {
         // Where the batch-8 time goes: CLIP vision alone, decoding from features (20 tokens), and decoding 1 token
