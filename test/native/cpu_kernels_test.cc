@@ -2,6 +2,8 @@
 // all pass. Build and run: test/native/build.sh && test/native/out/cpu_kernels_test
 #include "cpu_kernels.h"
 
+#include "check.h"
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -15,19 +17,8 @@ using namespace semicap::kernels;
 
 namespace {
 
-int g_failures = 0, g_checks = 0;
-
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    ++g_checks;                                            \
-    if (!(cond)) {                                         \
-      ++g_failures;                                        \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                            \
-      std::printf("\n");                                   \
-      if (g_failures > 50) std::exit(1);                   \
-    }                                                      \
-  } while (0)
+using semicap_test::g_checks;
+using semicap_test::g_failures;
 
 std::mt19937 rng(12345);
 std::vector<float> randv(size_t n, float lo = -1.f, float hi = 1.f) {

@@ -3,6 +3,8 @@
 // Build and run: test/native/build.sh && test/native/out/cpu_pool_test
 #include "cpu_pool.h"
 
+#include "check.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -20,21 +22,8 @@ using semicap::pool_for;
 
 namespace {
 
-int g_failures = 0, g_checks = 0;
-std::mutex g_mu;
-
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    std::lock_guard<std::mutex> g_lock_(g_mu);                    \
-    ++g_checks;                                                   \
-    if (!(cond)) {                                                \
-      ++g_failures;                                               \
-      std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                                   \
-      std::printf("\n");                                          \
-      if (g_failures > 50) std::exit(1);                          \
-    }                                                             \
-  } while (0)
+using semicap_test::g_checks;
+using semicap_test::g_failures;
 
 // Runs one job and checks that its ranges are non-empty, within [0, n), and cover every index exactly once.
 void covered_once(int64_t n, int64_t chunks, int threads) {
