@@ -28,6 +28,7 @@ interface ChildOut {
   step1: number[]
   step3: number[]
   features: number[]
+  features8: number[]
   goldLogits: number[]
   goldFeatures: number[]
   greedy: number[]
@@ -170,7 +171,7 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
       expect(f[7]).toBe(c.choice)
       expect(Number(f[11])).toBe(c.checks)
     }
-    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy', 'batch16', 'batch8'] as const) expect(two[key], key).toEqual(one[key])
+    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy', 'batch16', 'batch8', 'features8'] as const) expect(two[key], key).toEqual(one[key])
 
     // A file that says the split is hopeless everywhere (one timing session, the split 1000x slower than one thread):
     // a new process times the split again at each shape's first call, keeps the fastest time per side, and decides
@@ -193,7 +194,7 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
     }
     expect(retimed).toBe(choices.length)
     expect(readFileSync(bad, 'utf8').trim().split('\n').length).toBeGreaterThanOrEqual(2 * choices.length)
-    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy', 'batch16', 'batch8'] as const) expect(again[key], key).toEqual(one[key])
+    for (const key of ['logits', 'step1', 'step3', 'features', 'goldLogits', 'goldFeatures', 'greedy', 'batch16', 'batch8', 'features8'] as const) expect(again[key], key).toEqual(one[key])
   }, 120_000)
 })
 

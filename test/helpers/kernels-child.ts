@@ -25,6 +25,9 @@ const clip = await Clip.create(
 )
 const px = new Float32Array(2 * 3 * 64 * 64).map((_, i) => Math.sin(i * 0.37))
 const features = floats(await clip.imageFeatures(new Tensor('float32', [2, 3, 64, 64], px)))
+// 8 images: 520 rows of 128, enough for the layer norms and residual adds to be shared between threads too.
+const px8 = new Float32Array(8 * 3 * 64 * 64).map((_, i) => Math.cos(i * 0.29))
+const features8 = floats(await clip.imageFeatures(new Tensor('float32', [8, 3, 64, 64], px8)))
 
 // Batched decoding at the sizes where work is shared between threads: 16 rows of the GPT-2 above over a cache of
 // 10-30 positions (the attention's heads are shared once a step has 2^16 multiply-adds), and a captioner's batch of
@@ -53,6 +56,7 @@ console.log(
     step1,
     step3,
     features,
+    features8,
     goldLogits,
     goldFeatures,
     greedy: Array.from(greedy.data as BigInt64Array, Number),
