@@ -7,7 +7,6 @@
 #include <ATen/Parallel.h>
 
 #include "cpu_kernels.h"
-#include "cpu_pool.h"
 #include "env.h"
 #include "errors.h"
 #include "nn.h"
@@ -81,7 +80,7 @@ bool DecodeBatch::greedy_cpu(const std::vector<Row*>& rows, const at::Tensor& lo
   logp.assign(R, 0.f);
   std::vector<char> ok(R, 0);
   const kernels::Isa isa = kernels::active_isa();
-  pool_for(R, R >= 4 ? R : 1, at::in_parallel_region() ? 1 : at::get_num_threads(), [&](int64_t r0, int64_t r1) {
+  pool_for(R, R >= 4 ? R : 1, inference_threads(), [&](int64_t r0, int64_t r1) {
     std::vector<float> masked;
     for (int64_t r = r0; r < r1; ++r) {
       const DecodeOptions& o = rows[r]->opts;

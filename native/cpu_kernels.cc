@@ -32,7 +32,8 @@ namespace semicap::kernels {
               float* out);                                                                                         \
   void layer_norm(const float* x, int64_t C, const float* w, const float* b, float eps, float* y);                 \
   void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v,      \
-                      int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out, int64_t ldo);    \
+                      int64_t ldv, int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out,     \
+                      int64_t ldo);                                                                                \
   }
 SEMICAP_KERNEL_DECL(portable)
 SEMICAP_KERNEL_DECL(avx2)
@@ -400,20 +401,22 @@ void attend(const float* q, const float* k, const float* v, int64_t D, int64_t l
 
 int64_t attend_keys_stride(int64_t Tk) { return (Tk + 15) / 16 * 16; }
 
-void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v, int64_t D,
-                    int64_t Tk, bool causal, float* scores, float* out, int64_t ldo, Isa isa) {
+void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v, int64_t ldv,
+                    int64_t D, int64_t Tk, bool causal, float* scores, float* out, int64_t ldo, Isa isa) {
   if (static_cast<int>(isa) > static_cast<int>(best_isa()))
     throw std::invalid_argument(std::string("cpu_kernels::attend_queries: ") + isa_name(isa) + " does not run on this CPU");
-  if (!q || !kt || !v || !scores || !out || D < 1 || Tk < 1 || nq < 0 || (causal && nq > Tk) || ldq < D || ldo < D ||
-      ldk < attend_keys_stride(Tk))
+  if (!q || !kt || !v || !scores || !out || D < 1 || Tk < 1 || nq < 0 || (causal && nq > Tk) || ldq < D || ldv < D ||
+      ldo < D || ldk < attend_keys_stride(Tk))
     throw std::invalid_argument("cpu_kernels::attend_queries: null buffer, D or Tk below 1, nq below 0 (or above Tk when "
                                 "causal), a row stride below D, or ldk below attend_keys_stride(Tk)");
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   switch (isa) {
-    case Isa::Portable: portable::attend_queries(q, ldq, nq, kt, ldk, v, D, Tk, causal, scale, scores, out, ldo); break;
-    case Isa::Avx2: avx2::attend_queries(q, ldq, nq, kt, ldk, v, D, Tk, causal, scale, scores, out, ldo); break;
-    case Isa::Avx512: avx512::attend_queries(q, ldq, nq, kt, ldk, v, D, Tk, causal, scale, scores, out, ldo); break;
-    case Isa::Avx512Bf16: avx512bf16::attend_queries(q, ldq, nq, kt, ldk, v, D, Tk, causal, scale, scores, out, ldo); break;
+    case Isa::Portable: portable::attend_queries(q, ldq, nq, kt, ldk, v, ldv, D, Tk, causal, scale, scores, out, ldo); break;
+    case Isa::Avx2: avx2::attend_queries(q, ldq, nq, kt, ldk, v, ldv, D, Tk, causal, scale, scores, out, ldo); break;
+    case Isa::Avx512: avx512::attend_queries(q, ldq, nq, kt, ldk, v, ldv, D, Tk, causal, scale, scores, out, ldo); break;
+    case Isa::Avx512Bf16:
+      avx512bf16::attend_queries(q, ldq, nq, kt, ldk, v, ldv, D, Tk, causal, scale, scores, out, ldo);
+      break;
   }
 }
 

@@ -100,14 +100,14 @@ void attend(const float* q, const float* k, const float* v, int64_t D, int64_t l
 
 // Attention of nq queries of one head over Tk keys (prefill, CLIP): query i at q + i * ldq, keys given transposed
 // (kt[d * ldk + t], ldk at least attend_keys_stride(Tk), the padding past Tk finite: it is multiplied and never
-// used), values as rows (v[t * D + d]), query i's result at out + i * ldo. Query i sees every key, or when causal the
+// used), values as rows (v[t * ldv + d]), query i's result at out + i * ldo. Query i sees every key, or when causal the
 // first Tk - nq + i + 1 (the queries are the last nq positions). scores: ldk floats of scratch. Vectorised over keys
 // for the scores and over D for the sum; a query's result depends on its own q, the keys it sees and the ISA only.
 // Throws std::invalid_argument on a null buffer, D or Tk below 1, nq below 0 or above Tk when causal, a row stride
 // below D, ldk below attend_keys_stride(Tk), or an ISA this CPU does not run.
 int64_t attend_keys_stride(int64_t Tk);
-void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v, int64_t D,
-                    int64_t Tk, bool causal, float* scores, float* out, int64_t ldo, Isa isa);
+void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v, int64_t ldv,
+                    int64_t D, int64_t Tk, bool causal, float* scores, float* out, int64_t ldo, Isa isa);
 
 // Layer norm of `rows` rows of C floats (x and y row-major, rows C apart; y may be x), by the loop of `isa`:
 // y = (x - mean) / sqrt(var + eps) * w + b per row, the biased variance as torch's layer_norm, within float32

@@ -570,6 +570,37 @@ static int row_pick(const float* x, int64_t n, int64_t* arg, float* sum) {
   return 1;
 }
 
+// o[d0 .. d0 + NB * V) = sum_u p[u] * v[u * ldv + d], NB accumulators in registers.
+template <int NB>
+static inline void weigh_block(const float* p, int64_t len, const float* v, int64_t ldv, int64_t d0, float* o) {
+  vf a[NB];
+  for (int j = 0; j < NB; ++j) a[j] = vf{};
+  for (int64_t u = 0; u < len; ++u) {
+    const vf pv = vset1(p[u]);
+    const float* vu = v + u * ldv + d0;
+    for (int j = 0; j < NB; ++j) a[j] = vfma(pv, vload(vu + j * V), a[j]);
+  }
+  for (int j = 0; j < NB; ++j) vstore(o + d0 + j * V, a[j]);
+}
+
+// The end of one query's attention: scores[0..len) (mx their largest) become softmax weights, and o[0..D) = sum_u
+// weight_u * v[u * ldv + d], up to 8 vectors of o in registers (a scalar tail past the last whole vector). Each o[d]
+// is the weights' multiply-adds in key order, whichever block holds it.
+static void softmax_weigh(float* scores, int64_t len, float mx, const float* v, int64_t ldv, int64_t D, float* o) {
+  const float inv = 1.f / exp_sum(scores, len, mx, scores);
+  for (int64_t u = 0; u < len; ++u) scores[u] *= inv;
+  int64_t d = 0;
+  for (; d + 8 * V <= D; d += 8 * V) weigh_block<8>(scores, len, v, ldv, d, o);
+  if (D - d >= 4 * V) weigh_block<4>(scores, len, v, ldv, d, o), d += 4 * V;
+  if (D - d >= 2 * V) weigh_block<2>(scores, len, v, ldv, d, o), d += 2 * V;
+  if (D - d >= V) weigh_block<1>(scores, len, v, ldv, d, o), d += V;
+  for (; d < D; ++d) {
+    float acc = 0.f;
+    for (int64_t u = 0; u < len; ++u) acc += scores[u] * v[u * ldv + d];
+    o[d] = acc;
+  }
+}
+
 // One decoding query's attention over its cache: out[0..D) = sum_t softmax_t(q . k_t * scale) v_t over t < len, rows
 // k_t = k + t * D (likewise v). scores: len floats of scratch. Vectors over D (a scalar tail past the last whole
 // vector), so a row's result depends only on its own q, k and v and on the ISA.
@@ -594,15 +625,7 @@ static void attend_one(const float* q, const float* k, const float* v, int64_t D
     scores[t] = s;
     mx = s > mx ? s : mx;
   }
-  const float inv = 1.f / exp_sum(scores, len, mx, scores);
-  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
-  for (int64_t t = 0; t < len; ++t) {
-    const float p = scores[t] * inv;
-    const vf pv = vset1(p);
-    const float* vt = v + t * D;
-    for (int64_t d = 0; d < DV; d += V) vstore(out + d, vfma(pv, vload(vt + d), vload(out + d)));
-    for (int64_t d = DV; d < D; ++d) out[d] += p * vt[d];
-  }
+  softmax_weigh(scores, len, mx, v, D, D, out);
 }
 
 // Scores of one query over NV vectors of keys at t0 (NV accumulators, kept in registers): scores[t0 + j * V + l] =
@@ -620,28 +643,16 @@ static inline void score_block(const float* qi, const float* kt, int64_t ldk, in
   for (int j = 0; j < NV; ++j) vstore(scores + t0 + j * V, a[j] * sv);
 }
 
-// o[d0 .. d0 + NB * V) = sum_u p[u] * v[u * D + d], NB accumulators in registers.
-template <int NB>
-static inline void weigh_block(const float* p, int64_t len, const float* v, int64_t D, int64_t d0, float* o) {
-  vf a[NB];
-  for (int j = 0; j < NB; ++j) a[j] = vf{};
-  for (int64_t u = 0; u < len; ++u) {
-    const vf pv = vset1(p[u]);
-    const float* vu = v + u * D + d0;
-    for (int j = 0; j < NB; ++j) a[j] = vfma(pv, vload(vu + j * V), a[j]);
-  }
-  for (int j = 0; j < NB; ++j) vstore(o + d0 + j * V, a[j]);
-}
-
 // The attention of nq queries of one head (query i at q + i * ldq) over its keys, given transposed: kt[d * ldk + t]
 // is key t's element d, with ldk >= Tk rounded up to 16 and the padding finite (it is multiplied, never used);
-// v[t * D + d] as in attend_one. Query i sees keys [0, len) with len = Tk, or when causal Tk - nq + i + 1 (the
+// v[t * ldv + d] the values' rows. Query i sees keys [0, len) with len = Tk, or when causal Tk - nq + i + 1 (the
 // queries are the last nq positions). The scores are vectors over keys (a broadcast of q[d] times a row of kt, up
 // to 8 vectors of keys in registers), the weighted sum vectors over D (up to 8 in registers), instead of a dot
 // product and a horizontal sum per key: prefill and CLIP have many queries per head. scores: ldk floats of scratch;
 // out + i * ldo gets query i.
 static void attend_queries_one(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v,
-                               int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out, int64_t ldo) {
+                               int64_t ldv, int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out,
+                               int64_t ldo) {
   const vf sv = vset1(scale);
   for (int64_t i = 0; i < nq; ++i) {
     const float* qi = q + i * ldq;
@@ -653,19 +664,7 @@ static void attend_queries_one(const float* q, int64_t ldq, int64_t nq, const fl
     if (nvec - j >= 1) score_block<1>(qi, kt, ldk, D, j * V, sv, scores), j += 1;
     float mx = -__builtin_inff();
     for (int64_t u = 0; u < len; ++u) mx = scores[u] > mx ? scores[u] : mx;
-    const float inv = 1.f / exp_sum(scores, len, mx, scores);
-    for (int64_t u = 0; u < len; ++u) scores[u] *= inv;
-    float* o = out + i * ldo;
-    int64_t d = 0;
-    for (; d + 8 * V <= D; d += 8 * V) weigh_block<8>(scores, len, v, D, d, o);
-    if (D - d >= 4 * V) weigh_block<4>(scores, len, v, D, d, o), d += 4 * V;
-    if (D - d >= 2 * V) weigh_block<2>(scores, len, v, D, d, o), d += 2 * V;
-    if (D - d >= V) weigh_block<1>(scores, len, v, D, d, o), d += V;
-    for (; d < D; ++d) {
-      float acc = 0.f;
-      for (int64_t u = 0; u < len; ++u) acc += scores[u] * v[u * D + d];
-      o[d] = acc;
-    }
+    softmax_weigh(scores, len, mx, v, ldv, D, out + i * ldo);
   }
 }
 
@@ -747,6 +746,7 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
     layer_norm_one(x, C, w, b, eps, y);                                                                            \
   }                                                                                                                \
   void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v,      \
-                      int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out, int64_t ldo) {   \
-    attend_queries_one(q, ldq, nq, kt, ldk, v, D, Tk, causal, scale, scores, out, ldo);                            \
+                      int64_t ldv, int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out,     \
+                      int64_t ldo) {                                                                               \
+    attend_queries_one(q, ldq, nq, kt, ldk, v, ldv, D, Tk, causal, scale, scores, out, ldo);                       \
   }

@@ -11,7 +11,6 @@
 #include <set>
 #include <sstream>
 
-#include "cpu_pool.h"
 #include "errors.h"
 #include "safetensors.h"
 #include "env.h"
@@ -268,8 +267,8 @@ bool cpu_inference(const at::Tensor& t) {
   return t.defined() && t.is_cpu() && t.scalar_type() == at::kFloat && !c10::GradMode::is_enabled();
 }
 
-// attention() for CPU inference: one kernels::attend_queries per (batch, head) over that head's keys (transposed) and
-// values gathered into contiguous scratch, (batch, head) pairs shared with cpu_pool's helpers. Instead of two batched
+// attention() for CPU inference: one kernels::attend_queries per (batch, head) over that head's keys gathered
+// transposed into scratch and its values where they lie, (batch, head) pairs shared with cpu_pool's helpers. Instead of two batched
 // products, a scale, a softmax and the copies around them (each an OpenMP region above a few thousand elements),
 // one job; and the result is written in merged-heads order, so merge_heads() of it is a view. A query's result
 // depends on its own row and the keys it sees only, whatever the batch.
@@ -278,28 +277,25 @@ at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
   at::Tensor out = at::empty({B, Tq, H, D}, q.options());
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2);
-  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
-  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
   const kernels::Isa isa = kernels::active_isa();
+  // (a size-1 dimension's stride may be anything: its one row is all that is read)
+  const int64_t ldq = Tq > 1 ? q.stride(2) : D, ldv = Tk > 1 ? v.stride(2) : D;
   auto heads_of = [&](int64_t i0, int64_t i1) {
     const int64_t ldk = kernels::attend_keys_stride(Tk);
-    std::vector<float> kt(static_cast<size_t>(D * ldk), 0.f), vh(static_cast<size_t>(Tk * D)), scores(static_cast<size_t>(ldk));
+    std::vector<float> kt(static_cast<size_t>(D * ldk), 0.f), scores(static_cast<size_t>(ldk));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / H, h = i % H;
       for (int64_t t = 0; t < Tk; ++t) {
-        const float* kr = kp + b * ks0 + h * ks1 + t * ks2;
+        const float* kr = kp + b * k.stride(0) + h * k.stride(1) + t * k.stride(2);
         for (int64_t d = 0; d < D; ++d) kt[d * ldk + t] = kr[d];
-        std::memcpy(vh.data() + t * D, vp + b * vs0 + h * vs1 + t * vs2, sizeof(float) * D);
       }
       // causal: the mask's convention, query t sees keys up to t + Tk - Tq (aligned to the last key)
-      kernels::attend_queries(qp + b * qs0 + h * qs1, Tq > 1 ? qs2 : D, Tq, kt.data(), ldk, vh.data(), D, Tk, causal, scores.data(),
+      kernels::attend_queries(qp + b * q.stride(0) + h * q.stride(1), ldq, Tq, kt.data(), ldk,
+                              vp + b * v.stride(0) + h * v.stride(1), ldv, D, Tk, causal, scores.data(),
                               op + (b * Tq * H + h) * D, H * D, isa);
     }
   };
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (B * H * Tq * Tk * D < (int64_t{1} << 16) || threads < 2) heads_of(0, B * H);
-  else pool_for(B * H, 2 * threads, threads, heads_of);
+  share_work(B * H, B * H * Tq * Tk * D, heads_of);
   return out.transpose(1, 2);  // [B, H, Tq, D]
 }
 
@@ -312,12 +308,9 @@ at::Tensor add_into(at::Tensor fresh, const at::Tensor& x) {
   float* fp = fresh.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   const int64_t n = fresh.numel();
-  auto run = [&](int64_t i0, int64_t i1) {
+  share_work(n, n, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) fp[i] += xp[i];
-  };
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (n < (int64_t{1} << 16) || threads < 2) run(0, n);
-  else pool_for(n, 2 * threads, threads, run);
+  });
   return fresh;
 }
 
@@ -325,7 +318,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const int64_t Tq = q.size(2), Tk = k.size(2);
   if (cpu_inference(q) && cpu_inference(k) && cpu_inference(v) && q.dim() == 4 && k.dim() == 4 && v.dim() == 4 &&
       Tq > 0 && Tk > 0 && q.size(3) > 0 && (!causal || Tk >= Tq) && k.sizes() == v.sizes() && q.size(0) == k.size(0) &&
-      q.size(1) == k.size(1) && q.size(3) == k.size(3) && q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1)
+      q.size(1) == k.size(1) && q.size(3) == k.size(3) && q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 &&
+      (Tq == 1 || q.stride(2) >= q.size(3)) && (Tk == 1 || v.stride(2) >= v.size(3)))  // rows that do not overlap
     return attention_cpu(q, k, v, causal);
 #if TORCH_VERSION_MAJOR >= 2
   // The fused kernel (flash / memory-efficient on CUDA, a blocked kernel on CPU) when its causal convention
@@ -352,9 +346,8 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 at::Tensor LayerNorm::operator()(const at::Tensor& x) const {
   const int64_t C = weight.size(0);
-  const bool ours = !c10::GradMode::is_enabled() && x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() >= 1 &&
-                    x.size(-1) == C && weight.is_cpu() && weight.scalar_type() == at::kFloat && weight.dim() == 1 &&
-                    bias.defined() && bias.is_cpu() && bias.scalar_type() == at::kFloat && bias.sizes() == weight.sizes();
+  const bool ours = cpu_inference(x) && cpu_inference(weight) && cpu_inference(bias) && x.dim() >= 1 &&
+                    x.size(-1) == C && weight.dim() == 1 && bias.sizes() == weight.sizes();
   if (!ours) return at::layer_norm(x, {C}, weight, bias, eps);
   const at::Tensor xc = x.contiguous(), w = weight.contiguous(), b = bias.contiguous();
   at::Tensor y = at::empty_like(xc);
@@ -364,17 +357,14 @@ at::Tensor LayerNorm::operator()(const at::Tensor& x) const {
   float* yp = y.data_ptr<float>();
   const kernels::Isa isa = kernels::active_isa();
   const float e = static_cast<float>(eps);
-  auto run = [&](int64_t r0, int64_t r1) { kernels::layer_norm(xp + r0 * C, r1 - r0, C, wp, bp, e, yp + r0 * C, isa); };
   // A decoding step's few rows take microseconds: the calling thread does them. CLIP's hundreds are shared.
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (rows * C < (int64_t{1} << 16) || threads < 2) run(0, rows);
-  else pool_for(rows, 2 * threads, threads, run);
+  share_work(rows, rows * C, [&](int64_t r0, int64_t r1) {
+    kernels::layer_norm(xp + r0 * C, r1 - r0, C, wp, bp, e, yp + r0 * C, isa);
+  });
   return y;
 }
 
-bool decode_attention_usable(const at::Tensor& x) {
-  return x.is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.size(1) == 1 && !c10::GradMode::is_enabled();
-}
+bool decode_attention_usable(const at::Tensor& x) { return cpu_inference(x) && x.dim() == 3 && x.size(1) == 1; }
 
 at::Tensor decode_attention(const at::Tensor& qkv, int64_t heads, const std::vector<float*>& k_cache,
                             const std::vector<float*>& v_cache, int64_t capacity, const std::vector<int64_t>& pos) {
@@ -402,11 +392,7 @@ at::Tensor decode_attention(const at::Tensor& qkv, int64_t heads, const std::vec
       kernels::attend(row + h * D, kh, vh, D, pos[r] + 1, scores.data(), dst + r * C + h * D, isa);
     }
   };
-  // Below ~2^16 multiply-adds (one row's heads over a short cache: ~15 us) the work is less than handing half of it
-  // to a helper: the calling thread does it alone.
-  const int threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  if (keys < (int64_t{1} << 16)) heads_of(0, rows * heads);
-  else pool_for(rows * heads, 2 * threads, threads, heads_of);
+  share_work(rows * heads, keys, heads_of);
   return out;
 }
 

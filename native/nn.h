@@ -155,12 +155,12 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 // must see at least one key.
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& see);
 
-// [B, T, C] -> [B, H, T, C/H] and back.
 // fresh + x for a residual connection. fresh must be a temporary the caller owns (a layer's output): for CPU
 // inference with both contiguous it is added into in place (shared with cpu_pool's helpers when large) and returned,
 // instead of libtorch's add opening an OpenMP region; otherwise fresh + x.
 at::Tensor add_into(at::Tensor fresh, const at::Tensor& x);
 
+// [B, T, C] -> [B, H, T, C/H] and back.
 at::Tensor split_heads(const at::Tensor& x, int64_t heads);
 at::Tensor merge_heads(const at::Tensor& x);
 

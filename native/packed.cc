@@ -21,7 +21,6 @@
 #include <cpuid.h>
 #endif
 
-#include "cpu_pool.h"
 #include "env.h"
 #include "errors.h"
 
@@ -190,7 +189,7 @@ Calibration& calibration() {
 
 // Whether a product is big enough for its columns (or rows) to be split between threads at all.
 bool splittable(int64_t rows, int64_t K, int64_t N) {
-  return at::get_num_threads() > 1 && rows * N * K >= (int64_t{1} << 18) && !at::in_parallel_region();
+  return rows * N * K >= (int64_t{1} << 18) && inference_threads() > 1;
 }
 
 // The kernels over the packed weight; split (callers pass it only for splittable() products): columns split between
@@ -206,7 +205,7 @@ at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, con
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const int64_t P = pw.panel, panels = (N + P - 1) / P;
-  const int threads = at::get_num_threads();
+  const int threads = inference_threads();
   auto cols = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     kernels::gemm_packed(xp + r0 * K, r1 - r0, K, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P), act);
   };
@@ -230,6 +229,8 @@ double micros_since(std::chrono::steady_clock::time_point t0) {
 }
 
 }  // namespace
+
+int inference_threads() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
 
 kernels::WType parse_wtype(const std::string& s) {
   if (s == "float32") return WType::F32;

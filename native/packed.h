@@ -14,8 +14,22 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "cpu_pool.h"
 
 namespace semicap {
+
+// The threads CPU inference work may use from this thread: libtorch's intra-op count, 1 inside a parallel region.
+int inference_threads();
+
+// fn(begin, end) over [0, n): shared with cpu_pool's helpers (two chunks per thread) when `work` (multiply-adds or
+// elements) reaches 2^16 and inference_threads() is above 1; below that (~15 us) handing half of it to a helper saves
+// nothing, and the calling thread does it all.
+template <class F>
+void share_work(int64_t n, int64_t work, F&& fn) {
+  const int threads = work < (int64_t{1} << 16) ? 1 : inference_threads();
+  if (threads < 2) fn(int64_t{0}, n);
+  else pool_for(n, 2 * threads, threads, fn);
+}
 
 class PackedSlot {
  public:

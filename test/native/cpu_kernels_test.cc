@@ -465,7 +465,7 @@ void test_attend_queries() {
           for (int64_t t = 0; t < Tk; ++t)
             for (int64_t d = 0; d < D; ++d) kt[d * ldk + t] = k[t * D + d];  // the padding stays random
           std::vector<float> out(nq * ldo, NAN), scores(ldk);
-          attend_queries(q.data(), ldq, nq, kt.data(), ldk, v.data(), D, Tk, causal, scores.data(), out.data(), ldo, isa);
+          attend_queries(q.data(), ldq, nq, kt.data(), ldk, v.data(), D, D, Tk, causal, scores.data(), out.data(), ldo, isa);
           double worst = 0;
           for (int64_t i = 0; i < nq; ++i) {
             const int64_t len = causal ? Tk - nq + i + 1 : Tk;
@@ -495,10 +495,10 @@ void test_attend_queries() {
       }
     }
     float f = 0.f;
-    CHECK(throws_invalid([&] { attend_queries(&f, 1, 1, &f, 16, &f, 0, 1, false, &f, &f, 1, isa); }), "%s attend_queries: D 0", isa_name(isa));
-    CHECK(throws_invalid([&] { attend_queries(&f, 1, 2, &f, 16, &f, 1, 1, true, &f, &f, 1, isa); }), "%s attend_queries: causal nq > Tk", isa_name(isa));
-    CHECK(throws_invalid([&] { attend_queries(&f, 0, 1, &f, 16, &f, 1, 1, false, &f, &f, 1, isa); }), "%s attend_queries: ldq < D", isa_name(isa));
-    CHECK(throws_invalid([&] { attend_queries(&f, 1, 1, &f, 15, &f, 1, 17, false, &f, &f, 1, isa); }), "%s attend_queries: ldk too small", isa_name(isa));
+    CHECK(throws_invalid([&] { attend_queries(&f, 1, 1, &f, 16, &f, 1, 0, 1, false, &f, &f, 1, isa); }), "%s attend_queries: D 0", isa_name(isa));
+    CHECK(throws_invalid([&] { attend_queries(&f, 1, 2, &f, 16, &f, 1, 1, 1, true, &f, &f, 1, isa); }), "%s attend_queries: causal nq > Tk", isa_name(isa));
+    CHECK(throws_invalid([&] { attend_queries(&f, 0, 1, &f, 16, &f, 1, 1, 1, false, &f, &f, 1, isa); }), "%s attend_queries: ldq < D", isa_name(isa));
+    CHECK(throws_invalid([&] { attend_queries(&f, 1, 1, &f, 15, &f, 1, 1, 17, false, &f, &f, 1, isa); }), "%s attend_queries: ldk too small", isa_name(isa));
     std::printf("%-8s attend_queries: %d cases\n", isa_name(isa), checked);
   }
 }
