@@ -570,17 +570,28 @@ static int row_pick(const float* x, int64_t n, int64_t* arg, float* sum) {
   return 1;
 }
 
-// o[d0 .. d0 + NB * V) = sum_u p[u] * v[u * ldv + d], NB accumulators in registers.
+// dst[j * V + l] = scale * sum_u c[u] * rows[u * ld + j * V + l] for j < NB: NB vectors summed in registers, the
+// rows in order (one broadcast of c[u] each).
 template <int NB>
-static inline void weigh_block(const float* p, int64_t len, const float* v, int64_t ldv, int64_t d0, float* o) {
+static inline void combine_block(const float* c, int64_t n, const float* rows, int64_t ld, vf scale, float* dst) {
   vf a[NB];
   for (int j = 0; j < NB; ++j) a[j] = vf{};
-  for (int64_t u = 0; u < len; ++u) {
-    const vf pv = vset1(p[u]);
-    const float* vu = v + u * ldv + d0;
-    for (int j = 0; j < NB; ++j) a[j] = vfma(pv, vload(vu + j * V), a[j]);
+  for (int64_t u = 0; u < n; ++u) {
+    const vf cu = vset1(c[u]);
+    const float* r = rows + u * ld;
+    for (int j = 0; j < NB; ++j) a[j] = vfma(cu, vload(r + j * V), a[j]);
   }
-  for (int j = 0; j < NB; ++j) vstore(o + d0 + j * V, a[j]);
+  for (int j = 0; j < NB; ++j) vstore(dst + j * V, a[j] * scale);
+}
+
+// The same over `vectors` vectors: 8 at a time, then 4, 2 and 1. Each vector's sum is the same whichever block holds it.
+static inline void combine_rows(const float* c, int64_t n, const float* rows, int64_t ld, int64_t vectors, vf scale,
+                                float* dst) {
+  int64_t j = 0;
+  for (; j + 8 <= vectors; j += 8) combine_block<8>(c, n, rows + j * V, ld, scale, dst + j * V);
+  if (vectors - j >= 4) combine_block<4>(c, n, rows + j * V, ld, scale, dst + j * V), j += 4;
+  if (vectors - j >= 2) combine_block<2>(c, n, rows + j * V, ld, scale, dst + j * V), j += 2;
+  if (vectors - j >= 1) combine_block<1>(c, n, rows + j * V, ld, scale, dst + j * V);
 }
 
 // The end of one query's attention: scores[0..len) (mx their largest) become softmax weights, and o[0..D) = sum_u
@@ -589,12 +600,8 @@ static inline void weigh_block(const float* p, int64_t len, const float* v, int6
 static void softmax_weigh(float* scores, int64_t len, float mx, const float* v, int64_t ldv, int64_t D, float* o) {
   const float inv = 1.f / exp_sum(scores, len, mx, scores);
   for (int64_t u = 0; u < len; ++u) scores[u] *= inv;
-  int64_t d = 0;
-  for (; d + 8 * V <= D; d += 8 * V) weigh_block<8>(scores, len, v, ldv, d, o);
-  if (D - d >= 4 * V) weigh_block<4>(scores, len, v, ldv, d, o), d += 4 * V;
-  if (D - d >= 2 * V) weigh_block<2>(scores, len, v, ldv, d, o), d += 2 * V;
-  if (D - d >= V) weigh_block<1>(scores, len, v, ldv, d, o), d += V;
-  for (; d < D; ++d) {
+  combine_rows(scores, len, v, ldv, D / V, vset1(1.f), o);
+  for (int64_t d = D / V * V; d < D; ++d) {
     float acc = 0.f;
     for (int64_t u = 0; u < len; ++u) acc += scores[u] * v[u * ldv + d];
     o[d] = acc;
@@ -628,21 +635,6 @@ static void attend_one(const float* q, const float* k, const float* v, int64_t D
   softmax_weigh(scores, len, mx, v, D, D, out);
 }
 
-// Scores of one query over NV vectors of keys at t0 (NV accumulators, kept in registers): scores[t0 + j * V + l] =
-// scale * sum_d qi[d] * kt[d * ldk + t0 + j * V + l].
-template <int NV>
-static inline void score_block(const float* qi, const float* kt, int64_t ldk, int64_t D, int64_t t0, vf sv,
-                               float* scores) {
-  vf a[NV];
-  for (int j = 0; j < NV; ++j) a[j] = vf{};
-  for (int64_t d = 0; d < D; ++d) {
-    const vf qd = vset1(qi[d]);
-    const float* kd = kt + d * ldk + t0;
-    for (int j = 0; j < NV; ++j) a[j] = vfma(qd, vload(kd + j * V), a[j]);
-  }
-  for (int j = 0; j < NV; ++j) vstore(scores + t0 + j * V, a[j] * sv);
-}
-
 // The attention of nq queries of one head (query i at q + i * ldq) over its keys, given transposed: kt[d * ldk + t]
 // is key t's element d, with ldk >= Tk rounded up to 16 and the padding finite (it is multiplied, never used);
 // v[t * ldv + d] the values' rows. Query i sees keys [0, len) with len = Tk, or when causal Tk - nq + i + 1 (the
@@ -656,12 +648,8 @@ static void attend_queries_one(const float* q, int64_t ldq, int64_t nq, const fl
   const vf sv = vset1(scale);
   for (int64_t i = 0; i < nq; ++i) {
     const float* qi = q + i * ldq;
-    const int64_t len = causal ? Tk - nq + i + 1 : Tk, nvec = (len + V - 1) / V;
-    int64_t j = 0;
-    for (; j + 8 <= nvec; j += 8) score_block<8>(qi, kt, ldk, D, j * V, sv, scores);
-    if (nvec - j >= 4) score_block<4>(qi, kt, ldk, D, j * V, sv, scores), j += 4;
-    if (nvec - j >= 2) score_block<2>(qi, kt, ldk, D, j * V, sv, scores), j += 2;
-    if (nvec - j >= 1) score_block<1>(qi, kt, ldk, D, j * V, sv, scores), j += 1;
+    const int64_t len = causal ? Tk - nq + i + 1 : Tk;
+    combine_rows(qi, D, kt, ldk, (len + V - 1) / V, sv, scores);  // whole vectors of keys: padding past len too
     float mx = -__builtin_inff();
     for (int64_t u = 0; u < len; ++u) mx = scores[u] > mx ? scores[u] : mx;
     softmax_weigh(scores, len, mx, v, ldv, D, out + i * ldo);
