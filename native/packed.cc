@@ -284,7 +284,7 @@ bool packing_used(kernels::WType type) { return type != WType::F32 || f32_mode()
 
 bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot) {
   if (!slot || c10::GradMode::is_enabled() || !x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0) return false;
-  if (!w.is_cpu() || w.scalar_type() != at::kFloat || w.dim() != 2 || w.requires_grad()) return false;
+  if (!w.is_cpu() || w.scalar_type() != at::kFloat || w.dim() != 2) return false;
   if (x.size(-1) != (slot->w_is_kn() ? w.size(0) : w.size(1)) || x.numel() == 0) return false;
   return slot->type() != WType::F32 || f32_mode() != F32Mode::Blas;
 }
@@ -307,6 +307,23 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   // The split or the calling thread alone: the split must win by a margin (one thread leaves the other core to
   // other work: a second request, the event loop).
   auto split_or_not = [](double tk, double t1) { return tk * 1.05 < t1 ? Path::Kernel : Path::Kernel1; };
+  if (w.requires_grad()) {
+    // A weight being trained, read without autograd (SCST's sampling): always the kernels, never BLAS, and nothing
+    // timed or recorded. Its packed copy is renewed after every optimizer step, so a race against BLAS would be timed
+    // on weights that are about to change; and the kernels' rows do not depend on the batch or the thread count, so
+    // every rank of a data-parallel run samples what one process would. Split as this shape's choice says.
+    Path p = split ? Path::Kernel : Path::Kernel1;
+    {
+      std::lock_guard<std::mutex> lock(cal.mu);
+      if (!cal.loaded) cal.load_file();
+      auto it = cal.choices.find(key);
+      if (split && it != cal.choices.end()) {
+        const KernelChoice& c = it->second.c;
+        p = c.path == Path::Blas ? split_or_not(c.kernel_us, c.kernel1_us) : c.path;
+      }
+    }
+    return run(p);
+  }
   // The kernels on the calling thread, and the split and BLAS when asked, three times each, alternating: the fastest
   // time per path (NaN: not timed) and its last output. On a shared machine other work only ever adds time, and
   // two runs each were seen to pick the slower side; the first BLAS run may fault the weight's pages back in.

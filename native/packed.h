@@ -1,8 +1,10 @@
 // float32 CPU inference through weights laid out once for the kernels of cpu_kernels.h, in float32, bfloat16 or
-// int8. A PackedSlot belongs to one weight (a Linear, a Conv1D, GPT-2's logits); it packs lazily, repacks when the
-// weight changes (version counter or storage), and is skipped while the weight is being trained (requires_grad).
+// int8. A PackedSlot belongs to one weight (a Linear, a Conv1D, GPT-2's logits); it packs lazily and repacks when
+// the weight changes (version counter or storage): a weight being trained is repacked after each optimizer step
+// (which bumps its version) when it is read without autograd, as SCST's sampling does.
 // For float32 the kernels compete with BLAS: the first product of each shape (rows bucket, K, N, threads) times
-// both and keeps the faster (SEMICAP_CPU_GEMM=kernel|blas forces one). bfloat16 / int8 always use the kernels.
+// both and keeps the faster (SEMICAP_CPU_GEMM=kernel|blas forces one); a weight being trained always takes the
+// kernels. bfloat16 / int8 always use the kernels.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -59,8 +61,8 @@ class PackedSlot {
   const void* ptr_ = nullptr;
 };
 
-// Whether x times w may go through the slot: float32 CPU inference (grad mode off) on a float32 CPU weight that
-// nobody is training, on a CPU and build where the kernels run.
+// Whether x times w may go through the slot: float32 CPU inference (grad mode off) on a float32 CPU weight, on a CPU
+// and build where the kernels run.
 bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot);
 
 // Whether weights of this type are ever read through slots (float32 with SEMICAP_CPU_GEMM=blas: never).

@@ -347,6 +347,32 @@ describe('checkpoints, resume, abort', () => {
     await expect(noRef).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringMatching(/reference/) })
   })
 
+  it('SCST decodes with the weights of its step: the greedy baseline of step n is what the step n - 1 checkpoint captions', async () => {
+    // The sampling runs without autograd through packed copies of the weights being trained (packed.h); each optimizer
+    // step must renew them. A stale copy would keep decoding with the weights of the step that packed it.
+    const dir = join(work, 'fresh-weights')
+    const unlabeled = examples.map((e) => ({ ...e, captions: [] }))
+    const baselines: { texts: string[]; ids: string[] }[] = []
+    const cap = await fresh()
+    const initial = await fresh()
+    await cap.train({
+      stage: 'clip-reward', unlabeled, steps: 3, batchSize: 2, samples: 2, maxTokens: 8, lr: 3e-2, featureCache: join(work, 'cache'), seed: 3,
+      checkpointDir: dir, checkpointEvery: 1, checkpointKeep: 3,
+      // The first batchSize captions scored are the greedy baselines of the batch's images.
+      reward: { type: 'custom', fn: (texts: string[], ids: string[]) => (baselines.push({ texts: texts.slice(0, 2), ids: ids.slice(0, 2) }), texts.map((t) => t.length / 10)) },
+    })
+    expect(baselines.length).toBe(3)
+    const imagesOf = (ids: string[]) => ids.map((id) => examples.find((e) => e.id === id)!.image)
+    for (let n = 1; n <= 3; n++) {
+      const before = n === 1 ? initial : await Captioner.load(join(dir, `step-${String(n - 1).padStart(8, '0')}`), { device: 'cpu' })
+      if (n > 1) created.push(before)
+      const texts = (await before.caption(imagesOf(baselines[n - 1]!.ids), { maxTokens: 8, stop: '.' })).map((c) => c.text)
+      expect(texts, `step ${n}`).toEqual(baselines[n - 1]!.texts)
+    }
+    // The run moved the captions: the initial weights caption step 3's images otherwise (so stale copies would show).
+    expect((await initial.caption(imagesOf(baselines[2]!.ids), { maxTokens: 8, stop: '.' })).map((c) => c.text)).not.toEqual(baselines[2]!.texts)
+  })
+
   it('abort stops within one step and leaves a usable model', async () => {
     const cap = await fresh()
     const controller = new AbortController()
