@@ -17,10 +17,12 @@ at::Tensor CaptionerModel::prefix_from_features(const at::Tensor& features) cons
   return (*mapper)(f);
 }
 
-at::Tensor CaptionerModel::sequence_logits(const at::Tensor& features, const at::Tensor& ids_in) const {
+at::Tensor CaptionerModel::sequence_logits(const at::Tensor& features, const at::Tensor& ids_in, int64_t repeat) const {
   check(ids_in.dim() == 2 && ids_in.size(1) >= 1, "E_SHAPE", "caption ids must have shape [N, L] with L >= 1");
+  check(repeat >= 1 && features.size(0) * repeat == ids_in.size(0), "E_SHAPE", "caption ids must have a row per feature row and repeat");
   at::Tensor ids = ids_in.to(gpt->device(), at::kLong);
   at::Tensor prefix = prefix_from_features(features);
+  if (repeat > 1) prefix = prefix.repeat_interleave(repeat, 0);
   const int64_t P = prefix.size(1), L = ids.size(1);
   at::Tensor x = prefix;
   if (L > 1) x = at::cat({prefix, gpt->embed_tokens(ids.slice(1, 0, L - 1).clamp_min(0))}, 1);

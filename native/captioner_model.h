@@ -26,8 +26,9 @@ struct CaptionerModel {
 
   CaptionerModel(const MapperConfig& mc, const Gpt2Config& gc, bool normalize, uint64_t seed = 0);
   at::Tensor prefix_from_features(const at::Tensor& features) const;
-  // Logits [N, L, V] where logits[:, t] predicts ids[:, t] (ids -1-padded), after the prefix mapped from features.
-  at::Tensor sequence_logits(const at::Tensor& features, const at::Tensor& ids) const;
+  // Logits [N, L, V] where logits[:, t] predicts ids[:, t] (ids -1-padded), after the prefix mapped from features;
+  // each row of features serves `repeat` consecutive rows of ids (N = features rows x repeat), mapped once.
+  at::Tensor sequence_logits(const at::Tensor& features, const at::Tensor& ids, int64_t repeat = 1) const;
   // Rename map for Captioner checkpoints (tolerates GPT-2 buffers and a "transformer." prefix after "gpt.").
   static std::string checkpoint_key(const std::string& key);
   // checkpoint_key for this model (keeps gpt.lm_head.weight when GPT-2's head is untied).

@@ -1,5 +1,6 @@
 #include "decode.h"
 
+#include <cstring>
 #include <limits>
 
 #include "autocast.h"
@@ -79,6 +80,28 @@ at::Tensor sample_tokens(const at::Tensor& logits, const DecodeOptions& o, int64
 
 namespace {
 
+// For a CPU prefix with rows equal byte for byte (SCST samples K captions of each image from K copies of its prefix):
+// the rows to prefill, one per distinct prefix, and for every row the index of its own among them. Undefined
+// tensors when the rows all differ (or the prefix is not on the CPU, where comparing would cost a copy and a sync).
+std::pair<at::Tensor, at::Tensor> distinct_rows(const at::Tensor& prefix) {
+  const int64_t B = prefix.size(0);
+  if (B < 2 || !prefix.is_cpu()) return {};
+  const at::Tensor p = prefix.contiguous();
+  const size_t row_bytes = static_cast<size_t>(p.numel() / B) * p.element_size();
+  const auto* base = static_cast<const unsigned char*>(p.data_ptr());
+  std::vector<int64_t> keep, own(static_cast<size_t>(B));
+  for (int64_t r = 0; r < B; ++r) {
+    const unsigned char* row = base + static_cast<size_t>(r) * row_bytes;
+    int64_t u = 0;
+    while (u < static_cast<int64_t>(keep.size()) && std::memcmp(base + static_cast<size_t>(keep[u]) * row_bytes, row, row_bytes) != 0) ++u;
+    if (u == static_cast<int64_t>(keep.size())) keep.push_back(r);
+    own[static_cast<size_t>(r)] = u;
+  }
+  if (static_cast<int64_t>(keep.size()) == B) return {};
+  auto as_tensor = [](const std::vector<int64_t>& v) { return at::tensor(at::ArrayRef<int64_t>(v), at::kLong); };
+  return {as_tensor(keep), as_tensor(own)};
+}
+
 DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& opts) {
   const int64_t B = prefix.size(0);
   DecodeOptions o = opts;
@@ -87,7 +110,14 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
   at::Tensor ends = end_token_mask(gpt, o);
   const bool can_end = !o.stop_ids.empty() || o.eos_id >= 0;
   KvCache cache(prefix.size(1) + o.max_tokens);
-  at::Tensor logits = gpt.logits(gpt.forward(prefix, &cache).select(1, -1)).to(at::kFloat);
+  // Equal prefixes are prefilled once (a row's keys, values and logits do not depend on the other rows), then
+  // every row takes its own copy of the cache.
+  auto [distinct, own] = distinct_rows(prefix);
+  at::Tensor logits = gpt.logits(gpt.forward(distinct.defined() ? prefix.index_select(0, distinct) : prefix, &cache).select(1, -1)).to(at::kFloat);
+  if (distinct.defined()) {
+    cache.reorder(own);
+    logits = logits.index_select(0, own);
+  }
   auto long_opts = at::TensorOptions().dtype(at::kLong).device(gpt.device());
   at::Tensor out = at::full({B, o.max_tokens}, -1, long_opts);
   at::Tensor finished = at::zeros({B}, long_opts.dtype(at::kBool));

@@ -308,8 +308,8 @@ class Loop {
     at::Tensor rewards = (*rewards_)(at::cat({greedy, samples}), owners, batch);
     at::Tensor baseline = rewards.slice(0, 0, B).repeat_interleave(K, 0);
     at::Tensor r = rewards.slice(0, B);
-    at::Tensor sample_feats = feats.repeat_interleave(K, 0);
-    at::Tensor logits = m_.sequence_logits(sample_feats, samples);
+    // The prefix of each image is mapped once and serves its K samples.
+    at::Tensor logits = m_.sequence_logits(feats, samples, K);
     auto [logp, mask] = token_logprobs(logits, samples);
     // Policy gradient and KL are both per-token means over the global batch's sampled tokens.
     const double tokens = std::max(1.0, sum_over_ranks(dist_.get(), mask.sum().item<double>()));
@@ -317,7 +317,7 @@ class Loop {
     if (cfg_.kl_coef > 0) {
       // Grad mode stays on (nothing here requires grad, so no graph is recorded): the reference then takes the same
       // matmul path as the policy, and the KL of identical models is exactly 0, not BLAS-vs-kernel rounding.
-      at::Tensor ref_logits = ref_->sequence_logits(sample_feats, samples).detach();
+      at::Tensor ref_logits = ref_->sequence_logits(feats, samples, K).detach();
       at::Tensor kl = kl_penalty_sum(logits, ref_logits, mask) / tokens;
       sm.kl += kl.item<double>();
       ++sm.kl_n;

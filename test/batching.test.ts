@@ -48,6 +48,20 @@ afterAll(async () => {
 })
 
 describe('continuous batching', () => {
+  it('sampling copies of one image: each copy as that row samples among other images (decode() prefills copies once)', async () => {
+    const o = { decoding: 'sample', maxTokens: 12, stop: null, temperature: 1.2, seed: 5 } as const
+    const [a, b, c] = [images[0]!, images[1]!, images[2]!]
+    const rows = [a, b, a, b, a]
+    const copies = await solo.caption(rows, o)
+    for (let r = 0; r < rows.length; r++) {
+      const alone = await solo.caption(rows.map((img, i) => (i === r ? img : c)), o)
+      expect(alone[r]!.ids, `row ${r}`).toEqual(copies[r]!.ids)
+      expect(alone[r]!.score, `row ${r}`).toBe(copies[r]!.score)
+    }
+    // Each copy drew its own caption (row seeds), not one shared.
+    expect(new Set([0, 2, 4].map((r) => copies[r]!.ids.join(' '))).size).toBeGreaterThan(1)
+  })
+
   it('concurrent greedy calls give the ids of the same calls made one at a time, and share steps', async () => {
     const calls: [Tensor | Buffer[], CaptionOptions][] = [
       [slice(pixels, 0, 1), { maxTokens: 5, stop: null, stopAtEos: false }],
