@@ -285,6 +285,9 @@ bool packing_used(kernels::WType type) { return type != WType::F32 || f32_mode()
 bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot) {
   if (!slot || c10::GradMode::is_enabled() || !x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0) return false;
   if (!w.is_cpu() || w.scalar_type() != at::kFloat || w.dim() != 2) return false;
+  // A weight being trained is read through a float32 copy only: sampling with bfloat16 / int8 copies would draw
+  // from another policy than the float32 one whose log-probabilities are trained.
+  if (w.requires_grad() && slot->type() != WType::F32) return false;
   if (x.size(-1) != (slot->w_is_kn() ? w.size(0) : w.size(1)) || x.numel() == 0) return false;
   return slot->type() != WType::F32 || f32_mode() != F32Mode::Blas;
 }

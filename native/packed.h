@@ -1,7 +1,7 @@
 // float32 CPU inference through weights laid out once for the kernels of cpu_kernels.h, in float32, bfloat16 or
 // int8. A PackedSlot belongs to one weight (a Linear, a Conv1D, GPT-2's logits); it packs lazily and repacks when
 // the weight changes (version counter or storage): a weight being trained is repacked after each optimizer step
-// (which bumps its version) when it is read without autograd, as SCST's sampling does.
+// (which bumps its version) when it is read without autograd, as SCST's sampling does (float32 slots only).
 // For float32 the kernels compete with BLAS: the first product of each shape (rows bucket, K, N, threads) times
 // both and keeps the faster (SEMICAP_CPU_GEMM=kernel|blas forces one); a weight being trained always takes the
 // kernels. bfloat16 / int8 always use the kernels.
