@@ -299,7 +299,12 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   auto pw = slot.get(w);
   const WType type = slot.type();
   const int64_t rows = x.numel() / pw->K;
-  const bool with_blas = type == WType::F32 && f32_mode() == F32Mode::Auto;
+  // A weight being trained, read without autograd (SCST's sampling): always the kernels, never BLAS, and nothing
+  // timed or recorded. Its packed copy is renewed after every optimizer step, so a race against BLAS would be timed
+  // on weights that are about to change; and the kernels' rows do not depend on the batch or the thread count, so
+  // every rank of a data-parallel run samples what one process would. Split as this shape's choice says, else split.
+  const bool trained = w.requires_grad();
+  const bool with_blas = type == WType::F32 && f32_mode() == F32Mode::Auto && !trained;
   const bool split = splittable(rows, pw->K, pw->N);
   if (!with_blas && !split) return run_kernels(x, *pw, bias, act, false);
   const int threads = at::get_num_threads();
@@ -310,23 +315,6 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   // The split or the calling thread alone: the split must win by a margin (one thread leaves the other core to
   // other work: a second request, the event loop).
   auto split_or_not = [](double tk, double t1) { return tk * 1.05 < t1 ? Path::Kernel : Path::Kernel1; };
-  if (w.requires_grad()) {
-    // A weight being trained, read without autograd (SCST's sampling): always the kernels, never BLAS, and nothing
-    // timed or recorded. Its packed copy is renewed after every optimizer step, so a race against BLAS would be timed
-    // on weights that are about to change; and the kernels' rows do not depend on the batch or the thread count, so
-    // every rank of a data-parallel run samples what one process would. Split as this shape's choice says.
-    Path p = split ? Path::Kernel : Path::Kernel1;
-    {
-      std::lock_guard<std::mutex> lock(cal.mu);
-      if (!cal.loaded) cal.load_file();
-      auto it = cal.choices.find(key);
-      if (split && it != cal.choices.end()) {
-        const KernelChoice& c = it->second.c;
-        p = c.path == Path::Blas ? split_or_not(c.kernel_us, c.kernel1_us) : c.path;
-      }
-    }
-    return run(p);
-  }
   // The kernels on the calling thread, and the split and BLAS when asked, three times each, alternating: the fastest
   // time per path (NaN: not timed) and its last output. On a shared machine other work only ever adds time, and
   // two runs each were seen to pick the slower side; the first BLAS run may fault the weight's pages back in.
@@ -358,16 +346,18 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
       Calibration::Entry& e = it->second;
       const KernelChoice& c = e.c;
       found = true;
-      ++e.calls;
-      // BLAS chosen, but this process forces the kernels (SEMICAP_CPU_GEMM=kernel): the faster of the timed kernels.
+      if (!trained) ++e.calls;
+      // BLAS chosen, but this process forces the kernels (SEMICAP_CPU_GEMM=kernel) or the weight is being trained:
+      // the faster of the timed kernels.
       known = c.path == Path::Blas && !with_blas ? split_or_not(c.kernel_us, c.kernel1_us) : c.path;
       // Not settled: time the split again at this process's 1st, 16th and 256th call of the shape.
-      retime = split && c.path != Path::Blas && c.checks < kSplitChecks && !e.timing &&
+      retime = !trained && split && c.path != Path::Blas && c.checks < kSplitChecks && !e.timing &&
                (e.calls == 1 || e.calls == 16 || e.calls == 256);
       e.timing = e.timing || retime;
     }
   }
   if (found && !retime) return run(known);
+  if (trained) return run(Path::Kernel);  // (split: the products too small to split returned above)
   if (retime) {
     Timed t = time_paths(true, false);
     std::lock_guard<std::mutex> lock(cal.mu);
