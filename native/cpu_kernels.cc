@@ -277,16 +277,7 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
     }
   };
   if (type == WType::F32) {
-    float* d = static_cast<float*>(pw->data);
-    if (w_is_kn) {
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t p = 0; p < np; ++p) {
-          const int64_t n0 = p * P, nc = std::min<int64_t>(P, N - n0);
-          std::memcpy(d + lay.at(n0, k), w + k * ldw + n0, nc * sizeof(float));
-        }
-    } else {
-      dest_order([&](int64_t n, int64_t k, int64_t i, int64_t) { d[i] = at(n, k); });
-    }
+    repack_f32(*pw, w, w_is_kn, ldw, 0, np);
   } else if (pair_layout(type, isa)) {
     // Pair row i of panel p: word j (two uint16, low first) = W(n0 + j, 2i), W(n0 + j, 2i + 1); 0 past an odd K.
     uint16_t* d = static_cast<uint16_t*>(pw->data);
@@ -325,6 +316,34 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
     });
   }
   return pw;
+}
+
+void repack_f32(PackedWeight& pw, const float* w, bool w_is_kn, int64_t ldw, int64_t p0, int64_t p1) {
+  const int64_t N = pw.N, K = pw.K, P = pw.panel;
+  if (pw.type != WType::F32 || !pw.data || N < 1 || K < 1 || P != panel_for(pw.isa))
+    throw std::invalid_argument("cpu_kernels::repack_f32: not a float32 packed weight");
+  const int64_t np = (N + P - 1) / P;
+  if (p0 < 0 || p1 > np || p0 > p1) throw std::invalid_argument("cpu_kernels::repack_f32: bad panel range");
+  if (!w || ldw < (w_is_kn ? N : K)) throw std::invalid_argument("cpu_kernels::repack_f32: null weight or short rows");
+  if (pw.data_bytes < static_cast<size_t>(np * P * K) * sizeof(float))
+    throw std::invalid_argument("cpu_kernels::repack_f32: packed memory too small");
+  float* d = static_cast<float*>(pw.data);
+  const Layout lay(N, K, P, segments_for(pw.isa));
+  // Panel by panel, each panel row's columns side by side: sequential writes. [K, N] rows are copied P columns at a
+  // time; an [N, K] weight is read from the panel's P rows at once (each of their cache lines serves 16 k in turn).
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n0 = p * P, nc = std::min<int64_t>(P, N - n0);
+    for (int64_t k = 0; k < K; ++k) {
+      float* row = d + lay.at(n0, k);
+      if (w_is_kn) {
+        std::memcpy(row, w + k * ldw + n0, nc * sizeof(float));
+      } else {
+        const float* src = w + n0 * ldw + k;
+        for (int64_t j = 0; j < nc; ++j) row[j] = src[j * ldw];
+      }
+      for (int64_t j = nc; j < P; ++j) row[j] = 0.f;  // a last panel's padding (memory may be reused)
+    }
+  }
 }
 
 void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,

@@ -74,6 +74,11 @@ struct PackedWeight {
 // than a row, null w).
 std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_is_kn, int64_t ldw, WType type, Isa isa);
 
+// Lays out a float32 w again into pw's own memory (pw float32, its N, K and isa as pack() set them, or smaller N / K
+// that still fit its bytes), panels [p0, p1) of ceil(N / panel) only, so that threads can share it: renews the copy
+// of a weight being trained after each optimizer step without allocating. The same bytes as pack(). Throws
+// std::invalid_argument on another type, a bad range, too little memory, a null w or ldw shorter than a row.
+void repack_f32(PackedWeight& pw, const float* w, bool w_is_kn, int64_t ldw, int64_t p0, int64_t p1);
 // y[m * ldy + n] for m < rows and n in [n_begin, n_end): n_begin a multiple of w.panel, n_end <= N (only the last
 // range may end inside a panel). x is [rows, K] with row stride ldx >= K; ldy >= n_end; no alignment needed for
 // x, y, bias. bias may be null. Serial and reentrant (per-thread scratch, grown on demand and kept): callers split

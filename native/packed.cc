@@ -271,6 +271,19 @@ std::shared_ptr<const kernels::PackedWeight> PackedSlot::get(const at::Tensor& w
   check(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_cpu(), "E_NATIVE", "packed weights must be float32 CPU matrices");
   at::Tensor wc = w.contiguous();
   const int64_t N = kn_ ? wc.size(1) : wc.size(0), K = kn_ ? wc.size(0) : wc.size(1);
+  // A float32 copy nobody else holds (the slot's own lock is held, and readers only take copies through it), of the
+  // same shape: laid out again in its own memory, threads sharing the panels. A weight being trained comes here
+  // after every optimizer step (SCST's sampling); fresh memory would be faulted in and zeroed page by page first.
+  if (packed_ && packed_.use_count() == 1 && type == WType::F32 && packed_->type == type && packed_->N == N &&
+      packed_->K == K && packed_->isa == kernels::active_isa()) {
+    auto& pw = const_cast<kernels::PackedWeight&>(*packed_);
+    const float* src = wc.data_ptr<float>();
+    const int64_t panels = (N + pw.panel - 1) / pw.panel;
+    share_work(panels, N * K, [&](int64_t p0, int64_t p1) { kernels::repack_f32(pw, src, kn_, kn_ ? N : K, p0, p1); });
+    version_ = version;
+    ptr_ = w.data_ptr();
+    return packed_;
+  }
   packed_.reset();  // the old copy goes before the new one is made
   auto pw = kernels::pack(wc.data_ptr<float>(), N, K, kn_, kn_ ? N : K, type, kernels::active_isa());
   pw->i8_dot = i8_dot_.load();
