@@ -102,11 +102,22 @@ std::pair<at::Tensor, at::Tensor> distinct_rows(const at::Tensor& prefix) {
   return {as_tensor(keep), as_tensor(own)};
 }
 
+// The next token of every row: the most likely one, or sampled (but in the first o.greedy_rows rows).
+at::Tensor next_tokens(const at::Tensor& logits, const DecodeOptions& o, int64_t t) {
+  if (o.method != "sample") return logits.argmax(-1);
+  const int64_t G = o.greedy_rows;
+  if (G == 0) return sample_tokens(logits, o, t);
+  if (G == logits.size(0)) return logits.argmax(-1);
+  return at::cat({logits.slice(0, 0, G).argmax(-1), sample_tokens(logits.slice(0, G), o, t)});
+}
+
 DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, const DecodeOptions& opts) {
   const int64_t B = prefix.size(0);
   DecodeOptions o = opts;
+  if (o.method != "sample") o.greedy_rows = 0;
+  check(o.greedy_rows >= 0 && o.greedy_rows <= B, "E_NATIVE", "decode: greedy rows must lie in [0, B]");
   if (o.method == "sample" && o.row_seeds.empty())
-    for (int64_t i = 0; i < B; ++i) o.row_seeds.push_back(row_seed(o.seed, i));
+    for (int64_t i = 0; i < B - o.greedy_rows; ++i) o.row_seeds.push_back(row_seed(o.seed, i));
   at::Tensor ends = end_token_mask(gpt, o);
   const bool can_end = !o.stop_ids.empty() || o.eos_id >= 0;
   KvCache cache(prefix.size(1) + o.max_tokens);
@@ -126,7 +137,7 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
   int64_t t = 0;
   for (; t < o.max_tokens; ++t) {
     if (t < o.min_tokens) logits = logits.masked_fill(ends, kNegInf);
-    at::Tensor next = o.method == "sample" ? sample_tokens(logits, o, t) : logits.argmax(-1);
+    at::Tensor next = next_tokens(logits, o, t);
     at::Tensor alive = finished.logical_not();
     logp_sum += at::log_softmax(logits, -1).gather(-1, next.unsqueeze(-1)).squeeze(-1) * alive;
     count += alive;

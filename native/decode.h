@@ -14,6 +14,10 @@ struct DecodeOptions {
   // Sampling: row i draws its uniform at step t from (row_seeds[i], t) alone, so a row's sample does not depend on
   // which other rows share its batch (data-parallel training draws per global example). Empty: row_seed(seed, i).
   std::vector<uint64_t> row_seeds;
+  // Sampling: the first greedy_rows rows take the most likely token instead, and row_seeds (when given) hold the
+  // other rows' seeds only. SCST decodes its greedy baseline beside its samples: one pass over GPT-2's weights per
+  // step for both, and each image's prefix prefilled once for both.
+  int64_t greedy_rows = 0;
   std::vector<int64_t> stop_ids;  // tokens that end a caption and are part of it (e.g. ones containing ".")
   int64_t eos_id = -1;            // ends a caption, not part of it (<|endoftext|>)
   bool bf16 = false;              // bf16 autocast (CUDA only)

@@ -92,11 +92,6 @@ at::Tensor draw_global(const at::Tensor& pool, int64_t step, int64_t B, uint64_t
 // This rank's slice of a global batch (batch B per rank): the same rows one process with batch B * world draws.
 at::Tensor local_slice(const at::Tensor& global, int64_t B, const DistConfig& d) { return global.narrow(0, d.rank * B, B); }
 
-at::Tensor pad_to(const at::Tensor& ids, int64_t L) {
-  if (ids.size(1) >= L) return ids;
-  return at::cat({ids, at::full({ids.size(0), L - ids.size(1)}, -1, ids.options())}, 1);
-}
-
 // Sums over one step's micro-batches of this rank's share of each metric; reduced over ranks once per step.
 struct StepMetrics {
   double loss = 0, ce = 0, kl = 0, reward = 0, baseline = 0, rows = 0;  // reward, baseline: sums over sampled rows
@@ -291,19 +286,20 @@ class Loop {
       o.max_tokens = cfg_.max_tokens;
       o.stop_ids = cfg_.stop_ids;
       o.eos_id = cfg_.eos_id;
-      greedy = decode(*m_.gpt, prefix, o).ids;
+      // The greedy baseline (B rows) and the samples (B * K rows) in one decoding: one pass over the weights per
+      // token for both. A row's tokens do not depend on the rows beside it (the kernels' rows are independent).
       o.method = "sample";
+      o.greedy_rows = B;
       o.temperature = cfg_.temperature;
       // One stream per global sample (step, position in the global batch): the samples do not depend on how the
       // batch is divided over ranks, and a resumed run draws what the uninterrupted one drew.
       const uint64_t base = mix(cfg_.seed, 1000 + static_cast<uint64_t>(k));
       const uint64_t first = static_cast<uint64_t>(cfg_.dist.rank * B * K);
       for (int64_t r = 0; r < B * K; ++r) o.row_seeds.push_back(mix(base, first + static_cast<uint64_t>(r)));
-      samples = decode(*m_.gpt, prefix.repeat_interleave(K, 0), o).ids;
+      at::Tensor ids = decode(*m_.gpt, at::cat({prefix, prefix.repeat_interleave(K, 0)}), o).ids;
+      greedy = ids.slice(0, 0, B);
+      samples = ids.slice(0, B);
     }
-    const int64_t L = std::max(greedy.size(1), samples.size(1));
-    greedy = pad_to(greedy, L);
-    samples = pad_to(samples, L);
     at::Tensor owners = at::cat({images, images.repeat_interleave(K, 0)});
     at::Tensor rewards = (*rewards_)(at::cat({greedy, samples}), owners, batch);
     at::Tensor baseline = rewards.slice(0, 0, B).repeat_interleave(K, 0);
