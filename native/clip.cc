@@ -105,6 +105,12 @@ at::Tensor ClipModel::image_features(const at::Tensor& pixels) const {
   return at::linear(post_ln_(x.select(1, 0)), visual_proj_);
 }
 
+at::Tensor ClipModel::pool_positions(const at::Tensor& ids) const {
+  // HF pooling: legacy configs (eos_token_id == 2) pool at argmax(ids), others at the first eos.
+  if (cfg_.eos_token_id == 2) return ids.argmax(1);
+  return (ids == cfg_.eos_token_id).to(at::kInt).argmax(1);  // first maximum = first eos; 0 when there is none (as HF)
+}
+
 ClipTowerOutput ClipModel::text(const at::Tensor& ids_in) const {
   check(ids_in.dim() == 2 && ids_in.size(0) > 0 && ids_in.size(1) > 0, "E_SHAPE", "text ids must have shape [B, T] with B, T >= 1");
   check(ids_in.size(1) <= cfg_.max_positions, "E_SHAPE",
@@ -119,14 +125,7 @@ ClipTowerOutput ClipModel::text(const at::Tensor& ids_in) const {
   at::Tensor x = at::embedding(tok_emb_, ids) + txt_pos_.slice(0, 0, T).unsqueeze(0);
   ClipTowerOutput out;
   out.last_hidden = final_ln_(encode(txt_layers_, x, true));
-  // HF pooling: legacy configs (eos_token_id == 2) pool at argmax(ids), others at the first eos.
-  at::Tensor pos;
-  if (cfg_.eos_token_id == 2) {
-    pos = ids.argmax(1);
-  } else {
-    at::Tensor is_eos = (ids == cfg_.eos_token_id).to(at::kInt);
-    pos = is_eos.argmax(1);  // first maximum = first eos; 0 when there is none (as HF)
-  }
+  at::Tensor pos = pool_positions(ids);
   out.pooled = out.last_hidden.gather(1, pos.view({-1, 1, 1}).expand({ids.size(0), 1, out.last_hidden.size(2)})).squeeze(1);
   out.features = at::linear(out.pooled, text_proj_);
   return out;

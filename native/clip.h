@@ -47,6 +47,9 @@ class ClipModel {
   at::Tensor image_features(const at::Tensor& pixels) const;
   // ids [B, T] int64 -> outputs; validates ids and lengths.
   ClipTowerOutput text(const at::Tensor& ids) const;
+  // Where text() pools each row of ids [B, T] (int64, on this model's device): HF's rule, the first end token (or
+  // argmax(ids) for legacy configs). The tower is causal, so a row's pooled output ignores positions after it.
+  at::Tensor pool_positions(const at::Tensor& ids) const;
   at::Tensor logit_scale() const { return logit_scale_; }
   at::Device device() const { return logit_scale_.device(); }
 

@@ -8,6 +8,33 @@ namespace semicap {
 
 namespace {
 at::Tensor unit_rows(const at::Tensor& x) { return x / x.norm(2, -1, true).clamp_min(1e-12); }
+
+// CLIP text features of ids [N, T] in groups of similar length, each cut after its longest row's pooled position.
+// Why: an SCST step's captions (greedy and sampled) are padded to the longest of them, and the tower is causal and
+// pools at each row's end token, so the padding is work whose result is never read; sorted into a few groups the
+// tower runs on far fewer positions. A row's features are the same mathematically (float32 rounding may differ
+// where a product's path depends on its row count).
+at::Tensor text_features(const ClipModel& clip, const at::Tensor& ids_in) {
+  constexpr int64_t kGroups = 3;
+  const int64_t N = ids_in.size(0), T = ids_in.size(1);
+  if (N < 2 * kGroups) return clip.text(ids_in).features;
+  const at::Tensor ids = ids_in.to(at::kLong);
+  const at::Tensor lengths = clip.pool_positions(ids).cpu() + 1;
+  const at::Tensor order = std::get<1>(lengths.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  const int64_t* o = order.data_ptr<int64_t>();
+  const int64_t* len = lengths.data_ptr<int64_t>();
+  std::vector<at::Tensor> parts;
+  for (int64_t g = 0; g < kGroups; ++g) {
+    const int64_t b = N * g / kGroups, e = N * (g + 1) / kGroups;
+    const at::Tensor rows = order.slice(0, b, e);
+    const int64_t L = std::min(T, len[o[e - 1]]);  // the group's longest (sorted ascending)
+    parts.push_back(clip.text(ids.index_select(0, rows.to(ids.device())).slice(1, 0, L)).features);
+  }
+  // Back to the callers' row order.
+  const at::Tensor back = at::empty_like(order);
+  back.index_put_({order}, at::arange(N, order.options()));
+  return at::cat(parts).index_select(0, back.to(parts[0].device()));
+}
 }  // namespace
 
 Rewards::Rewards(const TrainConfig& cfg, CaptionerModel& model, const at::Tensor& features, const TrainData& d, ScoreFn score)
@@ -39,7 +66,7 @@ at::Tensor Rewards::raw(const at::Tensor& ids, const at::Tensor& owners, const a
     check(clip && clip->model, "E_DISPOSED", "the CLIP model was disposed");
     std::lock_guard<std::mutex> lock(clip->mu);
     c10::NoGradGuard no_grad;
-    text = unit_rows(clip->model->text(clip_ids).features.to(device));
+    text = unit_rows(text_features(*clip->model, clip_ids).to(device));
   }
   at::Tensor own = owners.to(device);
   if (cfg_.reward == "clipS") return clip_s_reward(text, unit_rows(features_.index_select(0, own)), cfg_.clip_w);

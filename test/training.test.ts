@@ -161,6 +161,50 @@ describe('SCST', () => {
     expect(all.some((x) => x > 0.01)).toBe(true) // not every cosine clipped to 0: the check compares real values
   })
 
+  it('CLIP-S rewards of 8 captions of different lengths (encoded by the tower in length groups) equal each caption encoded in full', async () => {
+    const cap = await fresh()
+    const K = 7
+    // The tiny model's captions all run to the token limit: each row's text is cut to its own length here (what the
+    // run scores, and what is recorded), so the rows' CLIP lengths differ.
+    const tokenize = cap.clip.tokenize.bind(cap.clip)
+    const calls: string[][] = []
+    cap.clip.tokenize = (texts, o) => {
+      const cut = texts.map((t, i) => t.slice(0, 9 + ((5 * i + 3) % 8) * 6))
+      calls.push(cut)
+      return tokenize(cut, o)
+    }
+    const [white] = await makeColourSquares(work, [['white', [255, 255, 255]]], () => 'a white square.')
+    const prefix = 'kitchen '
+    // 1 greedy + 7 sampled captions scored per step: enough rows for the tower to take them in groups of similar
+    // length, each cut to its own longest; the rewards must be those of every caption encoded at full length.
+    const run = cap.train({ stage: 'clip-reward', unlabeled: [white!], steps: 3, batchSize: 1, samples: K, lr: 1e-3, reward: { w: 2, prefix }, featureCache: join(work, 'cache') })
+    const progress = collect(run)
+    await run
+    expect(calls).toHaveLength(3)
+    const image = unit(await cap.clip.imageFeatures(await cap.clip.preprocess([white!.image])))[0]!
+    const lengths = new Set<number>()
+    let positive = 0
+    for (const [step, texts] of calls.entries()) {
+      expect(texts).toHaveLength(1 + K)
+      const ids = tokenize(texts)
+      const [N, T] = ids.shape as [number, number]
+      const d = ids.data as ArrayLike<number | bigint>
+      for (let i = 0; i < N; i++) {
+        // Rows are padded with the end token: a row's length runs to its first end token.
+        const eos = Number(d[i * T + T - 1])
+        let end = 1
+        while (Number(d[i * T + end]) !== eos) end++
+        lengths.add(end + 1)
+      }
+      const r = unit(await cap.clip.textFeatures(ids)).map((t) => 2 * Math.max(dot(t, image), 0))
+      positive += r.filter((x) => x > 0.01).length
+      expect(progress[step].baselineReward!).toBeCloseTo(r[0]!, 4)
+      expect(progress[step].reward!).toBeCloseTo(mean(r.slice(1)), 4)
+    }
+    expect(lengths.size).toBeGreaterThan(2) // the captions differ in length: groups are cut at different lengths
+    expect(positive).toBeGreaterThan(2) // real values compared, not cosines clipped to 0
+  })
+
   it('stage-1 SCST with reference rewards: refText is the mean (or max) cosine to the image\'s references', async () => {
     const refs = ['a red square.', 'a small red box on grey.']
     for (const aggregate of ['mean', 'max'] as const) {
