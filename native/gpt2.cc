@@ -75,6 +75,7 @@ at::Tensor Gpt2Model::logits(const at::Tensor& hidden) const {
     return at::matmul(hidden, head_.t());
   };
   if (packed_usable(hidden, head_, logits_slot_.get())) return packed_product(hidden, head_, at::Tensor(), *logits_slot_, blas);
+  if (trained_usable(hidden, head_, logits_slot_.get())) return trained_product(hidden, head_, at::Tensor(), *logits_slot_);
   return blas();
 }
 

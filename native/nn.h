@@ -95,6 +95,7 @@ struct Linear {
   std::shared_ptr<PackedSlot> packed;  // CPU inference through cpu_kernels.h (null: BLAS only)
   at::Tensor operator()(const at::Tensor& x) const {
     if (packed_usable(x, weight, packed.get())) return packed_product(x, weight, bias, *packed, [&] { return blas(x); });
+    if (trained_usable(x, weight, packed.get())) return trained_product(x, weight, bias, *packed);
     return blas(x);
   }
   at::Tensor operator()(const at::Tensor& x, Activation a) const { return product_activated(*this, x, a); }
@@ -115,6 +116,7 @@ struct Conv1D {
   std::shared_ptr<PackedSlot> packed;
   at::Tensor operator()(const at::Tensor& x) const {
     if (packed_usable(x, weight, packed.get())) return packed_product(x, weight, bias, *packed, [&] { return blas(x); });
+    if (trained_usable(x, weight, packed.get())) return trained_product(x, weight, bias, *packed);
     return blas(x);
   }
   at::Tensor operator()(const at::Tensor& x, Activation a) const { return product_activated(*this, x, a); }

@@ -305,10 +305,18 @@ bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* s
   return slot->type() != WType::F32 || f32_mode() != F32Mode::Blas;
 }
 
+bool trained_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot) {
+  if (!slot || !c10::GradMode::is_enabled() || slot->type() != WType::F32) return false;
+  if (!x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0 || x.numel() == 0) return false;
+  if (!w.is_cpu() || w.scalar_type() != at::kFloat || w.dim() != 2) return false;
+  if (x.size(-1) != (slot->w_is_kn() ? w.size(0) : w.size(1))) return false;
+  return f32_mode() != F32Mode::Blas && kernels::active_isa() != kernels::Isa::Portable;
+}
+
 const char* path_name(Path p) { return p == Path::Kernel ? "kernel" : p == Path::Kernel1 ? "kernel1" : "blas"; }
 
 at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
-                          const std::function<at::Tensor()>& blas, kernels::Act act) {
+                          const std::function<at::Tensor()>& blas, kernels::Act act, bool kernels_only) {
   auto pw = slot.get(w);
   const WType type = slot.type();
   const int64_t rows = x.numel() / pw->K;
@@ -316,7 +324,7 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   // timed or recorded. Its packed copy is renewed after every optimizer step, so a race against BLAS would be timed
   // on weights that are about to change; and the kernels' rows do not depend on the batch or the thread count, so
   // every rank of a data-parallel run samples what one process would. Split as this shape's choice says, else split.
-  const bool trained = w.requires_grad();
+  const bool trained = w.requires_grad() || kernels_only;
   const bool with_blas = type == WType::F32 && f32_mode() == F32Mode::Auto && !trained;
   const bool split = splittable(rows, pw->K, pw->N);
   if (!with_blas && !split) return run_kernels(x, *pw, bias, act, false);

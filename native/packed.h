@@ -70,8 +70,18 @@ bool packing_used(kernels::WType type);
 
 // y = act(x W^T + b) (Linear, w [N, K]) or act(x W + b) (Conv1D, w [K, N]), through the slot's packed weight or
 // `blas` (which must apply act itself: the choice between the two times them as the caller gets them).
+// kernels_only: the path of a weight being trained (the kernels, nothing timed or recorded) for any weight.
 at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
-                          const std::function<at::Tensor()>& blas, kernels::Act act = kernels::Act::None);
+                          const std::function<at::Tensor()>& blas, kernels::Act act = kernels::Act::None,
+                          bool kernels_only = false);
+
+// Whether x times w may go through trained_product: autograd on, a float32 CPU weight whose slot is float32, on a
+// CPU where the vector kernels run (not the portable loops), unless SEMICAP_CPU_GEMM=blas.
+bool trained_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot);
+
+// x times w with autograd on (native/trained_product.cc): the forward through the slot's packed copy (the kernels,
+// as for a weight being trained), the gradients through BLAS as libtorch's own products compute them.
+at::Tensor trained_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot);
 
 // Asks the kernel to drop w's pages when they are file-backed and clean (a weight adopted from a safetensors
 // mapping that the packed copy now stands for); dirty or anonymous pages are kept. Returns the bytes advised.

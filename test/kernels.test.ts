@@ -34,6 +34,7 @@ interface ChildOut {
   greedy: number[]
   batch16: { ids: number[]; scores: number[] }
   batch8: number[][]
+  trainLosses: number[]
 }
 
 async function child(env: Record<string, string>, dtype = 'float32'): Promise<ChildOut> {
@@ -113,6 +114,12 @@ describe('float32 kernels against BLAS, forced through each instruction set', ()
       expect(relErr(k.goldLogits, Array.from(ref['outputs.gpt2_logits']!.data as Float32Array))).toBeLessThan(5e-5)
     })
   }
+
+  it('training: CE losses over 5 steps with the forward products through the kernels (autograd on) equal the BLAS run\'s, and fall', () => {
+    expect(blas.trainLosses).toHaveLength(5)
+    expect(blas.trainLosses[4]!).toBeLessThan(blas.trainLosses[0]! - 0.05)
+    for (const isa of ISAS) expect(relErr(byIsa[isa]!.trainLosses, blas.trainLosses), isa).toBeLessThan(2e-5)
+  })
 
   it('default (auto) chooses per shape by measurement, keeps the choices in a file, and a second process reuses them', async () => {
     const { tempDir } = await import('./helpers/paths.js')

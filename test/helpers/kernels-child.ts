@@ -3,7 +3,8 @@
 //   node --import tsx test/helpers/kernels-child.ts <dtype>
 import { join } from 'node:path'
 import { Captioner, Clip, Gpt2, Tensor, int64, loadSafetensors, runtimeInfo } from '../../lib/index.js'
-import { goldenDir } from './paths.js'
+import { makeColourSquares, makeTinyCaptionModels } from './models.js'
+import { goldenDir, tempDir } from './paths.js'
 
 const dtype = (process.argv[2] ?? 'float32') as 'float32' | 'bfloat16' | 'int8'
 const floats = (t: Tensor) => Array.from(t.data as Float32Array)
@@ -46,6 +47,19 @@ const goldClip = await Clip.load(join(goldenDir, 'clip'), { device: 'cpu', dtype
 const goldLogits = floats(await gold.logits(ref['inputs.gpt2_ids']!))
 const { ids: greedy } = await gold.generate(ref['inputs.prefix']!, { maxTokens: 10, stop: null, stopAtEos: false })
 const goldFeatures = floats(await goldClip.imageFeatures(ref['inputs.pixel_values']!))
+// Training (autograd on), float32: CE steps of a tiny captioner. Its forward products take the kernels through the
+// layers' packed copies (default, SEMICAP_CPU_GEMM=kernel) or BLAS (=blas, the portable ISA); gradients are BLAS's.
+const trainLosses: number[] = []
+if (dtype === 'float32') {
+  const work = tempDir('semicap-kernels-train-')
+  const tiny = await makeTinyCaptionModels(work)
+  const squares = await makeColourSquares(work, [['red', [230, 30, 30]], ['blue', [20, 40, 230]], ['yellow', [240, 230, 30]]], (n) => `a ${n} square.`)
+  const trainee = await Captioner.create({ clip: tiny.clipDir, gpt2: tiny.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
+  const run = trainee.train({ stage: 'supervised', labeled: squares, steps: 5, batchSize: 3, lr: 3e-3 })
+  run.on('progress', (p: { loss: number }) => trainLosses.push(p.loss))
+  await run
+  trainee.dispose()
+}
 const info = runtimeInfo()
 console.log(
   JSON.stringify({
@@ -62,5 +76,6 @@ console.log(
     greedy: Array.from(greedy.data as BigInt64Array, Number),
     batch16,
     batch8,
+    trainLosses,
   }),
 )

@@ -1,0 +1,56 @@
+// Products with autograd on (training) on the CPU: the forward through the layer's packed copy and the kernels of
+// cpu_kernels.h, the gradients through BLAS.
+//
+// Why: the forward products of a caption batch (230-1200 rows, K 768-3072) ran through OpenBLAS at 80-105 GFLOP/s
+// at two threads on a Zen 3 VM; the kernels run them faster, and the packed copies are there already: made at load
+// and, for a weight being trained, laid out again in place after each optimizer step (SCST samples through them
+// anyway). The backward stays with BLAS: routing it through the kernels too needed a second copy laid out the other
+// way round, renewed every step, and measured no faster overall (see README, training).
+// Every product in grad mode takes this path, weights being trained or not: SCST's KL reference (frozen) must
+// compute exactly what the policy computes, so that the KL of identical models is 0.
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "packed.h"
+
+namespace semicap {
+namespace {
+
+at::Tensor no_blas() { throw std::logic_error("trained_product: the forward takes the kernels"); }
+
+struct TrainedProduct : torch::autograd::Function<TrainedProduct> {
+  // slot: the layer's; its weight is [K, N] (Conv1D, y = x w + b) or [N, K] (Linear, y = x w^T + b). An empty b
+  // stands for no bias (autograd's inputs must be defined tensors).
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w,
+                            const at::Tensor& b, int64_t slot_address) {
+    auto* slot = reinterpret_cast<PackedSlot*>(slot_address);
+    const bool has_bias = b.numel() > 0;
+    ctx->saved_data["kn"] = slot->w_is_kn();
+    ctx->saved_data["bias"] = has_bias;
+    ctx->save_for_backward({x, w});
+    return packed_product(x, w, has_bias ? b : at::Tensor(), *slot, no_blas, kernels::Act::None, /*kernels_only=*/true);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];
+    const at::Tensor& w = saved[1];
+    const bool kn = ctx->saved_data["kn"].toBool();
+    const int64_t K = x.size(-1);
+    const at::Tensor& g = grads[0];
+    const int64_t N = g.size(-1);
+    const at::Tensor g2 = g.reshape({-1, N}), x2 = x.reshape({-1, K});
+    at::Tensor gx, gw, gb;
+    if (ctx->needs_input_grad(0)) gx = (kn ? at::mm(g2, w.t()) : at::mm(g2, w)).view(x.sizes());
+    if (ctx->needs_input_grad(1)) gw = kn ? at::mm(x2.t(), g2) : at::mm(g2.t(), x2);
+    if (ctx->needs_input_grad(2) && ctx->saved_data["bias"].toBool()) gb = g2.sum(0);
+    return {gx, gw, gb, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor trained_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot) {
+  return TrainedProduct::apply(x, w, bias.defined() ? bias : at::empty({0}, w.options()), reinterpret_cast<int64_t>(&slot));
+}
+
+}  // namespace semicap
