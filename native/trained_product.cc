@@ -1,5 +1,5 @@
 // Products with autograd on (training) on the CPU: the forward through the layer's packed copy and the kernels of
-// cpu_kernels.h, the gradients through BLAS.
+// cpu_kernels.h, the gradients through BLAS (but weight gradients over a few rows, summed as outer products).
 //
 // Why: the forward products of a caption batch (230-1200 rows, K 768-3072) ran through OpenBLAS at 80-105 GFLOP/s
 // at two threads on a Zen 3 VM; the kernels run them faster, and the packed copies are there already: made at load
@@ -16,6 +16,35 @@ namespace semicap {
 namespace {
 
 at::Tensor no_blas() { throw std::logic_error("trained_product: the forward takes the kernels"); }
+
+// Rows up to which a weight gradient is summed as outer products (outer_sum) instead of a BLAS product.
+constexpr int64_t kFewRows = 16;
+
+// out[i, j] = sum over r of a[r, i] * b[r, j] (a [M, I], b [M, J], float32 CPU): a weight gradient over few rows
+// (the mapper's: one row per image), written once, row by row (a row of out stays in L1 over the M passes), rows
+// shared between threads. OpenBLAS ran the mapper's [7680 x 8]^T [8 x 3840] at 4-7 GFLOP/s (65-117 ms a step on a
+// Zen 3 VM), for a result that is bound by writing its 118 MB.
+at::Tensor outer_sum(const at::Tensor& a_in, const at::Tensor& b_in) {
+  const at::Tensor a = a_in.contiguous(), b = b_in.contiguous();
+  const int64_t M = a.size(0), I = a.size(1), J = b.size(1);
+  at::Tensor out = at::empty({I, J}, a.options());
+  const float* ap = a.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  share_work(I, I * J * M, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* row = op + i * J;
+      const float c0 = ap[i];
+      for (int64_t j = 0; j < J; ++j) row[j] = c0 * bp[j];
+      for (int64_t r = 1; r < M; ++r) {
+        const float c = ap[r * I + i];
+        const float* br = bp + r * J;
+        for (int64_t j = 0; j < J; ++j) row[j] += c * br[j];
+      }
+    }
+  });
+  return out;
+}
 
 struct TrainedProduct : torch::autograd::Function<TrainedProduct> {
   // slot: the layer's; its weight is [K, N] (Conv1D, y = x w + b) or [N, K] (Linear, y = x w^T + b). An empty b
@@ -41,7 +70,12 @@ struct TrainedProduct : torch::autograd::Function<TrainedProduct> {
     const at::Tensor g2 = g.reshape({-1, N}), x2 = x.reshape({-1, K});
     at::Tensor gx, gw, gb;
     if (ctx->needs_input_grad(0)) gx = (kn ? at::mm(g2, w.t()) : at::mm(g2, w)).view(x.sizes());
-    if (ctx->needs_input_grad(1)) gw = kn ? at::mm(x2.t(), g2) : at::mm(g2.t(), x2);
+    if (ctx->needs_input_grad(1)) {
+      if (g2.size(0) <= kFewRows && g2.scalar_type() == at::kFloat && x2.scalar_type() == at::kFloat)
+        gw = kn ? outer_sum(x2, g2) : outer_sum(g2, x2);
+      else
+        gw = kn ? at::mm(x2.t(), g2) : at::mm(g2.t(), x2);
+    }
     if (ctx->needs_input_grad(2) && ctx->saved_data["bias"].toBool()) gb = g2.sum(0);
     return {gx, gw, gb, at::Tensor()};
   }
