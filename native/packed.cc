@@ -295,21 +295,26 @@ std::shared_ptr<const kernels::PackedWeight> PackedSlot::get(const at::Tensor& w
 
 bool packing_used(kernels::WType type) { return type != WType::F32 || f32_mode() != F32Mode::Blas; }
 
-bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot) {
-  if (!slot || c10::GradMode::is_enabled() || !x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0) return false;
+namespace {
+// What both packed paths need of their operands: a slot, float32 CPU x (not empty) and w (a matrix), x's last
+// dimension w's inputs.
+bool operands_fit(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot) {
+  if (!slot || !x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0 || x.numel() == 0) return false;
   if (!w.is_cpu() || w.scalar_type() != at::kFloat || w.dim() != 2) return false;
+  return x.size(-1) == (slot->w_is_kn() ? w.size(0) : w.size(1));
+}
+}  // namespace
+
+bool packed_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot) {
+  if (c10::GradMode::is_enabled() || !operands_fit(x, w, slot)) return false;
   // A weight being trained is read through a float32 copy only: sampling with bfloat16 / int8 copies would draw
   // from another policy than the float32 one whose log-probabilities are trained.
   if (w.requires_grad() && slot->type() != WType::F32) return false;
-  if (x.size(-1) != (slot->w_is_kn() ? w.size(0) : w.size(1)) || x.numel() == 0) return false;
   return slot->type() != WType::F32 || f32_mode() != F32Mode::Blas;
 }
 
 bool trained_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* slot) {
-  if (!slot || !c10::GradMode::is_enabled() || slot->type() != WType::F32) return false;
-  if (!x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() == 0 || x.numel() == 0) return false;
-  if (!w.is_cpu() || w.scalar_type() != at::kFloat || w.dim() != 2) return false;
-  if (x.size(-1) != (slot->w_is_kn() ? w.size(0) : w.size(1))) return false;
+  if (!c10::GradMode::is_enabled() || !operands_fit(x, w, slot) || slot->type() != WType::F32) return false;
   return f32_mode() != F32Mode::Blas && kernels::active_isa() != kernels::Isa::Portable;
 }
 

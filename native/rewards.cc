@@ -30,10 +30,8 @@ at::Tensor text_features(const ClipModel& clip, const at::Tensor& ids_in) {
     const int64_t L = std::min(T, len[o[e - 1]]);  // the group's longest (sorted ascending)
     parts.push_back(clip.text(ids.index_select(0, rows.to(ids.device())).slice(1, 0, L)).features);
   }
-  // Back to the callers' row order.
-  const at::Tensor back = at::empty_like(order);
-  back.index_put_({order}, at::arange(N, order.options()));
-  return at::cat(parts).index_select(0, back.to(parts[0].device()));
+  // Back to the callers' row order (row order[i] is at i).
+  return at::cat(parts).index_select(0, order.argsort().to(parts[0].device()));
 }
 }  // namespace
 

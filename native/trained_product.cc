@@ -71,7 +71,7 @@ struct TrainedProduct : torch::autograd::Function<TrainedProduct> {
     at::Tensor gx, gw, gb;
     if (ctx->needs_input_grad(0)) gx = (kn ? at::mm(g2, w.t()) : at::mm(g2, w)).view(x.sizes());
     if (ctx->needs_input_grad(1)) {
-      if (g2.size(0) <= kFewRows && g2.scalar_type() == at::kFloat && x2.scalar_type() == at::kFloat)
+      if (g2.size(0) <= kFewRows)  // (float32: trained_usable's operands, and g is their product's gradient)
         gw = kn ? outer_sum(x2, g2) : outer_sum(g2, x2);
       else
         gw = kn ? at::mm(x2.t(), g2) : at::mm(g2.t(), x2);

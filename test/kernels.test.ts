@@ -37,10 +37,10 @@ interface ChildOut {
   trainLosses: number[]
 }
 
-async function child(env: Record<string, string>, dtype = 'float32'): Promise<ChildOut> {
+async function child(env: Record<string, string>, dtype = 'float32', train = false): Promise<ChildOut> {
   const clean = { ...process.env }
   for (const k of ['SEMICAP_CPU_GEMM', 'SEMICAP_CPU_ISA', 'SEMICAP_NO_CPU_GEMM', 'OPENBLAS_CORETYPE', 'SEMICAP_BLAS_CORE']) delete clean[k]
-  const out = await run(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'kernels-child.ts'), dtype], {
+  const out = await run(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'kernels-child.ts'), dtype, ...(train ? ['train'] : [])], {
     cwd: repoRoot,
     env: { ...clean, SEMICAP_THREADS: '1', ...env },
     maxBuffer: 64 << 20,
@@ -86,8 +86,8 @@ describe('the kernels on their own (test/native: every ISA this CPU runs, every 
 describe('float32 kernels against BLAS, forced through each instruction set', () => {
   beforeAll(async () => {
     ref = await loadSafetensors(join(goldenDir, 'reference.safetensors'))
-    blas = await child({ SEMICAP_CPU_GEMM: 'blas' })
-    for (const isa of ISAS) byIsa[isa] = await child({ SEMICAP_CPU_GEMM: 'kernel', SEMICAP_CPU_ISA: isa })
+    blas = await child({ SEMICAP_CPU_GEMM: 'blas' }, 'float32', true)
+    for (const isa of ISAS) byIsa[isa] = await child({ SEMICAP_CPU_GEMM: 'kernel', SEMICAP_CPU_ISA: isa }, 'float32', true)
   }, 180_000)
 
   it('BLAS-only run says so and still matches the golden reference', () => {

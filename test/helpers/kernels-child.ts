@@ -1,12 +1,13 @@
 // Child process of test/kernels.test.ts: kernel paths, BLAS core and the dtype are fixed when the addon loads, so
 // each configuration runs in its own process. Prints one JSON line.
-//   node --import tsx test/helpers/kernels-child.ts <dtype>
+//   node --import tsx test/helpers/kernels-child.ts <dtype> [train]
 import { join } from 'node:path'
 import { Captioner, Clip, Gpt2, Tensor, int64, loadSafetensors, runtimeInfo } from '../../lib/index.js'
 import { makeColourSquares, makeTinyCaptionModels } from './models.js'
 import { goldenDir, tempDir } from './paths.js'
 
 const dtype = (process.argv[2] ?? 'float32') as 'float32' | 'bfloat16' | 'int8'
+const train = process.argv[3] === 'train'
 const floats = (t: Tensor) => Array.from(t.data as Float32Array)
 
 // Widths that exercise whole panels, a column tail (1000 columns) and row remainders (60 and 130 rows).
@@ -47,10 +48,10 @@ const goldClip = await Clip.load(join(goldenDir, 'clip'), { device: 'cpu', dtype
 const goldLogits = floats(await gold.logits(ref['inputs.gpt2_ids']!))
 const { ids: greedy } = await gold.generate(ref['inputs.prefix']!, { maxTokens: 10, stop: null, stopAtEos: false })
 const goldFeatures = floats(await goldClip.imageFeatures(ref['inputs.pixel_values']!))
-// Training (autograd on), float32: CE steps of a tiny captioner. Its forward products take the kernels through the
+// Training (autograd on), float32, when asked: CE steps of a tiny captioner. Its forward products take the kernels through the
 // layers' packed copies (default, SEMICAP_CPU_GEMM=kernel) or BLAS (=blas, the portable ISA); gradients are BLAS's.
 const trainLosses: number[] = []
-if (dtype === 'float32') {
+if (train && dtype === 'float32') {
   const work = tempDir('semicap-kernels-train-')
   const tiny = await makeTinyCaptionModels(work)
   const squares = await makeColourSquares(work, [['red', [230, 30, 30]], ['blue', [20, 40, 230]], ['yellow', [240, 230, 30]]], (n) => `a ${n} square.`)
