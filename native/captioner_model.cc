@@ -22,8 +22,21 @@ at::Tensor CaptionerModel::sequence_logits(const at::Tensor& features, const at:
   check(repeat >= 1 && features.size(0) * repeat == ids_in.size(0), "E_SHAPE", "caption ids must have a row per feature row and repeat");
   at::Tensor ids = ids_in.to(gpt->device(), at::kLong);
   at::Tensor prefix = prefix_from_features(features);
-  if (repeat > 1) prefix = prefix.repeat_interleave(repeat, 0);
   const int64_t P = prefix.size(1), L = ids.size(1);
+  if (repeat > 1 && L > 1) {
+    // The rows of an image share its prefix, and GPT-2 is causal: the prefix positions are computed once per image
+    // (forward and backward) and their keys and values repeated for its rows' tokens, whose gradients autograd sums
+    // back. SCST's 5 samples of 20 tokens after a 10-position prefix: 28% fewer rows through GPT-2.
+    KvCache shared;  // exact length: concatenated, so autograd follows
+    at::Tensor hp = gpt->forward(prefix, &shared);
+    for (size_t i = 0; i < shared.k.size(); ++i) {
+      shared.k[i] = shared.k[i].repeat_interleave(repeat, 0);
+      shared.v[i] = shared.v[i].repeat_interleave(repeat, 0);
+    }
+    at::Tensor ht = gpt->forward(gpt->embed_tokens(ids.slice(1, 0, L - 1).clamp_min(0)), &shared);
+    return at::cat({gpt->logits(hp.narrow(1, P - 1, 1)).repeat_interleave(repeat, 0), gpt->logits(ht)}, 1);
+  }
+  if (repeat > 1) prefix = prefix.repeat_interleave(repeat, 0);
   at::Tensor x = prefix;
   if (L > 1) x = at::cat({prefix, gpt->embed_tokens(ids.slice(1, 0, L - 1).clamp_min(0))}, 1);
   at::Tensor hidden = gpt->forward(x, nullptr);

@@ -1,7 +1,7 @@
 // Both training stages on tiny models: the losses learn what they should, resume repeats a run exactly, abort
 // stops within a step, checkpoints survive a failed save.
 import { createHash } from 'node:crypto'
-import { existsSync, readFileSync } from 'node:fs'
+import { copyFileSync, existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Captioner, loadSafetensors, Tensor } from '../lib/index.js'
@@ -389,6 +389,63 @@ describe('checkpoints, resume, abort', () => {
     const cap = await fresh()
     const noRef = cap.train({ ...common, steps: 5, stage: 'supervised', objective: 'scst', labeled: examples, reward: { type: 'refContrastive' }, klCoef: 0.1, resume: join(work, 'resume-refContrastive-C', 'step-00000004') })
     await expect(noRef).rejects.toMatchObject({ code: 'E_CHECKPOINT', message: expect.stringMatching(/reference/) })
+  })
+
+  it('SCST gradients: two images with 5 samples each equal 10 copies with one sample each (each prefix computed once for its samples)', async () => {
+    // One step from the same weights. Rows 5i..5i+4 of the batch are the samples of its image i, as they are the
+    // single samples of 10 copies placed at those batch positions, so every row draws the same stream; rewards and
+    // greedy baselines are the same. The first run computes each image's prefix positions once and sums their
+    // gradients over its samples; the second computes them per row. AdamW's first moment after one step is 0.1 x
+    // the gradient.
+    const squares = await makeColourSquares(work, [['white', [255, 255, 255]], ['black', [0, 0, 0]]], () => '')
+    type Run = { m: Record<string, Float32Array>; texts: string[]; ids: string[] }
+    const train = async (name: string, unlabeled: Example[], batchSize: number, samples: number): Promise<Run> => {
+      const cap = await fresh()
+      const scored: { texts: string[]; ids: string[] }[] = []
+      const dir = join(work, name)
+      await cap.train({
+        stage: 'clip-reward', unlabeled, steps: 1, batchSize, samples, maxTokens: 8, lr: 1e-3, seed: 4, featureCache: join(work, 'cache'),
+        checkpointDir: dir, checkpointEvery: 1,
+        reward: { type: 'custom', fn: (texts: string[], ids: string[]) => (scored.push({ texts, ids }), texts.map((x) => (x.length % 7) / 3)) },
+      })
+      const opt = await loadSafetensors(join(dir, 'step-00000001', 'optimizer.safetensors'))
+      const m = Object.fromEntries(Object.keys(opt).filter((k) => k.endsWith('.exp_avg')).map((k) => [k, opt[k]!.toArray() as Float32Array]))
+      return { m, ...scored[0]! }
+    }
+    const shared = await train('scst-shared', squares.map((e) => ({ ...e, captions: [] })), 2, 5)
+    const order = shared.ids.slice(0, 2).map((id) => squares.find((e) => e.id === id)!.image)  // the batch's images
+    // The batch order of a 10-example pool (the epoch's permutation depends on the seed and the pool's size): a
+    // first run with 10 names, then the images placed so that batch positions 0-4 hold order[0] and 5-9 order[1].
+    // (Copies in files of their own: examples of one image file are one image of the pool.)
+    const copy = (i: number, from: string) => {
+      const file = join(work, `copy-${i}.png`)
+      copyFileSync(from, file)
+      return { id: `copy-${i}`, image: file, captions: [] as string[] }
+    }
+    const probe = await train('scst-probe', Array.from({ length: 10 }, (_, i) => copy(i, order[0]!)), 10, 1)
+    const position = new Map(probe.ids.slice(0, 10).map((id, j) => [id, j]))
+    const copies = Array.from({ length: 10 }, (_, i) => copy(i, order[position.get(`copy-${i}`)! < 5 ? 0 : 1]!))
+    const rows = await train('scst-rows', copies, 10, 1)
+    // The same captions were scored: greedy baselines, then the samples in the same rows.
+    expect(rows.texts.slice(10)).toEqual(shared.texts.slice(2))
+    expect(rows.texts.slice(0, 10)).toEqual([0, 0, 0, 0, 0, 1, 1, 1, 1, 1].map((i) => shared.texts[i]))
+    expect(new Set(shared.texts.slice(2)).size).toBeGreaterThan(2)  // samples that differ: advantages not all zero
+    const params = Object.keys(shared.m).sort()
+    expect(params).toEqual(Object.keys(rows.m).sort())
+    let moved = 0
+    for (const name of params) {
+      const a = shared.m[name]!, b = rows.m[name]!
+      let scale = 0, diff = 0
+      for (let i = 0; i < a.length; i++) {
+        scale = Math.max(scale, Math.abs(b[i]!))
+        diff = Math.max(diff, Math.abs(a[i]! - b[i]!))
+      }
+      if (scale > 0) moved++
+      expect(diff, name).toBeLessThanOrEqual(2e-5 * scale)
+    }
+    // Gradients reached the mapper (through the shared prefixes) and most of GPT-2.
+    expect(params.filter((n) => n.startsWith('clip_project.') && shared.m[n]!.some((x) => x !== 0)).length).toBe(4)
+    expect(moved).toBeGreaterThan(params.length / 2)
   })
 
   it('SCST decodes with the weights of its step: the greedy baseline of step n is what the step n - 1 checkpoint captions', async () => {
