@@ -14,11 +14,10 @@ at::Tensor unit_rows(const at::Tensor& x) { return x / x.norm(2, -1, true).clamp
 // pools at each row's end token, so the padding is work whose result is never read; sorted into a few groups the
 // tower runs on far fewer positions. A row's features are the same mathematically (float32 rounding may differ
 // where a product's path depends on its row count).
-at::Tensor text_features(const ClipModel& clip, const at::Tensor& ids_in) {
+at::Tensor in_length_groups(const ClipModel& clip, const at::Tensor& ids) {
   constexpr int64_t kGroups = 3;
-  const int64_t N = ids_in.size(0), T = ids_in.size(1);
-  if (N < 2 * kGroups) return clip.text(ids_in).features;
-  const at::Tensor ids = ids_in.to(at::kLong);
+  const int64_t N = ids.size(0), T = ids.size(1);
+  if (N < 2 * kGroups) return clip.text(ids).features;
   const at::Tensor lengths = clip.pool_positions(ids).cpu() + 1;
   const at::Tensor order = std::get<1>(lengths.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   const int64_t* o = order.data_ptr<int64_t>();
@@ -32,6 +31,16 @@ at::Tensor text_features(const ClipModel& clip, const at::Tensor& ids_in) {
   }
   // Back to the callers' row order (row order[i] is at i).
   return at::cat(parts).index_select(0, order.argsort().to(parts[0].device()));
+}
+
+// The same, each distinct caption encoded once: SCST scores an image's greedy caption and its samples, and a trained
+// captioner often samples the same caption several times, or its greedy one.
+at::Tensor text_features(const ClipModel& clip, const at::Tensor& ids_in) {
+  const at::Tensor ids = ids_in.to(at::kLong);
+  auto [distinct, inverse, counts] = at::unique_dim(ids, 0, /*sorted=*/true, /*return_inverse=*/true, /*return_counts=*/false);
+  if (distinct.size(0) == ids.size(0)) return in_length_groups(clip, ids);
+  at::Tensor f = in_length_groups(clip, distinct);
+  return f.index_select(0, inverse.to(f.device()));
 }
 }  // namespace
 

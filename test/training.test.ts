@@ -161,15 +161,17 @@ describe('SCST', () => {
     expect(all.some((x) => x > 0.01)).toBe(true) // not every cosine clipped to 0: the check compares real values
   })
 
-  it('CLIP-S rewards of 8 captions of different lengths (encoded by the tower in length groups) equal each caption encoded in full', async () => {
+  it('CLIP-S rewards of 8 captions of different lengths, two of them repeated (encoded by the tower once each, in length groups) equal each caption encoded in full', async () => {
     const cap = await fresh()
     const K = 7
     // The tiny model's captions all run to the token limit: each row's text is cut to its own length here (what the
-    // run scores, and what is recorded), so the rows' CLIP lengths differ.
+    // run scores, and what is recorded), so the rows' CLIP lengths differ. Row 5 repeats the greedy caption (row 0)
+    // and row 6 a sample (row 2), as a trained captioner's samples often do.
     const tokenize = cap.clip.tokenize.bind(cap.clip)
     const calls: string[][] = []
     cap.clip.tokenize = (texts, o) => {
-      const cut = texts.map((t, i) => t.slice(0, 9 + ((5 * i + 3) % 8) * 6))
+      const own = texts.map((t, i) => t.slice(0, 9 + ((5 * i + 3) % 8) * 6))
+      const cut = own.map((t, i) => (i === 5 ? own[0]! : i === 6 ? own[2]! : t))
       calls.push(cut)
       return tokenize(cut, o)
     }
@@ -202,6 +204,7 @@ describe('SCST', () => {
       expect(progress[step].reward!).toBeCloseTo(mean(r.slice(1)), 4)
     }
     expect(lengths.size).toBeGreaterThan(2) // the captions differ in length: groups are cut at different lengths
+    for (const texts of calls) expect(new Set(texts).size).toBe(6) // 6 distinct captions: 2 repeated
     expect(positive).toBeGreaterThan(2) // real values compared, not cosines clipped to 0
   })
 
