@@ -19,7 +19,9 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
-#include <emmintrin.h>
+#endif
+#if defined(__x86_64__)
+#include <emmintrin.h>  // (SSE2, part of x86-64)
 #endif
 
 #include "env.h"
@@ -237,7 +239,7 @@ double micros_since(std::chrono::steady_clock::time_point t0) {
 // that they are awake for the split, as they are between a decoding step's products. Weights larger than 64 MB
 // cannot stay cached anyway and are left alone.
 void flush_from_caches(const void* p, size_t bytes) {
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)
   if (p == nullptr || bytes == 0 || bytes > (size_t{64} << 20)) return;
   const char* c = static_cast<const char*>(p);
   const int64_t lines = static_cast<int64_t>((bytes + 63) / 64);
