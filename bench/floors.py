@@ -280,12 +280,12 @@ def scst_step_floor(shapes, batch, tokens, prefix, samples, clip_len, bw_gbs, gf
     # The greedy rows and the samples decode together (one pass over the weights per token), and the B*(K+1)
     # rows have B distinct prefixes; the training forward and backward compute each image's prefix once.
     s = caption_floor(shapes, B * (K + 1), tokens, prefix, bw_gbs, gflops, distinct_prefixes=B)
-    dec = lambda c: c["mapper"]["ms"] + c["prefill"]["ms"] + c["decode"]["ms"]
     t = shapes["clip_text"]
     text = _phase(B * (K + 1) * clip_text_flops_per_caption(t, clip_len), t["weight_bytes"], bw_gbs, gflops)
     train = ce_step_floor(shapes, B, tokens, prefix, bw_gbs, gflops, repeat=K)
-    total = dec(s) + text["ms"] + train["floor_ms"]
-    return {"batch": B, "samples": K, "tokens": tokens, "clip_len": clip_len, "decode_ms": dec(s),
+    decode_ms = s["mapper"]["ms"] + s["prefill"]["ms"] + s["decode"]["ms"]
+    total = decode_ms + text["ms"] + train["floor_ms"]
+    return {"batch": B, "samples": K, "tokens": tokens, "clip_len": clip_len, "decode_ms": decode_ms,
             "text": text, "train": train, "floor_ms": total}
 
 

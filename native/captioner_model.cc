@@ -23,24 +23,23 @@ at::Tensor CaptionerModel::sequence_logits(const at::Tensor& features, const at:
   at::Tensor ids = ids_in.to(gpt->device(), at::kLong);
   at::Tensor prefix = prefix_from_features(features);
   const int64_t P = prefix.size(1), L = ids.size(1);
-  if (repeat > 1 && L > 1) {
-    // The rows of an image share its prefix, and GPT-2 is causal: the prefix positions are computed once per image
-    // (forward and backward) and their keys and values repeated for its rows' tokens, whose gradients autograd sums
-    // back. SCST's 5 samples of 20 tokens after a 10-position prefix: 28% fewer rows through GPT-2.
-    KvCache shared;  // exact length: concatenated, so autograd follows
-    at::Tensor hp = gpt->forward(prefix, &shared);
-    for (size_t i = 0; i < shared.k.size(); ++i) {
-      shared.k[i] = shared.k[i].repeat_interleave(repeat, 0);
-      shared.v[i] = shared.v[i].repeat_interleave(repeat, 0);
-    }
-    at::Tensor ht = gpt->forward(gpt->embed_tokens(ids.slice(1, 0, L - 1).clamp_min(0)), &shared);
-    return at::cat({gpt->logits(hp.narrow(1, P - 1, 1)).repeat_interleave(repeat, 0), gpt->logits(ht)}, 1);
+  // Every token but the last is an input (the last is only a target).
+  const at::Tensor tokens = L > 1 ? gpt->embed_tokens(ids.slice(1, 0, L - 1).clamp_min(0)) : at::Tensor();
+  if (repeat == 1) {
+    at::Tensor hidden = gpt->forward(tokens.defined() ? at::cat({prefix, tokens}, 1) : prefix, nullptr);
+    return gpt->logits(hidden.slice(1, P - 1, P - 1 + L));
   }
-  if (repeat > 1) prefix = prefix.repeat_interleave(repeat, 0);
-  at::Tensor x = prefix;
-  if (L > 1) x = at::cat({prefix, gpt->embed_tokens(ids.slice(1, 0, L - 1).clamp_min(0))}, 1);
-  at::Tensor hidden = gpt->forward(x, nullptr);
-  return gpt->logits(hidden.slice(1, P - 1, P - 1 + L));
+  // The rows of an image share its prefix, and GPT-2 is causal: the prefix positions are computed once per image
+  // (forward and backward) and their keys and values repeated for its rows' tokens, whose gradients autograd sums
+  // back. SCST's 5 samples of 20 tokens after a 10-position prefix: 28% fewer rows through GPT-2.
+  KvCache shared;  // exact length: concatenated, so autograd follows
+  at::Tensor first = gpt->logits(gpt->forward(prefix, &shared).narrow(1, P - 1, 1)).repeat_interleave(repeat, 0);
+  if (!tokens.defined()) return first;
+  for (size_t i = 0; i < shared.k.size(); ++i) {
+    shared.k[i] = shared.k[i].repeat_interleave(repeat, 0);
+    shared.v[i] = shared.v[i].repeat_interleave(repeat, 0);
+  }
+  return at::cat({first, gpt->logits(gpt->forward(tokens, &shared))}, 1);
 }
 
 std::string CaptionerModel::checkpoint_key(const std::string& k) {
