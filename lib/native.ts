@@ -264,10 +264,11 @@ export interface NativeInfo {
   /**
    * The helper threads that share split products, attention and greedy picks with the calling thread
    * (native/cpu_pool.h): how many were started, jobs shared with them, jobs run alone because another caller had
-   * them, how often a caller woke a sleeping helper, and how long a helper looks for the next job before sleeping
+   * them, how often a caller woke a sleeping helper, how often a helper slept right after a job because its caller
+   * (training's products) asked it to, and how long a helper otherwise looks for the next job before sleeping
    * (SEMICAP_SPIN_US, default 200).
    */
-  pool: { helpers: number; jobs: number; alone: number; wakes: number; spinUs: number }
+  pool: { helpers: number; jobs: number; alone: number; wakes: number; rests: number; spinUs: number }
 }
 
 /** What the library decided about OpenBLAS's core type before libtorch loaded (see lib/cpu.ts). */

@@ -142,6 +142,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   pool.Set("jobs", static_cast<double>(ps.jobs));
   pool.Set("alone", static_cast<double>(ps.alone));
   pool.Set("wakes", static_cast<double>(ps.wakes));
+  pool.Set("rests", static_cast<double>(ps.rests));
   pool.Set("spinUs", ps.spin_us);
   o.Set("pool", pool);
   return o;

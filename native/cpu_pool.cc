@@ -22,6 +22,7 @@ namespace semicap {
 namespace {
 
 thread_local bool t_in_job = false;  // this thread is running a chunk: work it starts runs on it alone
+thread_local int t_rest = 0;         // PoolRestAfterJobs scopes open on this thread
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -76,7 +77,9 @@ struct Pool {
   std::atomic<int> started{0};
   const int spin_us = spin_us_setting();
 
-  std::atomic<uint64_t> jobs{0}, alone{0}, wakes{0};
+  std::atomic<uint64_t> jobs{0}, alone{0}, wakes{0}, rests{0};
+  // The last job's caller had a PoolRestAfterJobs open: its helpers sleep as soon as they are done with it.
+  std::atomic<bool> rest_after{false};
 
   // Takes and runs chunks of job `id` until none are left.
   void work(uint32_t id) {
@@ -99,10 +102,15 @@ struct Pool {
     }
   }
 
-  // Looks for a job other than `seen` for spin_us, giving the CPU to anyone else who wants it, then sleeps.
-  uint64_t wait_for_job(int index, uint32_t seen) {
+  // Looks for a job other than `seen` for spin_us (0 when `rest`), giving the CPU to anyone else who wants it, then
+  // sleeps.
+  uint64_t wait_for_job(int index, uint32_t seen, bool rest) {
     const auto t0 = std::chrono::steady_clock::now();
     for (;;) {
+      if (rest) {
+        rests.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
       for (int k = 0; k < 64; ++k) {
         const uint64_t s = state.load(std::memory_order_acquire);
         if (id_of(s) != seen) return s;
@@ -124,10 +132,12 @@ struct Pool {
   }
 
   void helper_loop(int index, uint32_t seen) {
+    bool rest = false;
     for (;;) {
-      const uint64_t s = wait_for_job(index, seen);
+      const uint64_t s = wait_for_job(index, seen, rest);
       seen = id_of(s);
       if (index < helpers_of(s)) work(seen);
+      rest = rest_after.load(std::memory_order_relaxed);  // (a newer job's setting, at worst: a hint either way)
     }
   }
 
@@ -163,6 +173,7 @@ struct Pool {
       return;
     }
     fn = f, ctx = c, n = total;
+    rest_after.store(t_rest > 0, std::memory_order_relaxed);
     done.store(0, std::memory_order_relaxed);
     const uint32_t id = (id_of(state.load(std::memory_order_relaxed)) + 1) & kMask24;
     state.store((uint64_t{id} << kIdShift) | (uint64_t(helpers) << kHelpersShift) | (uint64_t(chunks) << kChunksShift),
@@ -203,6 +214,9 @@ void pool_run(int64_t n, int64_t chunks, int threads, RangeFn fn, void* ctx) {
   pool().run(n, chunks, helpers, fn, ctx);
 }
 
+PoolRestAfterJobs::PoolRestAfterJobs() { ++t_rest; }
+PoolRestAfterJobs::~PoolRestAfterJobs() { --t_rest; }
+
 PoolStats pool_stats() {
   Pool& p = pool();
   PoolStats s;
@@ -210,6 +224,7 @@ PoolStats pool_stats() {
   s.jobs = p.jobs.load();
   s.alone = p.alone.load();
   s.wakes = p.wakes.load();
+  s.rests = p.rests.load();
   s.spin_us = p.spin_us;
   return s;
 }

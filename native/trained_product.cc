@@ -56,6 +56,7 @@ struct TrainedProduct : torch::autograd::Function<TrainedProduct> {
     ctx->saved_data["kn"] = slot->w_is_kn();
     ctx->saved_data["bias"] = has_bias;
     ctx->save_for_backward({x, w});
+    PoolRestAfterJobs rest;  // the kernels' helpers must not hold a CPU through libtorch's work between products
     return packed_product(x, w, has_bias ? b : at::Tensor(), *slot, no_blas, kernels::Act::None, /*kernels_only=*/true);
   }
 
@@ -64,6 +65,7 @@ struct TrainedProduct : torch::autograd::Function<TrainedProduct> {
     const at::Tensor& x = saved[0];
     const at::Tensor& w = saved[1];
     const bool kn = ctx->saved_data["kn"].toBool();
+    PoolRestAfterJobs rest;
     const int64_t K = x.size(-1);
     const at::Tensor& g = grads[0];
     const int64_t N = g.size(-1);

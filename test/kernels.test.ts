@@ -20,7 +20,7 @@ interface ChildOut {
     choices: number
     choiceList: Array<{ type: string; rows: string; K: number; N: number; threads: number; choice: string; kernelUs: number | null; kernel1Us: number | null; blasUs: number | null }>
     threads: number
-    pool: { helpers: number; jobs: number; alone: number; wakes: number; spinUs: number }
+    pool: { helpers: number; jobs: number; alone: number; wakes: number; rests: number; spinUs: number }
   }
   weights: { dtype: string; isa: string; packedBytes: number }
   clipWeights: { dtype: string; isa: string; packedBytes: number }

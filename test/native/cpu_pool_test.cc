@@ -1,5 +1,5 @@
 // Tests of native/cpu_pool: every index runs exactly once whoever runs it, back-to-back jobs (helpers awake), jobs
-// after the helpers fell asleep, concurrent callers, a nested call, an exception from a helper's chunk.
+// after the helpers fell asleep, helpers told to sleep after each job, concurrent callers, a nested call, an exception from a helper's chunk.
 // Build and run: test/native/build.sh && test/native/out/cpu_pool_test
 #include "cpu_pool.h"
 
@@ -79,6 +79,36 @@ int main() {
   }
   CHECK(semicap::pool_stats().wakes > wakes_before, "no sleeping helper was woken (%llu -> %llu)",
         (unsigned long long)wakes_before, (unsigned long long)semicap::pool_stats().wakes);
+
+  // A caller with a PoolRestAfterJobs open: its helpers sleep right after each job (and every job still runs every
+  // index once); other callers' helpers keep looking for work.
+  {
+    auto slow_job = [] {
+      std::atomic<int64_t> sum{0};
+      pool_for(8, 8, 2, [&](int64_t b, int64_t e) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        for (int64_t i = b; i < e; ++i) sum.fetch_add(i + 1);
+      });
+      CHECK(sum == 36, "a job of 8 indices summed %ld", (long)sum.load());
+    };
+    const uint64_t rests_before = semicap::pool_stats().rests;
+    {
+      semicap::PoolRestAfterJobs rest;
+      for (int rep = 0; rep < 5; ++rep) {
+        slow_job();
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+    const uint64_t rested = semicap::pool_stats().rests - rests_before;
+    CHECK(rested >= 4 && rested <= 5, "5 jobs under PoolRestAfterJobs: the helper slept right after %llu of them", (unsigned long long)rested);
+    for (int rep = 0; rep < 5; ++rep) {
+      slow_job();
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(semicap::pool_stats().rests - rests_before == rested, "jobs without PoolRestAfterJobs: helpers slept right after %llu",
+          (unsigned long long)(semicap::pool_stats().rests - rests_before - rested));
+    std::printf("rest after jobs: %llu of 5\n", (unsigned long long)rested);
+  }
 
   // Concurrent callers: one has the helpers, the others run alone; every job still runs every index once.
   {
