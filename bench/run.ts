@@ -464,6 +464,8 @@ if (only.includes('caption')) {
  * caption's): this VM's speed drifts over minutes, and a drift then hits both sides. Per-step samples (the addon's
  * after its first, warm-up steps) are pooled over rounds and their median reported, with each round's own ratio. */
 async function trainTask(kind: 'ce' | 'scst'): Promise<void> {
+  // An earlier round's list under `key`, with this round's items after it.
+  const grown = <T>(prev: Json | undefined, key: string, items: T[]): T[] => [...((prev?.[key] as T[] | undefined) ?? []), ...items]
   const addonRes: Record<string, Json> = {}
   const eagerRes: Record<string, Json> = {}
   for (let round = 0; round < rounds; round++) {
@@ -473,12 +475,12 @@ async function trainTask(kind: 'ce' | 'scst'): Promise<void> {
         const r = await addon({ kind, images, caption: CAPTION, featureCache, steps: kind === 'ce' ? cfg.ceSteps : cfg.scstSteps, samples: SAMPLES, iters: 0, warmup: 0 }, T)
         const prev = addonRes[`t${T}`]
         const kept = (r.result.steps_ms as number[]).slice(r.result.skipped as number)
-        const pooled = [...((prev?.kept_ms as number[] | undefined) ?? []), ...kept]
+        const pooled = grown(prev, 'kept_ms', kept)
         addonRes[`t${T}`] = {
           ...r.result,
           kept_ms: pooled,
-          round_medians_ms: [...((prev?.round_medians_ms as number[] | undefined) ?? []), median(kept)],
-          round_steps_ms: [...((prev?.round_steps_ms as number[][] | undefined) ?? []), r.result.steps_ms as number[]],
+          round_medians_ms: grown(prev, 'round_medians_ms', [median(kept)]),
+          round_steps_ms: grown(prev, 'round_steps_ms', [r.result.steps_ms as number[]]),
           median_ms: median(pooled),
         }
       } else {
@@ -490,11 +492,11 @@ async function trainTask(kind: 'ce' | 'scst'): Promise<void> {
             : [...common, '--task', 'scst-step', '--samples', String(SAMPLES), '--clip-len', String(clipLen), '--warmup', String(cfg.scstWarmup), '--iters', String(cfg.scstIters)]
         const r = await eager(args, T, kind === 'ce' ? 'ce-step' : 'scst-step')
         const prev = eagerRes[`t${eagerKey(T)}`]
-        const pooled = [...((prev?.samples_ms as number[] | undefined) ?? []), ...(r.result.samples_ms as number[])]
+        const pooled = grown(prev, 'samples_ms', r.result.samples_ms as number[])
         eagerRes[`t${eagerKey(T)}`] = {
           ...r.result,
           samples_ms: pooled,
-          round_medians_ms: [...((prev?.round_medians_ms as number[] | undefined) ?? []), r.result.median_ms as number],
+          round_medians_ms: grown(prev, 'round_medians_ms', [r.result.median_ms as number]),
           median_ms: median(pooled),
         }
       }

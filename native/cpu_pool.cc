@@ -105,19 +105,19 @@ struct Pool {
   // Looks for a job other than `seen` for spin_us (0 when `rest`), giving the CPU to anyone else who wants it, then
   // sleeps.
   uint64_t wait_for_job(int index, uint32_t seen, bool rest) {
-    const auto t0 = std::chrono::steady_clock::now();
-    for (;;) {
-      if (rest) {
-        rests.fetch_add(1, std::memory_order_relaxed);
-        break;
+    if (rest) {
+      rests.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (;;) {
+        for (int k = 0; k < 64; ++k) {
+          const uint64_t s = state.load(std::memory_order_acquire);
+          if (id_of(s) != seen) return s;
+          cpu_relax();
+        }
+        if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(spin_us)) break;
+        sched_yield();
       }
-      for (int k = 0; k < 64; ++k) {
-        const uint64_t s = state.load(std::memory_order_acquire);
-        if (id_of(s) != seen) return s;
-        cpu_relax();
-      }
-      if (std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(spin_us)) break;
-      sched_yield();
     }
     // The caller stores the job, then looks at `asleep`; this thread sets `asleep`, then looks at the job (both
     // sequentially consistent), so one of them sees the other: either this thread finds the job, or the caller takes
