@@ -31,6 +31,7 @@ namespace semicap::kernels {
   void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \
               float* out);                                                                                         \
   void layer_norm(const float* x, int64_t C, const float* w, const float* b, float eps, float* y);                 \
+  void activate(const float* x, float* y, int64_t n, int act);                                                     \
   void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v,      \
                       int64_t ldv, int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out,     \
                       int64_t ldo);                                                                                \
@@ -453,6 +454,20 @@ void layer_norm(const float* x, int64_t rows, int64_t C, const float* w, const f
       case Isa::Avx512: avx512::layer_norm(xr, C, w, b, eps, yr); break;
       case Isa::Avx512Bf16: avx512bf16::layer_norm(xr, C, w, b, eps, yr); break;
     }
+  }
+}
+
+void activate(const float* x, float* y, int64_t n, Act act, Isa isa) {
+  if (static_cast<int>(isa) > static_cast<int>(best_isa()))
+    throw std::invalid_argument(std::string("cpu_kernels::activate: ") + isa_name(isa) + " does not run on this CPU");
+  if (!x || !y || n < 0 || static_cast<int>(act) < 0 || static_cast<int>(act) > 2)
+    throw std::invalid_argument("cpu_kernels::activate: null buffer, n below 0 or an unknown activation");
+  const int a = static_cast<int>(act);
+  switch (isa) {
+    case Isa::Portable: portable::activate(x, y, n, a); break;
+    case Isa::Avx2: avx2::activate(x, y, n, a); break;
+    case Isa::Avx512: avx512::activate(x, y, n, a); break;
+    case Isa::Avx512Bf16: avx512bf16::activate(x, y, n, a); break;
   }
 }
 

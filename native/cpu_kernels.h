@@ -120,6 +120,11 @@ void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, in
 // std::invalid_argument on a null buffer, rows below 0, C below 1, eps not >= 0, or an ISA this CPU does not run.
 void layer_norm(const float* x, int64_t rows, int64_t C, const float* w, const float* b, float eps, float* y, Isa isa);
 
+// y[0..n) = act(x[0..n)) by the loop of `isa`: bitwise what gemm_packed's epilogue gives for the same sums (a
+// product run without its activation, its output kept, then activated here: SCST's recorded decoding). y may be x.
+// Throws std::invalid_argument on a null buffer, n below 0, an unknown activation, or an ISA this CPU does not run.
+void activate(const float* x, float* y, int64_t n, Act act, Isa isa);
+
 // The weight as float32 [N, K] again (tests; int8 and bf16 give the dequantised values).
 void unpack(const PackedWeight& w, float* out);
 

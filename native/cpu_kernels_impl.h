@@ -682,6 +682,23 @@ static void layer_norm_one(const float* x, int64_t C, const float* w, const floa
   for (int64_t i = CV; i < C; ++i) y[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
+// y[0..n) = act(x[0..n)) through the products' own epilogue (vact, whole vectors, the tail padded), so a product
+// run without its activation and activated here gives bitwise what the fused product gives. y may be x.
+static void activate_one(const float* x, float* y, int64_t n, int act) {
+  if (act == ACT_NONE) {
+    if (y != x) __builtin_memmove(y, x, static_cast<size_t>(n) * sizeof(float));
+    return;
+  }
+  int64_t i = 0;
+  for (; i + V <= n; i += V) vstore(y + i, vact(vload(x + i), act));
+  if (i < n) {
+    float t[V] = {};
+    for (int64_t j = 0; j < n - i; ++j) t[j] = x[i + j];
+    vstore(t, vact(vload(t), act));
+    for (int64_t j = 0; j < n - i; ++j) y[i + j] = t[j];
+  }
+}
+
 // The entry point each ISA translation unit exports under its own namespace.
 static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x,
                               int64_t rows, int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin,
@@ -733,6 +750,7 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
   void layer_norm(const float* x, int64_t C, const float* w, const float* b, float eps, float* y) {                \
     layer_norm_one(x, C, w, b, eps, y);                                                                            \
   }                                                                                                                \
+  void activate(const float* x, float* y, int64_t n, int act) { activate_one(x, y, n, act); }                      \
   void attend_queries(const float* q, int64_t ldq, int64_t nq, const float* kt, int64_t ldk, const float* v,      \
                       int64_t ldv, int64_t D, int64_t Tk, bool causal, float scale, float* scores, float* out,     \
                       int64_t ldo) {                                                                               \

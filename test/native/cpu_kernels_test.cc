@@ -341,6 +341,38 @@ void test_activation_extremes() {
         "unknown activation");
 }
 
+// activate() after a product without its activation is bitwise the fused product, on every runnable ISA, for
+// lengths that end inside a vector; Act::None copies; bad arguments throw.
+void test_activate() {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 2.f);
+  for (Isa isa : runnable_isas())
+    for (int64_t N : {1, 13, 45, 64}) {
+      const int64_t rows = 5, K = 37;
+      std::vector<float> x(rows * K), w(N * K), b(N);
+      for (float& v : x) v = nd(rng);
+      for (float& v : w) v = nd(rng);
+      for (float& v : b) v = nd(rng);
+      auto pw = pack(w.data(), N, K, false, K, WType::F32, isa);
+      for (Act act : {Act::QuickGelu, Act::GeluTanh, Act::None}) {
+        std::vector<float> fused(rows * N), plain(rows * N), after(rows * N, -1.f);
+        gemm_packed(x.data(), rows, K, *pw, b.data(), fused.data(), N, 0, N, act);
+        gemm_packed(x.data(), rows, K, *pw, b.data(), plain.data(), N, 0, N, Act::None);
+        activate(plain.data(), after.data(), rows * N, act, isa);
+        CHECK(std::memcmp(fused.data(), after.data(), fused.size() * sizeof(float)) == 0,
+              "%s act %d N %lld: activate after the product differs from the fused product", isa_name(isa), (int)act,
+              (long long)N);
+        activate(plain.data(), plain.data(), rows * N, act, isa);  // in place
+        CHECK(std::memcmp(fused.data(), plain.data(), fused.size() * sizeof(float)) == 0,
+              "%s act %d N %lld: in place", isa_name(isa), (int)act, (long long)N);
+      }
+    }
+  float v = 1.f;
+  CHECK(throws_invalid([&] { activate(nullptr, &v, 1, Act::GeluTanh, Isa::Portable); }), "activate: null x");
+  CHECK(throws_invalid([&] { activate(&v, &v, -1, Act::GeluTanh, Isa::Portable); }), "activate: n below 0");
+  CHECK(throws_invalid([&] { activate(&v, &v, 1, static_cast<Act>(7), Isa::Portable); }), "activate: unknown activation");
+}
+
 // greedy_pick against a double-precision argmax / log-sum-exp, on every runnable ISA: lengths around the vector
 // widths and GPT-2's vocabulary, ties (the first index wins, as torch's argmax), -inf entries (masked end tokens),
 // the maximum in the tail, and the rows it must hand back (NaN, all -inf, +inf, empty).
@@ -555,6 +587,7 @@ void test_layer_norm() {
 
 int main() {
   test_activation_extremes();
+  test_activate();
   test_choose_isa();
   test_errors();
   test_special_values();
