@@ -269,6 +269,11 @@ export interface NativeInfo {
    * (SEMICAP_SPIN_US, default 200).
    */
   pool: { helpers: number; jobs: number; alone: number; wakes: number; rests: number; spinUs: number }
+  /**
+   * Products that SCST's forward over its samples took from the sampled decoding instead of computing them again
+   * (native/packed.h, ProductTape; SEMICAP_SCST_REPLAY=0 turns it off), counted over the process.
+   */
+  replayedProducts: number
 }
 
 /** What the library decided about OpenBLAS's core type before libtorch loaded (see lib/cpu.ts). */

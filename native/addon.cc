@@ -145,6 +145,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   pool.Set("rests", static_cast<double>(ps.rests));
   pool.Set("spinUs", ps.spin_us);
   o.Set("pool", pool);
+  o.Set("replayedProducts", static_cast<double>(ProductTape::total_replayed()));
   return o;
 }
 

@@ -1,6 +1,7 @@
 #include "captioner_model.h"
 
 #include "errors.h"
+#include "packed.h"
 
 namespace semicap {
 
@@ -17,7 +18,7 @@ at::Tensor CaptionerModel::prefix_from_features(const at::Tensor& features) cons
   return (*mapper)(f);
 }
 
-at::Tensor CaptionerModel::sequence_logits(const at::Tensor& features, const at::Tensor& ids_in, int64_t repeat) const {
+at::Tensor CaptionerModel::sequence_logits(const at::Tensor& features, const at::Tensor& ids_in, int64_t repeat, ProductTape* tape) const {
   check(ids_in.dim() == 2 && ids_in.size(1) >= 1, "E_SHAPE", "caption ids must have shape [N, L] with L >= 1");
   check(repeat >= 1 && features.size(0) * repeat == ids_in.size(0), "E_SHAPE", "caption ids must have a row per feature row and repeat");
   at::Tensor ids = ids_in.to(gpt->device(), at::kLong);
@@ -39,6 +40,7 @@ at::Tensor CaptionerModel::sequence_logits(const at::Tensor& features, const at:
     shared.k[i] = shared.k[i].repeat_interleave(repeat, 0);
     shared.v[i] = shared.v[i].repeat_interleave(repeat, 0);
   }
+  ProductTape::Replay replay(tape);
   return at::cat({first, gpt->logits(gpt->forward(tokens, &shared))}, 1);
 }
 

@@ -10,6 +10,8 @@
 
 namespace semicap {
 
+class ProductTape;
+
 // A model plus the lock that serialises work on it (weights are shared; grad mode and caches are per call).
 template <class M>
 struct Locked {
@@ -28,7 +30,9 @@ struct CaptionerModel {
   at::Tensor prefix_from_features(const at::Tensor& features) const;
   // Logits [N, L, V] where logits[:, t] predicts ids[:, t] (ids -1-padded), after the prefix mapped from features;
   // each row of features serves `repeat` consecutive rows of ids (N = features rows x repeat), mapped once.
-  at::Tensor sequence_logits(const at::Tensor& features, const at::Tensor& ids, int64_t repeat = 1) const;
+  // tape (repeat > 1): the decoding that sampled ids recorded its products there (packed.h), and the forward over
+  // ids replays them.
+  at::Tensor sequence_logits(const at::Tensor& features, const at::Tensor& ids, int64_t repeat = 1, ProductTape* tape = nullptr) const;
   // Rename map for Captioner checkpoints (tolerates GPT-2 buffers and a "transformer." prefix after "gpt.").
   static std::string checkpoint_key(const std::string& key);
   // checkpoint_key for this model (keeps gpt.lm_head.weight when GPT-2's head is untied).

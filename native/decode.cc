@@ -5,6 +5,7 @@
 
 #include "autocast.h"
 #include "errors.h"
+#include "packed.h"
 
 namespace semicap {
 namespace {
@@ -145,6 +146,7 @@ DecodeResult greedy_or_sample(const Gpt2Model& gpt, const at::Tensor& prefix, co
     finished = finished.logical_or(ends.index_select(0, next));
     // The one host sync per step, and only when a caption can have ended.
     if (t + 1 == o.max_tokens || (can_end && t + 1 >= o.min_tokens && finished.all().item<bool>())) break;
+    ProductTape::Record record(o.tape);
     logits = step_logits(gpt, next.masked_fill(finished, 0), cache);
   }
   return {out.slice(1, 0, std::min(t + 1, o.max_tokens)), logp_sum / count.clamp_min(1)};

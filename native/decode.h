@@ -6,6 +6,8 @@
 
 namespace semicap {
 
+class ProductTape;
+
 struct DecodeOptions {
   std::string method = "greedy";  // greedy | sample | beam
   int64_t max_tokens = 30, min_tokens = 0, beams = 5, top_k = 0;
@@ -21,6 +23,8 @@ struct DecodeOptions {
   std::vector<int64_t> stop_ids;  // tokens that end a caption and are part of it (e.g. ones containing ".")
   int64_t eos_id = -1;            // ends a caption, not part of it (<|endoftext|>)
   bool bf16 = false;              // bf16 autocast (CUDA only)
+  // Greedy / sampling: each step after the first records its products on this tape (packed.h; SCST replays them).
+  ProductTape* tape = nullptr;
 };
 
 struct DecodeResult {

@@ -342,8 +342,113 @@ bool trained_usable(const at::Tensor& x, const at::Tensor& w, const PackedSlot* 
 
 const char* path_name(Path p) { return p == Path::Kernel ? "kernel" : p == Path::Kernel1 ? "kernel1" : "blas"; }
 
+namespace {
+thread_local ProductTape* t_recording = nullptr;
+thread_local ProductTape* t_replaying = nullptr;
+std::atomic<int64_t> g_replayed{0};
+}  // namespace
+
+int64_t ProductTape::total_replayed() { return g_replayed.load(); }
+
+ProductTape::ProductTape(int64_t row0, int64_t rows, int64_t max_steps) : row0_(row0), rows_(rows), max_steps_(max_steps) {
+  check(row0 >= 0 && rows >= 1 && max_steps >= 1, "E_NATIVE", "product tape: bad rows or steps");
+}
+ProductTape::Record::Record(ProductTape* t) : tape(t), outer(t_recording) {
+  t_recording = t;
+  if (t) t->begin_step();
+}
+ProductTape::Record::~Record() {
+  if (tape) tape->end_step();
+  t_recording = outer;
+}
+ProductTape::Replay::Replay(ProductTape* t) : outer(t_replaying) {
+  t_replaying = t;
+  if (t) t->call_ = 0;
+}
+ProductTape::Replay::~Replay() { t_replaying = outer; }
+ProductTape* ProductTape::recording() { return t_recording; }
+ProductTape* ProductTape::replaying() { return t_replaying; }
+
+void ProductTape::begin_step() {
+  if (steps_ >= max_steps_) broken_ = true;
+  ++steps_;
+  call_ = 0;
+}
+
+void ProductTape::end_step() {
+  if (call_ != static_cast<int64_t>(entries_.size())) broken_ = true;  // a step with fewer calls than the first
+}
+
+void ProductTape::skip(const PackedSlot* slot) {
+  if (broken_) return;
+  if (steps_ == 1) entries_.push_back({slot, at::Tensor()});
+  else if (call_ >= static_cast<int64_t>(entries_.size()) || entries_[call_].slot != slot) broken_ = true;
+  else entries_[call_].kept = at::Tensor();  // skipped at one step: never replayed
+  ++call_;
+}
+
+void ProductTape::record(const PackedSlot* slot, const at::Tensor& y) {
+  if (broken_) return;
+  const int64_t N = y.size(-1), R = y.numel() / std::max<int64_t>(N, 1);
+  if (y.size(0) != R || R < row0_ + rows_ || y.scalar_type() != at::kFloat || !y.is_cpu()) {  // one position per row
+    broken_ = true;
+    return;
+  }
+  if (steps_ == 1) {
+    entries_.push_back({slot, at::empty({rows_, max_steps_, N}, y.options())});
+  } else if (call_ >= static_cast<int64_t>(entries_.size()) || entries_[call_].slot != slot ||
+             (entries_[call_].kept.defined() && entries_[call_].kept.size(2) != N)) {
+    broken_ = true;
+    return;
+  }
+  Entry& e = entries_[call_++];
+  if (e.kept.defined()) e.kept.select(1, steps_ - 1).copy_(y.reshape({R, N}).narrow(0, row0_, rows_));
+}
+
+at::Tensor ProductTape::replay(const PackedSlot* slot, const at::Tensor& x, int64_t N) {
+  if (broken_ || call_ >= static_cast<int64_t>(entries_.size())) {
+    broken_ = true;
+    return at::Tensor();
+  }
+  const Entry& e = entries_[call_++];
+  const bool fits = e.slot == slot && e.kept.defined() && e.kept.size(2) == N && x.dim() == 3 && x.size(0) == rows_ &&
+                    x.size(1) == steps_ && steps_ <= max_steps_;
+  if (!fits) {
+    if (e.slot != slot) broken_ = true;  // out of step with the decoding's calls: nothing after can match
+    return at::Tensor();
+  }
+  g_replayed.fetch_add(1);
+  return steps_ == max_steps_ ? e.kept : e.kept.narrow(1, 0, steps_).contiguous();
+}
+
+namespace {
+at::Tensor product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
+                   const std::function<at::Tensor()>& blas, kernels::Act act, bool kernels_only);
+}  // namespace
+
 at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
                           const std::function<at::Tensor()>& blas, kernels::Act act, bool kernels_only) {
+  ProductTape* tape = ProductTape::recording();
+  if (!tape) return product(x, w, bias, slot, blas, act, kernels_only);
+  ProductTape::Record pause(nullptr);  // (products inside this one are not the decoding's)
+  const bool trained = w.requires_grad() || kernels_only;  // the kernels, never BLAS (whose callback applies act)
+  if (act != kernels::Act::None && !trained) {
+    tape->skip(&slot);
+    return product(x, w, bias, slot, blas, act, kernels_only);
+  }
+  at::Tensor y = product(x, w, bias, slot, blas, kernels::Act::None, kernels_only);
+  tape->record(&slot, y);
+  if (act != kernels::Act::None) {  // the epilogue's activation, after the kept copy: bitwise the fused product
+    const kernels::Isa isa = slot.get(w)->isa;
+    float* p = y.data_ptr<float>();
+    share_work(y.numel(), y.numel(), [&](int64_t i0, int64_t i1) { kernels::activate(p + i0, p + i0, i1 - i0, act, isa); });
+  }
+  return y;
+}
+
+namespace {
+at::Tensor product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, PackedSlot& slot,
+                   const std::function<at::Tensor()>& blas, kernels::Act act, bool kernels_only) {
   auto pw = slot.get(w);
   const WType type = slot.type();
   const int64_t rows = x.numel() / pw->K;
@@ -443,6 +548,7 @@ at::Tensor packed_product(const at::Tensor& x, const at::Tensor& w, const at::Te
   }
   return t.y[static_cast<int>(path)];
 }
+}  // namespace
 
 size_t page_out(const at::Tensor& w) {
 #ifdef MADV_PAGEOUT

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "decode.h"
 #include "errors.h"
 #include "losses.h"
+#include "packed.h"
 #include "optim.h"
 #include "rewards.h"
 #include "safetensors.h"
@@ -64,6 +66,12 @@ void validate_train_data(const TrainConfig& cfg, const TrainData& d, int64_t cli
 }
 
 namespace {
+
+// SCST replays its sampled decoding's products unless SEMICAP_SCST_REPLAY=0 (read at each step: tests compare both).
+bool replay_products() {
+  const char* v = std::getenv("SEMICAP_SCST_REPLAY");
+  return !(v && std::strcmp(v, "0") == 0);
+}
 
 uint64_t mix(uint64_t a, uint64_t b) {  // splitmix64 of a combined with b: independent streams per (seed, purpose, n)
   uint64_t z = a * 0x9E3779B97F4A7C15ull + b + 0x632BE59BD9B4E019ull;
@@ -279,6 +287,12 @@ class Loop {
     const int64_t B = images.size(0), K = cfg_.samples;
     at::Tensor feats = features_.index_select(0, images);
     at::Tensor greedy, samples;
+    // The decoding keeps the samples' products and the forward below replays them (ProductTape, packed.h): on the
+    // CPU, and not with a KL penalty (its reference recomputes the same forward, and the KL of identical models must
+    // stay exactly 0). SEMICAP_SCST_REPLAY=0 computes the forward again.
+    std::unique_ptr<ProductTape> tape;
+    if (replay_products() && cfg_.kl_coef <= 0 && cfg_.max_tokens >= 2 && feats.is_cpu() && m_.gpt->device().is_cpu())
+      tape = std::make_unique<ProductTape>(B, B * K, cfg_.max_tokens - 1);
     {
       c10::NoGradGuard no_grad;
       at::Tensor prefix = m_.prefix_from_features(feats);
@@ -291,6 +305,7 @@ class Loop {
       o.method = "sample";
       o.greedy_rows = B;
       o.temperature = cfg_.temperature;
+      o.tape = tape.get();
       // One stream per global sample (step, position in the global batch): the samples do not depend on how the
       // batch is divided over ranks, and a resumed run draws what the uninterrupted one drew.
       const uint64_t base = mix(cfg_.seed, 1000 + static_cast<uint64_t>(k));
@@ -305,7 +320,7 @@ class Loop {
     at::Tensor baseline = rewards.slice(0, 0, B).repeat_interleave(K, 0);
     at::Tensor r = rewards.slice(0, B);
     // The prefix of each image is mapped once and serves its K samples.
-    at::Tensor logits = m_.sequence_logits(feats, samples, K);
+    at::Tensor logits = m_.sequence_logits(feats, samples, K, tape.get());
     auto [logp, mask] = token_logprobs(logits, samples);
     // Policy gradient and KL are both per-token means over the global batch's sampled tokens.
     const double tokens = std::max(1.0, sum_over_ranks(dist_.get(), mask.sum().item<double>()));

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import { copyFileSync, existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { Captioner, loadSafetensors, Tensor } from '../lib/index.js'
+import { Captioner, loadSafetensors, runtimeInfo, Tensor } from '../lib/index.js'
 import type { Example } from '../lib/data/index.js'
 import { AbortError } from '../lib/errors.js'
 import type { TrainProgress } from '../lib/index.js'
@@ -475,6 +475,55 @@ describe('checkpoints, resume, abort', () => {
     }
     // The run moved the captions: the initial weights caption step 3's images otherwise (so stale copies would show).
     expect((await initial.caption(imagesOf(baselines[2]!.ids), { maxTokens: 8, stop: '.' })).map((c) => c.text)).not.toEqual(baselines[2]!.texts)
+  })
+
+  it('SCST\'s forward over its samples replays the sampled decoding\'s products: the gradient of recomputing them, within float32 rounding', async () => {
+    // The decoding that sampled the captions ran every product the teacher-forced forward over them runs (same
+    // weights, same inputs); the forward takes those outputs (native/packed.h, ProductTape) and autograd goes back
+    // through them as before. One step each way from the same weights: the same captions scored, AdamW's first
+    // moment (0.1 x the gradient) equal within rounding, and every product of every decoding step after the first
+    // replayed: 4 per GPT-2 block and the logits.
+    const unlabeled = examples.map((e) => ({ ...e, captions: [] }))
+    const nLayer = (JSON.parse(readFileSync(join(models.gpt2Dir, 'config.json'), 'utf8')) as { n_layer: number }).n_layer
+    const train = async (name: string, replay: boolean) => {
+      const cap = await fresh()
+      const scored: string[][] = []
+      const dir = join(work, name)
+      const before = runtimeInfo().replayedProducts
+      process.env.SEMICAP_SCST_REPLAY = replay ? '1' : '0'
+      try {
+        await cap.train({
+          stage: 'clip-reward', unlabeled, steps: 1, batchSize: 2, samples: 3, maxTokens: 8, lr: 1e-3, seed: 6, featureCache: join(work, 'cache'),
+          checkpointDir: dir, checkpointEvery: 1,
+          reward: { type: 'custom', fn: (texts: string[]) => (scored.push(texts), texts.map((x) => (x.length % 5) / 2)) },
+        })
+      } finally {
+        delete process.env.SEMICAP_SCST_REPLAY
+      }
+      const opt = await loadSafetensors(join(dir, 'step-00000001', 'optimizer.safetensors'))
+      const m = Object.fromEntries(Object.keys(opt).filter((k) => k.endsWith('.exp_avg')).map((k) => [k, opt[k]!.toArray() as Float32Array]))
+      return { m, texts: scored[0]!, replayed: runtimeInfo().replayedProducts - before }
+    }
+    const replayed = await train('replay-on', true)
+    const computed = await train('replay-off', false)
+    expect(computed.replayed).toBe(0)
+    expect(replayed.replayed).toBe(4 * nLayer + 1)
+    expect(replayed.texts).toEqual(computed.texts)
+    expect(new Set(replayed.texts.slice(2)).size).toBeGreaterThan(1)  // samples that differ: advantages not all zero
+    const params = Object.keys(computed.m).sort()
+    expect(Object.keys(replayed.m).sort()).toEqual(params)
+    let moved = 0
+    for (const name of params) {
+      const a = replayed.m[name]!, b = computed.m[name]!
+      let scale = 0, diff = 0
+      for (let i = 0; i < a.length; i++) {
+        scale = Math.max(scale, Math.abs(b[i]!))
+        diff = Math.max(diff, Math.abs(a[i]! - b[i]!))
+      }
+      if (scale > 0) moved++
+      expect(diff, name).toBeLessThanOrEqual(2e-5 * scale)
+    }
+    expect(moved).toBeGreaterThan(params.length / 2)
   })
 
   it('abort stops within one step and leaves a usable model', async () => {
