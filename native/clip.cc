@@ -13,6 +13,16 @@ at::Tensor ClipEncoderLayer::forward(const at::Tensor& x, bool causal, bool firs
   return add_into(fc2(fc1(ln2(y), act)), y);
 }
 
+at::Tensor ClipEncoderLayer::row_at(const at::Tensor& x, const at::Tensor& pos) const {
+  const int64_t B = x.size(0), T = x.size(1), D = x.size(2);
+  const at::Tensor at_pos = pos.view({B, 1, 1}).expand({B, 1, D});
+  at::Tensor h = ln1(x);
+  const at::Tensor see = at::arange(T, pos.options()).unsqueeze(0).le(pos.unsqueeze(1)).view({B, 1, 1, T});
+  at::Tensor a = masked_attention(split_heads(q(h.gather(1, at_pos)), heads), split_heads(k(h), heads), split_heads(v(h), heads), see);
+  at::Tensor y = add_into(out(merge_heads(a)), x.gather(1, at_pos));
+  return add_into(fc2(fc1(ln2(y), act)), y);
+}
+
 std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, const ClipTowerConfig& c) {
   check(c.hidden > 0 && c.heads > 0 && c.hidden % c.heads == 0 && c.layers >= 0 && c.intermediate > 0, "E_CONFIG",
         prefix + ": hidden_size must be a positive multiple of num_attention_heads");
@@ -111,7 +121,7 @@ at::Tensor ClipModel::pool_positions(const at::Tensor& ids) const {
   return (ids == cfg_.eos_token_id).to(at::kInt).argmax(1);  // first maximum = first eos; 0 when there is none (as HF)
 }
 
-ClipTowerOutput ClipModel::text(const at::Tensor& ids_in) const {
+std::pair<at::Tensor, at::Tensor> ClipModel::text_embeddings(const at::Tensor& ids_in) const {
   check(ids_in.dim() == 2 && ids_in.size(0) > 0 && ids_in.size(1) > 0, "E_SHAPE", "text ids must have shape [B, T] with B, T >= 1");
   check(ids_in.size(1) <= cfg_.max_positions, "E_SHAPE",
         "text ids have " + std::to_string(ids_in.size(1)) + " positions but the model has max_position_embeddings " + std::to_string(cfg_.max_positions));
@@ -121,8 +131,22 @@ ClipTowerOutput ClipModel::text(const at::Tensor& ids_in) const {
   int64_t lo = std::get<0>(mm).item<int64_t>(), hi = std::get<1>(mm).item<int64_t>();
   check(lo >= 0 && hi < cfg_.vocab_size, "E_VALUE",
         "text ids must lie in [0, " + std::to_string(cfg_.vocab_size) + "); got values in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  int64_t T = ids.size(1);
-  at::Tensor x = at::embedding(tok_emb_, ids) + txt_pos_.slice(0, 0, T).unsqueeze(0);
+  const int64_t T = ids.size(1);
+  return {ids, at::embedding(tok_emb_, ids) + txt_pos_.slice(0, 0, T).unsqueeze(0)};
+}
+
+at::Tensor ClipModel::text_features(const at::Tensor& ids_in) const {
+  auto [ids, x] = text_embeddings(ids_in);
+  const at::Tensor pos = pool_positions(ids);
+  if (txt_layers_.empty()) return at::linear(final_ln_(x.gather(1, pos.view({-1, 1, 1}).expand({x.size(0), 1, x.size(2)})).squeeze(1)), text_proj_);
+  for (size_t i = 0; i + 1 < txt_layers_.size(); ++i) x = txt_layers_[i](x, true);
+  // The pooled rows read only their own position's last hidden state: the last layer computes those rows alone.
+  x = txt_layers_.back().row_at(x, pos);
+  return at::linear(final_ln_(x.squeeze(1)), text_proj_);
+}
+
+ClipTowerOutput ClipModel::text(const at::Tensor& ids_in) const {
+  auto [ids, x] = text_embeddings(ids_in);
   ClipTowerOutput out;
   out.last_hidden = final_ln_(encode(txt_layers_, x, true));
   at::Tensor pos = pool_positions(ids);

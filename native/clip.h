@@ -26,6 +26,9 @@ struct ClipEncoderLayer {
   at::Tensor operator()(const at::Tensor& x, bool causal) const { return forward(x, causal, false); }
   // The layer's output for token 0 only ([B, 1, D]; non-causal): what the class token's features need.
   at::Tensor first_token(const at::Tensor& x) const { return forward(x, false, true); }
+  // The layer's output for row pos[b] of each sequence b alone ([B, 1, D]; causal: that row sees positions up to
+  // pos[b]): what the text tower's pooled features need.
+  at::Tensor row_at(const at::Tensor& x, const at::Tensor& pos) const;
 
  private:
   at::Tensor forward(const at::Tensor& x, bool causal, bool first_only) const;
@@ -47,6 +50,9 @@ class ClipModel {
   at::Tensor image_features(const at::Tensor& pixels) const;
   // ids [B, T] int64 -> outputs; validates ids and lengths.
   ClipTowerOutput text(const at::Tensor& ids) const;
+  // The projected text features alone (get_text_features): the last layer computes each row's pooled position only
+  // (the other positions serve as keys and values); equal to text(ids).features up to float rounding.
+  at::Tensor text_features(const at::Tensor& ids) const;
   // Where text() pools each row of ids [B, T] (int64, on this model's device): HF's rule, the first end token (or
   // argmax(ids) for legacy configs). The tower is causal, so a row's pooled output ignores positions after it.
   at::Tensor pool_positions(const at::Tensor& ids) const;
@@ -57,6 +63,7 @@ class ClipModel {
   std::vector<ClipEncoderLayer> make_layers(const std::string& prefix, const ClipTowerConfig& c);
   at::Tensor encode(const std::vector<ClipEncoderLayer>& layers, at::Tensor x, bool causal) const;
   at::Tensor vision_embeddings(const at::Tensor& pixels) const;  // validated pixels -> pre-LayerNormed tokens
+  std::pair<at::Tensor, at::Tensor> text_embeddings(const at::Tensor& ids) const;  // validated -> {ids, embeddings}
 
   ClipConfig cfg_;
   ParamStore params_;

@@ -12,12 +12,13 @@ at::Tensor unit_rows(const at::Tensor& x) { return x / x.norm(2, -1, true).clamp
 // CLIP text features of ids [N, T] in groups of similar length, each cut after its longest row's pooled position.
 // Why: an SCST step's captions (greedy and sampled) are padded to the longest of them, and the tower is causal and
 // pools at each row's end token, so the padding is work whose result is never read; sorted into a few groups the
-// tower runs on far fewer positions. A row's features are the same mathematically (float32 rounding may differ
+// tower runs on far fewer positions (and its last layer computes each row's pooled position alone,
+// ClipModel::text_features). A row's features are the same mathematically (float32 rounding may differ
 // where a product's path depends on its row count).
 at::Tensor in_length_groups(const ClipModel& clip, const at::Tensor& ids) {
   constexpr int64_t kGroups = 3;
   const int64_t N = ids.size(0), T = ids.size(1);
-  if (N < 2 * kGroups) return clip.text(ids).features;
+  if (N < 2 * kGroups) return clip.text_features(ids);
   const at::Tensor lengths = clip.pool_positions(ids).cpu() + 1;
   const at::Tensor order = std::get<1>(lengths.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   const int64_t* o = order.data_ptr<int64_t>();
@@ -27,7 +28,7 @@ at::Tensor in_length_groups(const ClipModel& clip, const at::Tensor& ids) {
     const int64_t b = N * g / kGroups, e = N * (g + 1) / kGroups;
     const at::Tensor rows = order.slice(0, b, e);
     const int64_t L = std::min(T, len[o[e - 1]]);  // the group's longest (sorted ascending)
-    parts.push_back(clip.text(ids.index_select(0, rows.to(ids.device())).slice(1, 0, L)).features);
+    parts.push_back(clip.text_features(ids.index_select(0, rows.to(ids.device())).slice(1, 0, L)));
   }
   // Back to the callers' row order (row order[i] is at i).
   return at::cat(parts).index_select(0, order.argsort().to(parts[0].device()));
