@@ -365,7 +365,8 @@ for (const T of threadList) {
     decode_token_b1_ms: f1.result.caption.decode.ms / f1.result.caption.decode.steps,
     decode_token_b8_ms: r8.caption.decode.ms / r8.caption.decode.steps,
     ce_ms: r8.ce_step.floor_ms,
-    scst_ms: r8.scst_step.floor_ms,
+    scst_ms: r8.scst_step.floor_ms,  // the samples' forward replayed from the decoding, as semicap computes it
+    scst_recompute_ms: r8.scst_step.floor_recompute_ms,  // computed again, as eager PyTorch does
     // loading: every weight byte read once from the page cache (a memory copy)
     load_ms: (bytes / (r8.bandwidth_gbs * 1e9)) * 1e3,
     weight_file_bytes: bytes,
