@@ -287,11 +287,10 @@ class Loop {
     const int64_t B = images.size(0), K = cfg_.samples;
     at::Tensor feats = features_.index_select(0, images);
     at::Tensor greedy, samples;
-    // The decoding keeps the samples' products and the forward below replays them (ProductTape, packed.h): on the
-    // CPU, and not with a KL penalty (its reference recomputes the same forward, and the KL of identical models must
-    // stay exactly 0). SEMICAP_SCST_REPLAY=0 computes the forward again.
+    // The decoding keeps the samples' products and the forward below replays them (ProductTape, packed.h), on the
+    // CPU. SEMICAP_SCST_REPLAY=0 computes the forward again.
     std::unique_ptr<ProductTape> tape;
-    if (replay_products() && cfg_.kl_coef <= 0 && cfg_.max_tokens >= 2 && feats.is_cpu() && m_.gpt->device().is_cpu())
+    if (replay_products() && cfg_.max_tokens >= 2 && feats.is_cpu() && m_.gpt->device().is_cpu())
       tape = std::make_unique<ProductTape>(B, B * K, cfg_.max_tokens - 1);
     {
       c10::NoGradGuard no_grad;
@@ -327,7 +326,8 @@ class Loop {
     at::Tensor loss = scst_loss_sum(logp, r, baseline) / tokens;
     if (cfg_.kl_coef > 0) {
       // Grad mode stays on (nothing here requires grad, so no graph is recorded): the reference then takes the same
-      // matmul path as the policy, and the KL of identical models is exactly 0, not BLAS-vs-kernel rounding.
+      // matmul path as the policy's forward, not BLAS. Against replayed policy logits (computed a decoding step at a
+      // time) the KL of identical models is 0 up to float32 rounding (~1e-9); exactly 0 with SEMICAP_SCST_REPLAY=0.
       at::Tensor ref_logits = ref_->sequence_logits(feats, samples, K).detach();
       at::Tensor kl = kl_penalty_sum(logits, ref_logits, mask) / tokens;
       sm.kl += kl.item<double>();

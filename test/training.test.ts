@@ -145,8 +145,10 @@ describe('SCST', () => {
     const run = cap.train({ stage: 'clip-reward', unlabeled: [white!], steps: 3, batchSize: 1, samples: K, klCoef: 0.1, lr: 1e-3, reward: { w: 2, prefix }, featureCache: join(work, 'cache') })
     const progress = collect(run)
     await run
-    expect(progress[0].kl).toBe(0)
-    expect(progress[2].kl!).toBeGreaterThan(0)
+    // Identical models at the first step: the policy's log-probabilities are the sampled decoding's own (replayed),
+    // the frozen reference's are computed teacher-forced, so they agree up to float32 rounding.
+    expect(Math.abs(progress[0].kl!)).toBeLessThan(1e-6)
+    expect(progress[2].kl!).toBeGreaterThan(1e-4)
     expect(calls).toHaveLength(3)
     const image = unit(await cap.clip.imageFeatures(await cap.clip.preprocess([white!.image])))[0]!
     const all: number[] = []
