@@ -36,6 +36,25 @@ async function fresh(): Promise<Captioner> {
   return c
 }
 
+// Two runs' AdamW first moments (0.1 x one step's gradient) per parameter: the same parameters, each within 2e-5 of
+// its scale (b's largest |value|). Returns the parameter names and how many of them moved (a nonzero moment).
+function expectSameMoments(a: Record<string, Float32Array>, b: Record<string, Float32Array>): { params: string[]; moved: number } {
+  const params = Object.keys(b).sort()
+  expect(Object.keys(a).sort()).toEqual(params)
+  let moved = 0
+  for (const name of params) {
+    const x = a[name]!, y = b[name]!
+    let scale = 0, diff = 0
+    for (let i = 0; i < x.length; i++) {
+      scale = Math.max(scale, Math.abs(y[i]!))
+      diff = Math.max(diff, Math.abs(x[i]! - y[i]!))
+    }
+    if (scale > 0) moved++
+    expect(diff, name).toBeLessThanOrEqual(2e-5 * scale)
+  }
+  return { params, moved }
+}
+
 function collect(run: ReturnType<Captioner['train']>): TrainProgress[] {
   const out: TrainProgress[] = []
   run.on('progress', (p: TrainProgress) => out.push(p))
@@ -435,19 +454,7 @@ describe('checkpoints, resume, abort', () => {
     expect(rows.texts.slice(10)).toEqual(shared.texts.slice(2))
     expect(rows.texts.slice(0, 10)).toEqual([0, 0, 0, 0, 0, 1, 1, 1, 1, 1].map((i) => shared.texts[i]))
     expect(new Set(shared.texts.slice(2)).size).toBeGreaterThan(2)  // samples that differ: advantages not all zero
-    const params = Object.keys(shared.m).sort()
-    expect(params).toEqual(Object.keys(rows.m).sort())
-    let moved = 0
-    for (const name of params) {
-      const a = shared.m[name]!, b = rows.m[name]!
-      let scale = 0, diff = 0
-      for (let i = 0; i < a.length; i++) {
-        scale = Math.max(scale, Math.abs(b[i]!))
-        diff = Math.max(diff, Math.abs(a[i]! - b[i]!))
-      }
-      if (scale > 0) moved++
-      expect(diff, name).toBeLessThanOrEqual(2e-5 * scale)
-    }
+    const { params, moved } = expectSameMoments(shared.m, rows.m)
     // Gradients reached the mapper (through the shared prefixes) and most of GPT-2.
     expect(params.filter((n) => n.startsWith('clip_project.') && shared.m[n]!.some((x) => x !== 0)).length).toBe(4)
     expect(moved).toBeGreaterThan(params.length / 2)
@@ -512,19 +519,7 @@ describe('checkpoints, resume, abort', () => {
     expect(replayed.replayed).toBe(4 * nLayer + 1)
     expect(replayed.texts).toEqual(computed.texts)
     expect(new Set(replayed.texts.slice(2)).size).toBeGreaterThan(1)  // samples that differ: advantages not all zero
-    const params = Object.keys(computed.m).sort()
-    expect(Object.keys(replayed.m).sort()).toEqual(params)
-    let moved = 0
-    for (const name of params) {
-      const a = replayed.m[name]!, b = computed.m[name]!
-      let scale = 0, diff = 0
-      for (let i = 0; i < a.length; i++) {
-        scale = Math.max(scale, Math.abs(b[i]!))
-        diff = Math.max(diff, Math.abs(a[i]! - b[i]!))
-      }
-      if (scale > 0) moved++
-      expect(diff, name).toBeLessThanOrEqual(2e-5 * scale)
-    }
+    const { params, moved } = expectSameMoments(replayed.m, computed.m)
     expect(moved).toBeGreaterThan(params.length / 2)
   })
 
