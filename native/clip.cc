@@ -4,6 +4,13 @@
 
 namespace semicap {
 
+namespace {
+// Row pos[b] of each sequence b of x [B, T, D]: [B, 1, D].
+at::Tensor rows_at(const at::Tensor& x, const at::Tensor& pos) {
+  return x.gather(1, pos.view({-1, 1, 1}).expand({x.size(0), 1, x.size(2)}));
+}
+}  // namespace
+
 at::Tensor ClipEncoderLayer::forward(const at::Tensor& x, bool causal, bool first_only) const {
   at::Tensor h = ln1(x);
   // first_only: only token 0 asks; every token still answers (keys and values).
@@ -14,12 +21,11 @@ at::Tensor ClipEncoderLayer::forward(const at::Tensor& x, bool causal, bool firs
 }
 
 at::Tensor ClipEncoderLayer::row_at(const at::Tensor& x, const at::Tensor& pos) const {
-  const int64_t B = x.size(0), T = x.size(1), D = x.size(2);
-  const at::Tensor at_pos = pos.view({B, 1, 1}).expand({B, 1, D});
+  const int64_t B = x.size(0), T = x.size(1);
   at::Tensor h = ln1(x);
   const at::Tensor see = at::arange(T, pos.options()).unsqueeze(0).le(pos.unsqueeze(1)).view({B, 1, 1, T});
-  at::Tensor a = masked_attention(split_heads(q(h.gather(1, at_pos)), heads), split_heads(k(h), heads), split_heads(v(h), heads), see);
-  at::Tensor y = add_into(out(merge_heads(a)), x.gather(1, at_pos));
+  at::Tensor a = masked_attention(split_heads(q(rows_at(h, pos)), heads), split_heads(k(h), heads), split_heads(v(h), heads), see);
+  at::Tensor y = add_into(out(merge_heads(a)), rows_at(x, pos));
   return add_into(fc2(fc1(ln2(y), act)), y);
 }
 
@@ -138,10 +144,9 @@ std::pair<at::Tensor, at::Tensor> ClipModel::text_embeddings(const at::Tensor& i
 at::Tensor ClipModel::text_features(const at::Tensor& ids_in) const {
   auto [ids, x] = text_embeddings(ids_in);
   const at::Tensor pos = pool_positions(ids);
-  if (txt_layers_.empty()) return at::linear(final_ln_(x.gather(1, pos.view({-1, 1, 1}).expand({x.size(0), 1, x.size(2)})).squeeze(1)), text_proj_);
   for (size_t i = 0; i + 1 < txt_layers_.size(); ++i) x = txt_layers_[i](x, true);
   // The pooled rows read only their own position's last hidden state: the last layer computes those rows alone.
-  x = txt_layers_.back().row_at(x, pos);
+  x = txt_layers_.empty() ? rows_at(x, pos) : txt_layers_.back().row_at(x, pos);
   return at::linear(final_ln_(x.squeeze(1)), text_proj_);
 }
 
@@ -150,7 +155,7 @@ ClipTowerOutput ClipModel::text(const at::Tensor& ids_in) const {
   ClipTowerOutput out;
   out.last_hidden = final_ln_(encode(txt_layers_, x, true));
   at::Tensor pos = pool_positions(ids);
-  out.pooled = out.last_hidden.gather(1, pos.view({-1, 1, 1}).expand({ids.size(0), 1, out.last_hidden.size(2)})).squeeze(1);
+  out.pooled = rows_at(out.last_hidden, pos).squeeze(1);
   out.features = at::linear(out.pooled, text_proj_);
   return out;
 }

@@ -412,7 +412,7 @@ at::Tensor ProductTape::replay(const PackedSlot* slot, const at::Tensor& x, int6
   }
   const Entry& e = entries_[call_++];
   const bool fits = e.slot == slot && e.kept.defined() && e.kept.size(2) == N && x.dim() == 3 && x.size(0) == rows_ &&
-                    x.size(1) == steps_ && steps_ <= max_steps_;
+                    x.size(1) == steps_;  // (a step past max_steps broke the tape)
   if (!fits) {
     if (e.slot != slot) broken_ = true;  // out of step with the decoding's calls: nothing after can match
     return at::Tensor();

@@ -113,7 +113,6 @@ class ProductTape {
   void skip(const PackedSlot* slot);
   // Replaying: the kept outputs of this call for x (rows x steps x K), or undefined (then compute).
   at::Tensor replay(const PackedSlot* slot, const at::Tensor& x, int64_t N);
-  int64_t steps() const { return steps_; }
   // Products replayed by every tape in this process (runtimeInfo().replayedProducts).
   static int64_t total_replayed();
 
