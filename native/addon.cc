@@ -22,6 +22,7 @@
 #include "packed.h"
 #include <dlfcn.h>
 #include "errors.h"
+#include "exit_guard.h"
 #include "models_binding.h"
 #include "safetensors.h"
 #include "torch_checkpoint.h"
@@ -414,6 +415,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   at::globalContext().setAllowTF32CuDNN(false);
   at::globalContext().setAllowTF32CuBLAS(false);
   install_cpu_cache(default_cpu_cache_limit());
+  install_exit_guard();
   auto* state = new AddonState();
   env.SetInstanceData<AddonState>(state);  // deleted with the environment
   Napi::Function tensor = AddonTensor::Init(env);

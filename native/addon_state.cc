@@ -6,6 +6,7 @@
 #include <new>
 
 #include "errors.h"
+#include "exit_guard.h"
 
 namespace semicap {
 
@@ -47,6 +48,7 @@ class PromiseWorker : public Napi::AsyncWorker {
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
+    NativeWorkScope in_flight;
     try {
       finish_ = work_();
     } catch (...) {

@@ -8,6 +8,7 @@
 
 #include "addon_state.h"
 #include "errors.h"
+#include "exit_guard.h"
 #include "models_binding.h"
 
 namespace semicap {
@@ -354,6 +355,7 @@ Napi::Value AddonTrainer::Start(const Napi::CallbackInfo& info) {
         });
     Ref();  // alive until the run ends
     thread_ = std::thread([this] {
+      NativeWorkScope in_flight;
       auto* done = new Event{Event::kDone};
       try {
         TrainCallbacks cb;

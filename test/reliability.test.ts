@@ -42,6 +42,24 @@ try {
     run.on('checkpoint', (c) => out('CKPT ' + c.step))
     const summary = await run
     out('DONE ' + JSON.stringify(summary))
+  } else if (args.mode === 'exit') {
+    // process.exit() from a progress listener while training (saving a checkpoint every step) and while a second
+    // captioner's caption() calls run on libuv's threads.
+    const cap = await Captioner.create({ clip: args.clipDir, gpt2: args.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
+    const other = await Captioner.create({ clip: args.clipDir, gpt2: args.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
+    const S = cap.clip.imageSize
+    const px = new Tensor('float32', [2, 3, S, S], Float32Array.from({ length: 6 * S * S }, (_, i) => Math.sin(i)))
+    const run = cap.train({ stage: 'supervised', labeled: args.examples, steps: 100_000, batchSize: 2, lr: 1e-3, featureCache: args.cache,
+      checkpointDir: args.ckDir, checkpointEvery: 1, checkpointKeep: 2, resume: true, seed: 1 })
+    let steps = 0
+    run.on('progress', () => {
+      if (++steps === args.exitAfter) {
+        for (let i = 0; i < 4; i++) other.caption(px, { maxTokens: 8 })
+        out('EXIT')
+        process.exit(7)
+      }
+    })
+    await run
   } else if (args.mode === 'calls') {
     const cap = await Captioner.create({ clip: args.clipDir, gpt2: args.gpt2Dir, mapper: { type: 'mlp', prefixLength: 4 }, device: 'cpu' })
     const S = cap.clip.imageSize
@@ -309,6 +327,16 @@ describe('faults', () => {
   // checkpointKeep counts every complete step folder in the directory, also those killed runs wrote (checked on the
   // folder the kill rounds above left). A kill between a save's rename and its pruning leaves one extra folder,
   // which the next run prunes when it starts.
+  it('process.exit(7) while training, saving and captioning exits with 7 (no signal), and latest still loads', async () => {
+    const ckDir = join(work, 'ck-exit')
+    for (const exitAfter of [1, 2, 3]) {
+      const r = await startChild({ ...trainArgs(), mode: 'exit', ckDir, exitAfter }).done
+      expect(r.stdout, r.stderr.slice(-1000)).toContain('EXIT')
+      expect({ code: r.code, signal: r.signal }, r.stderr.slice(-1000)).toEqual({ code: 7, signal: null })
+    }
+    await checkLatest(ckDir, 'after the exits')
+  }, 120_000)
+
   it('checkpointKeep (2) bounds the checkpoint folders across killed and resumed runs', () => {
     const kept = readdirSync(join(work, 'ck-kill')).filter((n) => /^step-\d{8}$/.test(n))
     expect(kept.length).toBeLessThanOrEqual(3)
