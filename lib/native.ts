@@ -320,6 +320,8 @@ export interface Addon {
   AddonTrainer: AddonTrainerConstructor
   AddonDecodeBatch: new (captioner: AddonCaptioner) => AddonDecodeBatch
   losses: LossesAddon
+  /** AdamW with gradient clipping on small tensors (native/optim_binding.cc), for tests. */
+  optim: { adamwSteps(params: WireTensor[], gradsPerStep: WireTensor[][], opts: { lr: number; maxNorm: number; weightDecay: number }): { params: WireTensor[]; norms: number[] } }
   setNumThreads(n: number): void
   info(): NativeInfo
   setCpuCacheLimit(bytes: number): CpuCacheStats

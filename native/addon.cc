@@ -31,6 +31,7 @@
 
 namespace semicap {
 Napi::Object losses_exports(Napi::Env env);
+Napi::Object optim_exports(Napi::Env env);
 namespace {
 
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
@@ -433,6 +434,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("AddonTrainer", AddonTrainer::Init(env));
   { Napi::Function batch_init(Napi::Env); exports.Set("AddonDecodeBatch", batch_init(env)); }  // batch_binding.cc
   exports.Set("losses", losses_exports(env));
+  exports.Set("optim", optim_exports(env));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("setCpuCacheLimit", Napi::Function::New(env, SetCpuCacheLimit));

@@ -15,7 +15,12 @@ struct AdamWConfig {
 class AdamW {
  public:
   AdamW(std::vector<at::Tensor> params, std::vector<std::string> names, AdamWConfig cfg);
-  void step(double lr);
+  // Gradients scaled by grad_scale (their clipping), then the update. On the CPU the scale is applied as each
+  // gradient is read, in the same float multiply as scaling it in place first, so the result is bitwise the same.
+  void step(double lr, double grad_scale = 1);
+  // Clips the gradients' global L2 norm to max_norm (<= 0: no clipping) through step's grad_scale; returns the norm
+  // before clipping.
+  double clip_and_step(double lr, double max_norm);
   void zero_grad();
   int64_t steps() const { return step_; }
   // Moments as named tensors ("<param>.exp_avg", "<param>.exp_avg_sq") plus the step count, for checkpoints.
@@ -33,7 +38,7 @@ class AdamW {
 // Linear warm-up to the base rate over `warmup` steps, then "linear" decay to 0 at `total`, "cosine", or "constant".
 double schedule_lr(double base, int64_t step, int64_t warmup, int64_t total, const std::string& kind);
 
-// Scales gradients so their global L2 norm is at most max_norm (<= 0: no clipping). Returns the norm before.
-double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+// The global L2 norm of the parameters' gradients (those that have one).
+double grad_norm(const std::vector<at::Tensor>& params);
 
 }  // namespace semicap

@@ -52,8 +52,7 @@ TrainSummary loop(ParamStore& params, const PretrainConfig& cfg, const char* sta
     opt.zero_grad();
     at::Tensor loss = loss_at(step);
     loss.backward();
-    p.grad_norm = clip_grad_norm(opt.params(), cfg.grad_clip);
-    opt.step(p.lr);
+    p.grad_norm = opt.clip_and_step(p.lr, cfg.grad_clip);
     p.loss = loss.item<double>();
     double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     p.examples_per_sec = static_cast<double>(examples_per_step) / std::max(dt, 1e-9);

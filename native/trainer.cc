@@ -200,8 +200,7 @@ class Loop {
         p.reward = sums[3] / sums[5];
         p.baseline = sums[4] / sums[5];
       }
-      p.grad_norm = clip_grad_norm(opt_->params(), cfg_.grad_clip);
-      opt_->step(p.lr);
+      p.grad_norm = opt_->clip_and_step(p.lr, cfg_.grad_clip);
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
       p.examples_per_sec = sums[6] / std::max(dt, 1e-9);
       p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -10,6 +10,7 @@ import { AbortError } from '../lib/errors.js'
 import type { TrainProgress } from '../lib/index.js'
 import { makeColourSquares, makeTinyCaptionModels, type TinyModels } from './helpers/models.js'
 import { tempDir } from './helpers/paths.js'
+import { mulberry32 } from '../lib/data/split.js'
 
 let models: TinyModels
 let work: string
@@ -633,6 +634,84 @@ describe('AdamW (the fused CPU update against a float32 hand computation)', () =
     // runs only where a size or a thread's chunk is not a multiple of 4.
     expect(moved).toBeGreaterThan(elements / 2)
     expect(elements).toBeGreaterThan(10000)
+  })
+})
+
+describe('gradient clipping (folded into the fused AdamW) against a float32 hand computation', () => {
+  /** AdamW over float32 arrays with each operation rounded as native/optim.cc rounds it; the clipping scale comes
+   * from `norms` (the native norm of each step, checked separately against a double computation). */
+  function handAdamW(p0: Float32Array[], grads: Float32Array[][], norms: number[], lr: number, wd: number, maxNorm: number): Float32Array[] {
+    const f = Math.fround
+    const b1 = f(0.9), b2 = f(0.999), c1 = f(1 - b1), c2 = f(1 - b2), eps = f(1e-8), decay = f(1 - lr * wd)
+    const p = p0.map((a) => Float32Array.from(a))
+    const m = p0.map((a) => new Float32Array(a.length))
+    const v = p0.map((a) => new Float32Array(a.length))
+    grads.forEach((gs, t) => {
+      const scale = maxNorm > 0 && norms[t]! > maxNorm ? f(maxNorm / (norms[t]! + 1e-6)) : 1
+      const stepSize = f(-lr / (1 - 0.9 ** (t + 1)))
+      const sqrtBc2 = f(Math.sqrt(1 - 0.999 ** (t + 1)))
+      gs.forEach((g, j) => {
+        for (let i = 0; i < g.length; i++) {
+          const gi = scale === 1 ? g[i]! : f(g[i]! * scale)
+          const mi = f(f(m[j]![i]! * b1) + f(gi * c1))
+          const vi = f(f(v[j]![i]! * b2) + f(f(gi * gi) * c2))
+          m[j]![i] = mi
+          v[j]![i] = vi
+          const den = f(f(f(Math.sqrt(vi)) / sqrtBc2) + eps)
+          p[j]![i] = f(f(p[j]![i]! * decay) + f(stepSize * f(mi / den)))
+        }
+      })
+    })
+    return p
+  }
+
+  it('norms within float32 summation error of double; every parameter bit for bit, clipped or not, at 1 and 2 threads', async () => {
+    const { native } = await import('../lib/native.js')
+    const { setThreads } = await import('../lib/index.js')
+    const random = mulberry32(11)
+    // Sizes: a tail-only tensor, one chunk, several chunks of 64 Ki with a ragged end.
+    const sizes = [3, 1000, 3 * 65536 + 17]
+    const arr = (n: number, s: number) => Float32Array.from({ length: n }, () => (random() - 0.5) * s)
+    const p0 = sizes.map((n) => arr(n, 0.2))
+    const grads = [0, 1, 2].map((t) => sizes.map((n) => arr(n, t === 1 ? 1e-4 : 0.05)))  // step 2 below maxNorm
+    const wire = (a: Float32Array) => new Tensor('float32', [a.length], a).toWire()
+    const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength)
+    const before = runtimeInfo().threads
+    const results: { params: Float32Array[]; norms: number[] }[] = []
+    try {
+      for (const threads of [1, 2]) {
+        setThreads(threads)
+        for (const maxNorm of [1, 0]) {
+          const r = native().optim.adamwSteps(p0.map(wire), grads.map((gs) => gs.map(wire)), { lr: 2e-3, maxNorm, weightDecay: 0.1 })
+          const params = r.params.map((w) => Tensor.fromWire(w).data as Float32Array)
+          r.norms.forEach((n, t) => {
+            let sq = 0
+            for (const g of grads[t]!) for (const x of g) sq += x * x
+            expect(Math.abs(n - Math.sqrt(sq)) / Math.sqrt(sq)).toBeLessThan(1e-6)
+          })
+          const want = handAdamW(p0, grads, r.norms, 2e-3, 0.1, maxNorm)
+          want.forEach((w, j) => expect(bytes(params[j]!).equals(bytes(w)), `threads ${threads} maxNorm ${maxNorm} param ${j}`).toBe(true))
+          results.push({ params, norms: r.norms })
+        }
+      }
+    } finally {
+      setThreads(before)
+    }
+    // Steps 1 and 3 were clipped (norms ~6 > 1), step 2 was not; clipping changed the result.
+    expect(results[0]!.norms[0]).toBeGreaterThan(1)
+    expect(results[0]!.norms[1]).toBeLessThan(1)
+    expect(bytes(results[0]!.params[2]!).equals(bytes(results[1]!.params[2]!))).toBe(false)
+    // The same norms and parameters at either thread count.
+    expect(results[2]!.norms).toEqual(results[0]!.norms)
+    results[2]!.params.forEach((p, j) => expect(bytes(p).equals(bytes(results[0]!.params[j]!))).toBe(true))
+  })
+
+  it('refuses mismatched gradients with a clear error', async () => {
+    const { native } = await import('../lib/native.js')
+    const w = new Tensor('float32', [4], new Float32Array(4)).toWire()
+    const g = new Tensor('float32', [3], new Float32Array(3)).toWire()
+    expect(() => native().optim.adamwSteps([w], [[g]], { lr: 1e-3, maxNorm: 1, weightDecay: 0 })).toThrow(expect.objectContaining({ code: 'E_SHAPE' }))
+    expect(() => native().optim.adamwSteps([w], [[]], { lr: 1e-3, maxNorm: 1, weightDecay: 0 })).toThrow(expect.objectContaining({ code: 'E_VALUE' }))
   })
 })
 
