@@ -65,22 +65,26 @@ void adamw_cpu_float(float* p, const float* g, float* m, float* v, int64_t n, fl
   });
 }
 
-// Sum of squares of x[0..n) in float: four vectors of partial sums (16 lanes), folded in a fixed order into double.
+// Sum of squares of x[0..n): float partial sums in four vectors (16 lanes) over blocks of 1024 elements, each block's
+// lanes folded in a fixed order into double, so a sum's float rounding spans at most 64 terms.
 double sum_squares(const float* x, int64_t n) {
-  int64_t i = 0;
   double total = 0;
+  for (int64_t b = 0; b < n; b += 1024) {
+    const int64_t e = std::min(n, b + 1024);
+    int64_t i = b;
 #if defined(__SSE2__)
-  __m128 a[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
-  for (; i + 16 <= n; i += 16)
-    for (int j = 0; j < 4; ++j) {
-      const __m128 xi = _mm_loadu_ps(x + i + 4 * j);
-      a[j] = _mm_add_ps(a[j], _mm_mul_ps(xi, xi));
-    }
-  alignas(16) float lanes[16];
-  for (int j = 0; j < 4; ++j) _mm_store_ps(lanes + 4 * j, a[j]);
-  for (float l : lanes) total += l;
+    __m128 a[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+    for (; i + 16 <= e; i += 16)
+      for (int j = 0; j < 4; ++j) {
+        const __m128 xi = _mm_loadu_ps(x + i + 4 * j);
+        a[j] = _mm_add_ps(a[j], _mm_mul_ps(xi, xi));
+      }
+    alignas(16) float lanes[16];
+    for (int j = 0; j < 4; ++j) _mm_store_ps(lanes + 4 * j, a[j]);
+    for (float l : lanes) total += l;
 #endif
-  for (; i < n; ++i) total += static_cast<double>(x[i]) * x[i];
+    for (; i < e; ++i) total += static_cast<double>(x[i]) * x[i];
+  }
   return total;
 }
 
