@@ -88,10 +88,44 @@ double sum_squares(const float* x, int64_t n) {
   return total;
 }
 
+// What the loops above read: contiguous float32 in CPU memory.
+bool cpu_float32(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(); }
+
 bool fusable_on_cpu(const at::Tensor& p, const at::Tensor& g, const at::Tensor& m, const at::Tensor& v) {
-  for (const at::Tensor* t : {&p, &g, &m, &v})
-    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || !t->is_contiguous()) return false;
-  return g.numel() == p.numel();
+  return cpu_float32(p) && cpu_float32(g) && cpu_float32(m) && cpu_float32(v) && g.numel() == p.numel();
+}
+
+// The global L2 norm of the parameters' gradients (those that have one). CPU float32 gradients: one parallel pass
+// over fixed chunks of 64 Ki elements (the chunks, not the threads, decide the order of the sums, so the norm is the
+// same at any thread count), where per-tensor foreach norms read the gradients on one thread (~85 ms a CE step for
+// GPT-2 124M + mapper, at one thread or two). Elsewhere: foreach.
+double grad_norm(const std::vector<at::Tensor>& params) {
+  c10::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads;
+  bool cpu_float = true;
+  for (const auto& p : params) {
+    const at::Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    grads.push_back(g);
+    cpu_float = cpu_float && cpu_float32(g);
+  }
+  if (grads.empty()) return 0;
+  if (!cpu_float) return at::stack(at::_foreach_norm(grads, 2)).to(at::kFloat).norm(2).item<double>();
+  constexpr int64_t kChunk = int64_t(1) << 16;
+  struct Chunk {
+    const float* x;
+    int64_t n;
+  };
+  std::vector<Chunk> chunks;
+  for (const auto& g : grads)
+    for (int64_t i = 0; i < g.numel(); i += kChunk) chunks.push_back({g.data_ptr<float>() + i, std::min(kChunk, g.numel() - i)});
+  std::vector<double> sums(chunks.size());
+  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) sums[c] = sum_squares(chunks[c].x, chunks[c].n);
+  });
+  double total = 0;
+  for (double s : sums) total += s;
+  return std::sqrt(total);
 }
 
 }  // namespace
@@ -170,38 +204,6 @@ double AdamW::clip_and_step(double lr, double max_norm) {
   const double norm = grad_norm(params_);
   step(lr, max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1.0);
   return norm;
-}
-
-// CPU float32 gradients: one parallel pass over fixed chunks of 64 Ki elements (the chunks, not the threads, decide
-// the order of the sums, so the norm is the same at any thread count), where per-tensor foreach norms read the
-// gradients on one thread (~85 ms a CE step for GPT-2 124M + mapper, at one thread or two). Elsewhere: foreach.
-double grad_norm(const std::vector<at::Tensor>& params) {
-  c10::NoGradGuard no_grad;
-  std::vector<at::Tensor> grads;
-  bool cpu_float = true;
-  for (const auto& p : params) {
-    const at::Tensor& g = p.grad();
-    if (!g.defined()) continue;
-    grads.push_back(g);
-    cpu_float = cpu_float && g.device().is_cpu() && g.scalar_type() == at::kFloat && g.is_contiguous();
-  }
-  if (grads.empty()) return 0;
-  if (!cpu_float) return at::stack(at::_foreach_norm(grads, 2)).to(at::kFloat).norm(2).item<double>();
-  constexpr int64_t kChunk = int64_t(1) << 16;
-  struct Chunk {
-    const float* x;
-    int64_t n;
-  };
-  std::vector<Chunk> chunks;
-  for (const auto& g : grads)
-    for (int64_t i = 0; i < g.numel(); i += kChunk) chunks.push_back({g.data_ptr<float>() + i, std::min(kChunk, g.numel() - i)});
-  std::vector<double> sums(chunks.size());
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) sums[c] = sum_squares(chunks[c].x, chunks[c].n);
-  });
-  double total = 0;
-  for (double s : sums) total += s;
-  return std::sqrt(total);
 }
 
 }  // namespace semicap

@@ -38,7 +38,4 @@ class AdamW {
 // Linear warm-up to the base rate over `warmup` steps, then "linear" decay to 0 at `total`, "cosine", or "constant".
 double schedule_lr(double base, int64_t step, int64_t warmup, int64_t total, const std::string& kind);
 
-// The global L2 norm of the parameters' gradients (those that have one).
-double grad_norm(const std::vector<at::Tensor>& params);
-
 }  // namespace semicap
