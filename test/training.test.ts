@@ -586,6 +586,17 @@ describe('checkpoints, resume, abort', () => {
   })
 })
 
+/**
+ * A parameter after AdamW's update from its new moments m and v, each float32 operation rounded as native/optim.cc
+ * rounds it (the double result of two floats, rounded to float, is the correctly rounded float result, sqrt and /
+ * included, so this is the addon's arithmetic exactly).
+ */
+function adamwUpdated(p: number, m: number, v: number, decay: number, stepSize: number, sqrtBc2: number, eps: number): number {
+  const f = Math.fround
+  const den = f(f(f(Math.sqrt(v)) / sqrtBc2) + eps)
+  return f(f(p * decay) + f(stepSize * f(m / den)))
+}
+
 describe('AdamW (the fused CPU update against a float32 hand computation)', () => {
   it('one step: p1 = p0 (1 - lr wd) - lr / bc1 * m1 / (sqrt(v1) / sqrt(bc2) + eps), bit for bit, for every trained parameter', async () => {
     const cap = await fresh()
@@ -620,10 +631,7 @@ describe('AdamW (the fused CPU update against a float32 hand computation)', () =
       expect(b!.length, name).toBe(a!.length)
       expect(m.length, name).toBe(a!.length)
       for (let i = 0; i < a!.length; i++) {
-        // Each operation of float32 arithmetic: the double result of two floats, rounded to float, is the
-        // correctly rounded float result (sqrt and / included), so this is the addon's arithmetic exactly.
-        const den = f(f(f(Math.sqrt(v[i]!)) / sqrtBc2) + eps)
-        const want = f(f(a![i]! * decay) + f(stepSize * f(m[i]! / den)))
+        const want = adamwUpdated(a![i]!, m[i]!, v[i]!, decay, stepSize, sqrtBc2, eps)
         if (b![i] !== want) expect(`${name}[${i}] = ${b![i]}`).toBe(`${name}[${i}] = ${want}`)
         if (m[i] !== 0) moved++
       }
@@ -657,8 +665,7 @@ describe('gradient clipping (folded into the fused AdamW) against a float32 hand
           const vi = f(f(v[j]![i]! * b2) + f(f(gi * gi) * c2))
           m[j]![i] = mi
           v[j]![i] = vi
-          const den = f(f(f(Math.sqrt(vi)) / sqrtBc2) + eps)
-          p[j]![i] = f(f(p[j]![i]! * decay) + f(stepSize * f(mi / den)))
+          p[j]![i] = adamwUpdated(p[j]![i]!, mi, vi, decay, stepSize, sqrtBc2, eps)
         }
       })
     })
