@@ -111,10 +111,15 @@ async function linkFiles(from: string, to: string, names: string[]): Promise<voi
     if (!(await exists(src))) continue
     const dst = join(to, n)
     if (resolve(src) === resolve(dst)) continue
+    // Already this very file (linked by an earlier save): nothing to do. Linked again, the rename below would be a
+    // no-op (rename(2) of a link onto another link of the same file succeeds and leaves both names).
+    const [s, d] = await Promise.all([stat(src), stat(dst).catch(() => undefined)])
+    if (d && d.dev === s.dev && d.ino === s.ino) continue
     const tmp = `${dst}.tmp-${process.pid}`
     await rm(tmp, { force: true })
     await link(src, tmp).catch(() => copyFile(src, tmp))
     await rename(tmp, dst)
+    await rm(tmp, { force: true }) // (a rename that found the same file, linked meanwhile, left it)
   }
 }
 

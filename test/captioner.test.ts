@@ -1,6 +1,6 @@
 // Captioner end to end on the tiny golden models: creation with both mappers, every decoding method and option,
 // batching, save/load, checkpoint validation, reduced-precision checkpoints, disposal.
-import { cpSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join, relative } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -285,6 +285,12 @@ describe.each(MAPPERS)('Captioner with the %s mapper', (name, mapper) => {
         expect(Buffer.from(b[k]!.data.buffer, b[k]!.data.byteOffset, b[k]!.data.byteLength).equals(Buffer.from(a[k]!.data.buffer, a[k]!.data.byteOffset, a[k]!.data.byteLength)), k).toBe(true)
       }
       expect(readFileSync(join(dirB, 'model.safetensors')).equals(readFileSync(join(dirA, 'model.safetensors')))).toBe(true)
+      // Saved again over itself: CLIP's files in dirB are already links to dirA's (rename(2) of a link onto the same
+      // file does nothing), and no temporary name may stay behind.
+      await loaded.save(dirB)
+      await cap.save(dirA)
+      for (const d of [dirA, join(dirA, 'clip'), dirB, join(dirB, 'clip')]) expect(readdirSync(d).filter((f) => f.includes('.tmp')), d).toEqual([])
+      expect(readFileSync(join(dirB, 'clip', 'model.safetensors')).equals(readFileSync(join(dirA, 'clip', 'model.safetensors')))).toBe(true)
       expect((await readSafetensorsHeader(join(dirA, 'model.safetensors'))).metadata).toMatchObject({ format: 'pt' })
       for (const o of [{}, { decoding: 'beam', beams: 3 }, { decoding: 'sample', seed: 9 }] as const)
         expect(await loaded.caption(images, o)).toEqual(await cap.caption(images, o))
