@@ -191,7 +191,7 @@ export class Captioner {
   ): Promise<Captioner> {
     const batching = batchingSettings(options)
     const ownsClip = !(options.clip instanceof Clip)
-    const clip = options.clip instanceof Clip ? options.clip : await Clip.load(options.clip, { device: options.device, dtype: options.dtype })
+    const clip = options.clip instanceof Clip ? options.clip : await Clip.load(options.clip, { device: options.device, dtype: options.dtype, prepare: 'vision' })
     try {
       const dtype = resolveDtype(options.dtype, clip.device)
       const mapper = mapperFor(clip)
@@ -244,7 +244,7 @@ export class Captioner {
     const rawGpt2 = cfg.gpt2 as Record<string, unknown>
     if (!rawGpt2 || typeof rawGpt2 !== 'object') throw new SemicapError('E_CONFIG', `${path}: missing section 'gpt2'`)
     const g = gpt2ConfigFromJson(rawGpt2, `${path} gpt2`)
-    const clip = await Clip.load(join(dir, typeof s.clip === 'string' ? s.clip : 'clip'), { device: options.device, dtype: options.dtype })
+    const clip = await Clip.load(join(dir, typeof s.clip === 'string' ? s.clip : 'clip'), { device: options.device, dtype: options.dtype, prepare: 'vision' })
     const dtype = resolveDtype(options.dtype, clip.device)
     try {
       const mapper = mapperWire(s.mapper as MapperOptions, clip.projectionDim, g.nEmbd)

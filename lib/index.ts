@@ -1,5 +1,5 @@
 export { Tensor, tensor, int64, type DType, type TypedArray } from './tensor.js'
-export { Clip, type ModelLoadOptions, type TowerOutput } from './clip.js'
+export { Clip, type ClipLoadOptions, type ModelLoadOptions, type TowerOutput } from './clip.js'
 export { Gpt2, type Generation } from './gpt2.js'
 export { Captioner, type Caption, type CaptionerCreateOptions, type CaptionerLoadOptions, type CaptionOptions, type MapperOptions } from './captioner.js'
 export { DeadlineError, type BatchStats, type BatchingOptions, type RequestOptions } from './batcher.js'

@@ -58,7 +58,8 @@ export interface TowerOutputWire { lastHidden: WireTensor; pooled: WireTensor; f
 export interface DecodeOutputWire { ids: WireTensor; scores: WireTensor; features?: WireTensor }
 
 export interface AddonClip {
-  load(path: string | null, device: string, dtype?: string): Promise<LoadedWeightsWire>
+  /** prepare: the towers laid out for the CPU kernels at load (default 'all'); the other one at its first call. */
+  load(path: string | null, device: string, dtype?: string, prepare?: 'all' | 'vision' | 'text'): Promise<LoadedWeightsWire>
   vision(pixels: WireTensor): Promise<TowerOutputWire>
   imageFeatures(pixels: WireTensor): Promise<WireTensor>
   text(ids: WireTensor): Promise<TowerOutputWire>

@@ -194,7 +194,8 @@ static kernels::WType dtype_arg(const Napi::CallbackInfo& info, size_t i, const 
 
 // After a load: lays the CPU weights out for the kernels in the asked type. Without AVX2 the reduced types have
 // no fast kernels, so float32 is used instead and the result says so.
-static Finish prepared(ParamStore& params, const at::Device& device, kernels::WType want) {
+static Finish prepared(ParamStore& params, const at::Device& device, kernels::WType want,
+                       const std::function<bool(const std::string&)>& now = nullptr) {
   std::string dtype = kernels::wtype_name(want), note;
   size_t bytes = 0;
   if (device.is_cpu()) {
@@ -205,7 +206,7 @@ static Finish prepared(ParamStore& params, const at::Device& device, kernels::WT
              kernels::wtype_name(want) + " weights would run slower than float32, so float32 is used";
     }
     dtype = kernels::wtype_name(use);
-    bytes = params.prepare_inference(use);
+    bytes = params.prepare_inference(use, now);
   }
   return [dtype, note, bytes](Napi::Env env) -> Napi::Value {
     Napi::Object o = Napi::Object::New(env);
@@ -217,14 +218,33 @@ static Finish prepared(ParamStore& params, const at::Device& device, kernels::WT
   };
 }
 
-// load(path | null, device): fills the weights from a safetensors file (or keeps the random init) and moves them.
+// load(path | null, device, dtype?, prepare?): fills the weights from a safetensors file (or keeps the random init)
+// and moves them. prepare: the towers laid out for the CPU kernels now, 'all' (default), 'vision' or 'text'; the
+// other tower's weights are laid out by its first call and stay out of memory until then.
 Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
   return guarded(info.Env(), [&]() -> Napi::Value {
     auto h = handle();
     std::string path = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
     at::Device device = parse_device(str_arg(info, 1, "device"));
     kernels::WType dtype = dtype_arg(info, 2, device);
-    return run_async(info.Env(), [h, path, device, dtype]() -> Finish {
+    std::string prepare = "all";
+    if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsNull()) {
+      check(info[3].IsString(), "E_CONFIG", "prepare must be a string");
+      prepare = info[3].As<Napi::String>().Utf8Value();
+    }
+    check(prepare == "all" || prepare == "vision" || prepare == "text", "E_CONFIG",
+          "prepare must be 'all', 'vision' or 'text', got '" + prepare + "'");
+    // HF CLIP's names: vision_model.* and visual_projection, text_model.* and text_projection (logit_scale: both).
+    std::function<bool(const std::string&)> now;
+    if (prepare != "all") {
+      const bool vision = prepare == "vision";
+      now = [vision](const std::string& name) {
+        const bool text = name.rfind("text_model.", 0) == 0 || name.rfind("text_projection", 0) == 0;
+        const bool image = name.rfind("vision_model.", 0) == 0 || name.rfind("visual_projection", 0) == 0;
+        return vision ? !text : !image;
+      };
+    }
+    return run_async(info.Env(), [h, path, device, dtype, now]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty()) {
         auto file = WeightsFile::open(path);
@@ -234,7 +254,7 @@ Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
         });
       }
       h->model->params().to(device);
-      return prepared(h->model->params(), device, dtype);
+      return prepared(h->model->params(), device, dtype, now);
     });
   });
 }

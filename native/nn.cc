@@ -212,7 +212,7 @@ std::shared_ptr<PackedSlot> ParamStore::slot(const std::string& weight_name, boo
   return s;
 }
 
-size_t ParamStore::prepare_inference(kernels::WType type) {
+size_t ParamStore::prepare_inference(kernels::WType type, const std::function<bool(const std::string&)>& now) {
   inference_type_ = type;
   c10::NoGradGuard no_grad;
   struct Job {
@@ -221,6 +221,8 @@ size_t ParamStore::prepare_inference(kernels::WType type) {
     bool mapped;
   };
   std::vector<Job> jobs;
+  // A parameter still in its file mapping is clean: the kernel can drop its pages and read them back if needed.
+  auto clean = [&](const std::string& name, const at::Tensor& t) { return mapped_.count(name) > 0 && t._version() == 0; };
   for (auto& [name, s] : slots_) {
     s->set_type(type);
     auto it = tensors_.find(name);
@@ -228,11 +230,18 @@ size_t ParamStore::prepare_inference(kernels::WType type) {
       s->drop();
       continue;
     }
-    // A weight still in its file mapping is clean: the kernel can drop its pages and read them back if needed.
-    const bool mapped = mapped_.count(name) > 0 && it->second._version() == 0;
+    const bool mapped = clean(name, it->second);
     s->set_file_backed(mapped);
+    if (now && !now(name)) {
+      s->drop();  // laid out by its first product
+      continue;
+    }
     jobs.push_back({s.get(), it->second, mapped});
   }
+  // Parameters left for later (load() read every mapped page once): out of memory until something reads them.
+  if (now)
+    for (auto& [name, t] : tensors_)
+      if (!now(name) && t.is_cpu() && clean(name, t)) page_out(t);
   // Weights are independent: threads take whole weights (packing reads each once and writes its copy).
   std::vector<size_t> bytes(jobs.size(), 0);
   at::parallel_for(0, static_cast<int64_t>(jobs.size()), 1, [&](int64_t b, int64_t e) {

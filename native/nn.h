@@ -59,8 +59,10 @@ class ParamStore {
   std::shared_ptr<PackedSlot> slot(const std::string& weight_name, bool w_is_kn);
   // CPU inference in `type` from now on: every slot's weight is laid out now (so the first call is fast), and the
   // float32 originals that came from a file mapping are paged out (the packed copies stand for them; they read
-  // back in only if BLAS or training needs them). Returns the packed bytes.
-  size_t prepare_inference(kernels::WType type);
+  // back in only if BLAS or training needs them). Returns the packed bytes. With `now`, only the parameters it
+  // accepts are laid out now; the others are laid out by their first product, and those still in the file mapping
+  // (embedding tables too) are paged out until something reads them (a captioner never runs CLIP's text tower).
+  size_t prepare_inference(kernels::WType type, const std::function<bool(const std::string&)>& now = nullptr);
   kernels::WType inference_type() const { return inference_type_; }
 
  private:

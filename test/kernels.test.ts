@@ -329,4 +329,60 @@ describe('weights laid out once, without doubling resident memory', () => {
       expect(r.packedBytes).toBeGreaterThan((dtype === 'int8' ? 0.2 : 0.9) * fileBytes)
     }
   }, 120_000)
+
+  it("Clip.load prepare: one tower laid out at load, the other at its first call, with the same results", async () => {
+    const { Clip, Tensor, int64 } = await import('../lib/index.js')
+    const dir = join(goldenDir, 'clip')
+    const clips = Object.fromEntries(await Promise.all((['all', 'vision', 'text'] as const).map(async (p) => [p, await Clip.load(dir, { device: 'cpu', prepare: p })])))
+    try {
+      const [all, vision, text] = [clips.all!, clips.vision!, clips.text!]
+      expect(vision.weights.packedBytes).toBeGreaterThan(0)
+      expect(text.weights.packedBytes).toBeGreaterThan(0)
+      expect(vision.weights.packedBytes + text.weights.packedBytes).toBe(all.weights.packedBytes)
+      const S = all.imageSize
+      const px = new Tensor('float32', [2, 3, S, S], Float32Array.from({ length: 2 * 3 * S * S }, (_, i) => Math.sin(i * 0.37)))
+      const V = all.config.wire.vocabSize
+      const ids = int64([[V - 2, 5, 6, 7, V - 1], [V - 2, 9, V - 1, V - 1, V - 1]])
+      const bits = (t: InstanceType<typeof Tensor>) => Array.from(new Uint32Array((t.data as Float32Array).slice().buffer))
+      for (const c of [vision, text]) {
+        expect(bits(await c.textFeatures(ids))).toEqual(bits(await all.textFeatures(ids)))
+        expect(bits(await c.imageFeatures(px))).toEqual(bits(await all.imageFeatures(px)))
+      }
+      await expect(Clip.load(dir, { device: 'cpu', prepare: 'both' as never })).rejects.toMatchObject({ code: 'E_CONFIG' })
+    } finally {
+      for (const c of Object.values(clips)) c!.dispose()
+    }
+  })
+
+  it("a tower left for later stays out of memory until its first call (a captioner's CLIP text tower)", async () => {
+    if (process.platform !== 'linux') return
+    const { Clip } = await import('../lib/index.js')
+    const { tempDir } = await import('./helpers/paths.js')
+    const dir = tempDir('semicap-clip-rss-')
+    const text_config = { hidden_size: 512, intermediate_size: 2048, num_attention_heads: 8, num_hidden_layers: 4, vocab_size: 20000, max_position_embeddings: 16, eos_token_id: 19999, bos_token_id: 19998 }
+    const vision_config = { hidden_size: 512, intermediate_size: 2048, num_attention_heads: 8, num_hidden_layers: 4, image_size: 64, patch_size: 16 }
+    const c = await Clip.create({ projection_dim: 256, text_config, vision_config }, { device: 'cpu', seed: 5 })
+    await c.save(dir)
+    c.dispose()
+    const clean = { ...process.env }
+    for (const k of ['SEMICAP_CPU_GEMM', 'SEMICAP_CPU_ISA', 'SEMICAP_NO_CPU_GEMM', 'SEMICAP_NO_MMAP']) delete clean[k]
+    type Rss = { total: number; anon: number; file: number }
+    const measure = async (prepare: string) => {
+      const out = await run(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'clip-rss-child.ts'), dir, prepare], { cwd: repoRoot, env: { ...clean, SEMICAP_THREADS: '1', SEMICAP_CPU_GEMM: 'kernel' } })
+      return JSON.parse(out.stdout.trim().split('\n').pop()!) as { before: Rss; loaded: Rss; texted: Rss; packedBytes: number }
+    }
+    const all = await measure('all')
+    const vision = await measure('vision')
+    const tokenTable = 20000 * 512 * 4
+    const textPacked = all.packedBytes - vision.packedBytes
+    const mb = (x: number) => (x / 2 ** 20).toFixed(1)
+    const grew = (r: { before: Rss; loaded: Rss }) => r.loaded.total - r.before.total
+    console.log(`CLIP load RSS: prepare 'all' +${mb(grew(all))} MB, 'vision' +${mb(grew(vision))} MB (text tower packed ${mb(textPacked)} MB, token table ${mb(tokenTable)} MB); after a text call: +${mb(all.texted.total - all.before.total)} / +${mb(vision.texted.total - vision.before.total)} MB`)
+    expect(textPacked).toBeGreaterThan(0.9 * 4 * (4 * 512 * 512 + 2 * 512 * 2048) * 4)
+    // Left for later: neither the text tower's packed copy nor its token table is resident after the load.
+    expect(grew(all) - grew(vision)).toBeGreaterThan(0.8 * (textPacked + tokenTable))
+    // The first text call lays the tower out (its packed copy appears; the float32 originals go back out).
+    expect(vision.texted.total - vision.loaded.total).toBeGreaterThan(0.8 * textPacked)
+    expect(vision.texted.total - vision.before.total).toBeLessThan(all.texted.total - all.before.total + 0.1 * textPacked)
+  }, 120_000)
 })
