@@ -103,6 +103,10 @@ async function exists(p: string): Promise<boolean> {
   )
 }
 
+/** A temporary name beside `path`, unique in this process too (concurrent saves into one folder must not share it). */
+let tmpSeq = 0
+const tmpName = (path: string): string => `${path}.tmp-${process.pid}-${++tmpSeq}`
+
 /** Hard-links (or copies) `names` that exist in `from` into `to`; CLIP is frozen, so a link is a safe copy. */
 async function linkFiles(from: string, to: string, names: string[]): Promise<void> {
   await mkdir(to, { recursive: true })
@@ -115,8 +119,7 @@ async function linkFiles(from: string, to: string, names: string[]): Promise<voi
     // no-op (rename(2) of a link onto another link of the same file succeeds and leaves both names).
     const [s, d] = await Promise.all([stat(src), stat(dst).catch(() => undefined)])
     if (d && d.dev === s.dev && d.ino === s.ino) continue
-    const tmp = `${dst}.tmp-${process.pid}`
-    await rm(tmp, { force: true })
+    const tmp = tmpName(dst)
     await link(src, tmp).catch(() => copyFile(src, tmp))
     await rename(tmp, dst)
     await rm(tmp, { force: true }) // (a rename that found the same file, linked meanwhile, left it)
@@ -124,7 +127,7 @@ async function linkFiles(from: string, to: string, names: string[]): Promise<voi
 }
 
 async function writeFileAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}`
+  const tmp = tmpName(path)
   await writeFile(tmp, text)
   await rename(tmp, path)
 }

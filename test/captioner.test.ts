@@ -289,7 +289,11 @@ describe.each(MAPPERS)('Captioner with the %s mapper', (name, mapper) => {
       // file does nothing), and no temporary name may stay behind.
       await loaded.save(dirB)
       await cap.save(dirA)
-      for (const d of [dirA, join(dirA, 'clip'), dirB, join(dirB, 'clip')]) expect(readdirSync(d).filter((f) => f.includes('.tmp')), d).toEqual([])
+      // Three saves into one new folder at once: all succeed (each writes under its own temporary names).
+      const dirC = join(tmp, `${name}-c`)
+      await Promise.all([loaded.save(dirC), loaded.save(dirC), cap.save(dirC)])
+      for (const d of [dirA, join(dirA, 'clip'), dirB, join(dirB, 'clip'), dirC, join(dirC, 'clip')]) expect(readdirSync(d).filter((f) => f.includes('.tmp')), d).toEqual([])
+      expect(readFileSync(join(dirC, 'model.safetensors')).equals(readFileSync(join(dirA, 'model.safetensors')))).toBe(true)
       expect(readFileSync(join(dirB, 'clip', 'model.safetensors')).equals(readFileSync(join(dirA, 'clip', 'model.safetensors')))).toBe(true)
       expect((await readSafetensorsHeader(join(dirA, 'model.safetensors'))).metadata).toMatchObject({ format: 'pt' })
       for (const o of [{}, { decoding: 'beam', beams: 3 }, { decoding: 'sample', seed: 9 }] as const)
