@@ -13,6 +13,7 @@ namespace {
 
 constexpr size_t kMinCached = size_t(1) << 20;   // smaller blocks: libtorch's allocator, no caching
 constexpr size_t kGranule = size_t(64) << 10;    // sizes are rounded up to 64 KiB so near-equal requests share
+thread_local int t_bypass = 0;                   // CpuCacheBypass scopes alive on this thread
 
 struct Block {
   c10::DataPtr memory;  // from the base allocator; freeing it returns the pages
@@ -112,7 +113,7 @@ class CachingCpuAllocator final : public c10::Allocator {
     Block* block = found->second;
     live_.erase(found);
     in_use_ -= block->size;
-    if (block->size > limit_) {
+    if (block->size > limit_ || t_bypass > 0) {
       delete block;
       return;
     }
@@ -149,6 +150,9 @@ std::mutex g_install_mu;
 void CachingCpuAllocator::give_back(void* data) { g_allocator->put_back(data); }
 
 }  // namespace
+
+CpuCacheBypass::CpuCacheBypass() { ++t_bypass; }
+CpuCacheBypass::~CpuCacheBypass() { --t_bypass; }
 
 void install_cpu_cache(size_t limit_bytes) {
   std::lock_guard<std::mutex> lock(g_install_mu);

@@ -1,5 +1,7 @@
 #include "nn.h"
 
+#include "cpu_allocator.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <torch/version.h>
@@ -137,6 +139,7 @@ static bool adopt_mapping(at::Tensor& param, const TensorView& v, const std::sha
 
 void ParamStore::load(const std::shared_ptr<WeightsFile>& file_ptr, const std::function<std::string(const std::string&)>& rename, const std::string& scope) {
   const WeightsFile& file = *file_ptr;
+  CpuCacheBypass placeholders_to_the_system;  // (the storage a file mapping replaces was never written)
   std::vector<std::string> unexpected, misshaped;
   std::set<std::string> filled;
   c10::NoGradGuard no_grad;
@@ -193,6 +196,7 @@ void ParamStore::initialize_pending() {
 void ParamStore::to(const at::Device& device) {
   initialize_pending();
   c10::NoGradGuard no_grad;
+  CpuCacheBypass moved_to_the_system;  // (the CPU storage a device copy replaces is not needed again soon)
   for (auto& [name, t] : tensors_) {
     if (t.device() == device) continue;
     bool rg = t.requires_grad();
