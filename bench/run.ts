@@ -390,11 +390,14 @@ if (only.includes('caption')) {
   results.eager.caption_profile = {}
   const ortSamples: Record<string, number[]> = {}
   const ortRuns: Json[] = []
+  // Resident memory per caption child (MiB: before the load, after it, peak over the runs), by side and threads.
+  const memory: Record<string, Json[]> = {}
   const runAddon = async (T: number, round: number) => {
     const r = await addon({ kind: 'caption', batches: [1, B], iters: cfg.captionIters, warmup: cfg.captionWarmup, profile: round === 0, parts: true }, T)
     for (const [name, v] of Object.entries(r.result.tasks as Record<string, { samples_ms: number[] }>)) (addonSamples[`${name} t${T}`] ??= []).push(...v.samples_ms)
     if (r.result.profile) results.addon.caption_profile[T] = r.result.profile
     ;(results.addon.kernels ??= {})[`t${T}`] = r.result.kernels
+    ;(memory[`semicap float32 t${T}`] ??= []).push(r.result.memory)
   }
   const runEager = async (T: number | null, round: number) => {
     for (const b of [1, B]) {
@@ -407,6 +410,7 @@ if (only.includes('caption')) {
   const runOrt = async (T: number, round: number) => {
     const r = await ort({ batches: [1, B], iters: cfg.captionIters, warmup: cfg.captionWarmup, threads: T, parts: true }, ortDir)
     for (const [name, v] of Object.entries(r.result.tasks as Record<string, { samples_ms: number[] }>)) (ortSamples[`${name} t${T}`] ??= []).push(...v.samples_ms)
+    ;(memory[`ORT float32 t${T}`] ??= []).push(r.result.memory)
     ortRuns.push({ T, round, load_ms: r.result.load_ms, split: r.result.split, greedy_ids: r.result.greedy_ids, greedy_ids_b1: r.result.greedy_ids_b1, features0: r.result.features0, ort_version: r.result.ort_version, session_options: r.result.session_options })
   }
   const dtypeRuns: Record<string, Json> = {}
@@ -414,6 +418,7 @@ if (only.includes('caption')) {
     const r = await addon({ kind: 'caption', batches: [1, B], iters: cfg.captionIters, warmup: cfg.captionWarmup, parts: true, dtype: d as 'int8' }, T)
     for (const [name, v] of Object.entries(r.result.tasks as Record<string, { samples_ms: number[] }>)) (addonSamples[`[${d}] ${name} t${T}`] ??= []).push(...v.samples_ms)
     dtypeRuns[d] = { weights: r.result.weights, greedy_ids: r.result.greedy_ids }
+    ;(memory[`semicap ${d} t${T}`] ??= []).push(r.result.memory)
   }
   for (let round = 0; round < rounds; round++) {
     // Groups (addon at T, eager at the same T, ORT at T) back to back; the order alternates between rounds.
@@ -431,6 +436,7 @@ if (only.includes('caption')) {
       return [d, { weights: r.weights, greedy_rows_equal_float32: `${same}/${ids.length}` }]
     }))
   }
+  results.memory = Object.fromEntries(Object.entries(memory).map(([k, v]) => [k, { loaded_mb: median(v.map((m) => m?.loaded_mb ?? NaN)), peak_mb: median(v.map((m) => m?.peak_mb ?? NaN)), before_mb: median(v.map((m) => m?.before_mb ?? NaN)), runs: v }]))
   results.addon.caption = Object.fromEntries(Object.entries(addonSamples).map(([k, v]) => [k, { median_ms: median(v), samples_ms: v }]))
   results.eager.caption = Object.fromEntries(Object.entries(eagerSamples).map(([k, v]) => [k, { median_ms: median(v), samples_ms: v }]))
   results.eager.load_ms = median(eagerLoad)
@@ -696,6 +702,19 @@ const md = [
   '',
   'Kernels (runtimeInfo() of the float32 caption children: instruction set, BLAS core, and the per-shape choices, measured: the addon\'s packed kernels split between the threads (kernel), on one thread (kernel1), or BLAS, "type rows K x N: choice (kernel us / kernel1 us / BLAS us)", the fastest run seen; a split not yet timed in 3 sessions says how many):',
   ...Object.entries((results.addon.kernels ?? {}) as Record<string, Json>).map(([t, k]) => `- ${t}: isa ${k?.cpu?.isa} (features ${(k?.cpu?.features ?? []).join(' ')}), BLAS core ${k?.blas?.core} (${k?.blas_core_type?.source}); ${k?.pool ? `helper threads ${k.pool.helpers} (${k.pool.jobs} jobs shared, ${k.pool.alone} run alone, ${k.pool.wakes} wake-ups, spin ${k.pool.spinUs} us); ` : ''}${((k?.choices ?? []) as Json[]).filter((c) => `t${c.threads}` === t).map((c) => `${c.type} ${c.rows} ${c.K}x${c.N}: ${c.choice} (${[c.kernelUs, c.kernel1Us, c.blasUs].map((v) => (v == null ? '-' : f0(v))).join('/')}${c.checks != null && c.checks < 3 ? `, ${c.checks} of 3 timings` : ''})`).join('; ')}`),
+  ...(results.memory && Object.keys(results.memory).length
+    ? [
+        '',
+        'Resident memory of each caption child (VmRSS / VmHWM, MiB, medians over rounds): before loading the models, after loading them, and the peak over the runs (caption batch 1 and 8, the CLIP and decoding parts). ORT holds GPT-2 twice: the prefill and decode graphs each carry its weights (bench/ort/export.py writes two graphs, as a non-merged decoder export does).',
+        '',
+        '| side | threads | before load | after load | peak |',
+        '|---|---|---|---|---|',
+        ...Object.entries(results.memory as Record<string, Json>).map(([k, m]) => {
+          const [side, dtype, t] = k.split(' ')
+          return `| ${side} ${dtype} | ${t!.slice(1)} | ${f0(m.before_mb)} | ${f0(m.loaded_mb)} | ${f0(m.peak_mb)} |`
+        }),
+      ]
+    : []),
   ...(results.addon.dtypes ? [`Reduced precision: ${Object.entries(results.addon.dtypes as Record<string, Json>).map(([d, v]) => `${d}: packed ${(((v.weights?.captioner?.packedBytes ?? 0) + (v.weights?.clip?.packedBytes ?? 0)) / 2 ** 20).toFixed(0)} MiB, greedy rows equal to float32 ${v.greedy_rows_equal_float32}`).join('; ')} (random benchmark weights; quality on trained captioners: bench/quality.ts).`] : []),
   '',
   'Floors (max(bytes / bandwidth, FLOPs / best matmul rate) per phase, bench/floors.py):',

@@ -7,6 +7,7 @@
 import { readFile } from 'node:fs/promises'
 import { Bench } from 'tinybench'
 import { Captioner, Clip, ClipTokenizer, Gpt2Tokenizer, Tensor, runtimeInfo, type Caption, type DecodeOptions } from '../lib/index.js'
+import { resident } from './mem.js'
 
 export interface Job {
   kind: 'prepare' | 'load' | 'caption' | 'ce' | 'scst'
@@ -119,7 +120,9 @@ async function main(): Promise<void> {
       res.captioner_load_ms = loadMs
     }
   } else {
+    const beforeLoad = resident() // (the addon and libtorch are loaded: runtimeInfo() above)
     const cap = await create(job.models, job.dtype)
+    const loaded = resident()
     const size = cap.clip.imageSize
     const px = await pixelsOf(job, size)
     const rowsOf = (c: Caption[]): number[][] => c.map((x) => x.ids)
@@ -185,6 +188,8 @@ async function main(): Promise<void> {
         }
       }
       res.tasks = out
+      // Resident memory: before the load, after it, and the peak over the caption runs (batch 1 and maxBatch).
+      res.memory = { before_mb: beforeLoad.rss_mb, loaded_mb: loaded.rss_mb, peak_mb: resident().hwm_mb }
       res.weights = { captioner: cap.weights, clip: cap.clip.weights }
       const info = runtimeInfo()
       res.kernels = { cpu: info.cpu, blas: info.blas, blas_core_type: info.blasCoreType, choices: info.kernelChoices, pool: info.pool }

@@ -9,6 +9,7 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import * as ort from 'onnxruntime-node'
+import { resident } from '../mem.js'
 
 export interface OrtJob {
   /** Folder written by export.py (clip_features.onnx, prefill.onnx, decode.onnx, meta.json). */
@@ -72,6 +73,7 @@ async function main(): Promise<void> {
     executionMode: 'sequential',
   }
   const loadMs: Record<string, number> = {}
+  const beforeLoad = resident()
   const t0 = performance.now()
   const open = async (name: string): Promise<ort.InferenceSession> => {
     const t = performance.now()
@@ -83,6 +85,7 @@ async function main(): Promise<void> {
   const prefill = await open('prefill')
   const decode = await open('decode')
   loadMs.total = performance.now() - t0
+  const loaded = resident()
 
   const S = meta.image_size
   const per = 3 * S * S
@@ -176,6 +179,8 @@ async function main(): Promise<void> {
   }
   res.tasks = tasks
   res.split = split
+  // Resident memory: before the sessions, after creating them, and the peak over the caption runs.
+  res.memory = { before_mb: beforeLoad.rss_mb, loaded_mb: loaded.rss_mb, peak_mb: resident().hwm_mb }
   await Promise.all([clip.release(), prefill.release(), decode.release()])
   process.stdout.write(`@@RESULT ${JSON.stringify(res)}\n`)
 }
