@@ -361,6 +361,7 @@ describe('weights laid out once, without doubling resident memory', () => {
     if (process.platform !== 'linux') return
     const { Clip } = await import('../lib/index.js')
     const { tempDir } = await import('./helpers/paths.js')
+    type Rss = import('./helpers/rss.js').Rss
     const dir = tempDir('semicap-clip-rss-')
     const text_config = { hidden_size: 512, intermediate_size: 2048, num_attention_heads: 8, num_hidden_layers: 4, vocab_size: 20000, max_position_embeddings: 16, eos_token_id: 19999, bos_token_id: 19998 }
     const vision_config = { hidden_size: 512, intermediate_size: 2048, num_attention_heads: 8, num_hidden_layers: 4, image_size: 64, patch_size: 16 }
@@ -369,7 +370,6 @@ describe('weights laid out once, without doubling resident memory', () => {
     c.dispose()
     const clean = { ...process.env }
     for (const k of ['SEMICAP_CPU_GEMM', 'SEMICAP_CPU_ISA', 'SEMICAP_NO_CPU_GEMM', 'SEMICAP_NO_MMAP']) delete clean[k]
-    type Rss = { total: number; anon: number; file: number }
     const measure = async (prepare: string) => {
       const out = await run(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'clip-rss-child.ts'), dir, prepare], { cwd: repoRoot, env: { ...clean, SEMICAP_THREADS: '1', SEMICAP_CPU_GEMM: 'kernel' } })
       return JSON.parse(out.stdout.trim().split('\n').pop()!) as { before: Rss; loaded: Rss; texted: Rss; packedBytes: number }

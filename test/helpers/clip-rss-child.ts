@@ -1,15 +1,10 @@
 // Child process of test/kernels.test.ts: resident memory before and after loading a CLIP folder with `prepare`,
 // then after a text call (which lays the text tower out when it was left for later).
 //   node --import tsx test/helpers/clip-rss-child.ts <dir> <all|vision|text>
-import { readFileSync } from 'node:fs'
 import { Clip, int64, runtimeInfo } from '../../lib/index.js'
+import { rss } from './rss.js'
 
 const [dir, prepare] = process.argv.slice(2) as [string, 'all' | 'vision' | 'text']
-const rss = () => {
-  const s = readFileSync('/proc/self/status', 'utf8')
-  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(s)?.[1] ?? NaN) * 1024
-  return { total: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') }
-}
 runtimeInfo() // the addon and libtorch loaded before the first reading
 const before = rss()
 const clip = await Clip.load(dir, { device: 'cpu', prepare })

@@ -1,14 +1,9 @@
 // Child process of test/kernels.test.ts: resident memory before and after loading a GPT-2 folder in a dtype.
 //   node --import tsx test/helpers/rss-child.ts <dir> <dtype>
-import { readFileSync } from 'node:fs'
 import { cpuCacheStats, Gpt2, int64, runtimeInfo } from '../../lib/index.js'
+import { rss } from './rss.js'
 
 const [dir, dtype] = process.argv.slice(2) as [string, 'float32' | 'bfloat16' | 'int8']
-const rss = () => {
-  const s = readFileSync('/proc/self/status', 'utf8')
-  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(s)?.[1] ?? NaN) * 1024
-  return { total: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') }
-}
 runtimeInfo() // the addon and libtorch loaded before the first reading
 const before = rss()
 const g = await Gpt2.load(dir, { device: 'cpu', dtype })
