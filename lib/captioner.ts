@@ -112,12 +112,12 @@ async function linkFiles(from: string, to: string, names: string[]): Promise<voi
   await mkdir(to, { recursive: true })
   for (const n of names) {
     const src = join(from, n)
-    if (!(await exists(src))) continue
     const dst = join(to, n)
     if (resolve(src) === resolve(dst)) continue
+    const [s, d] = await Promise.all([stat(src).catch(() => undefined), stat(dst).catch(() => undefined)])
+    if (!s) continue // (not in this folder)
     // Already this very file (linked by an earlier save): nothing to do. Linked again, the rename below would be a
     // no-op (rename(2) of a link onto another link of the same file succeeds and leaves both names).
-    const [s, d] = await Promise.all([stat(src), stat(dst).catch(() => undefined)])
     if (d && d.dev === s.dev && d.ino === s.ino) continue
     const tmp = tmpName(dst)
     await link(src, tmp).catch(() => copyFile(src, tmp))

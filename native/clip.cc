@@ -29,6 +29,13 @@ at::Tensor ClipEncoderLayer::row_at(const at::Tensor& x, const at::Tensor& pos) 
   return add_into(fc2(fc1(ln2(y), act)), y);
 }
 
+bool ClipModel::text_param(const std::string& name) {
+  return name.rfind("text_model.", 0) == 0 || name.rfind("text_projection", 0) == 0;
+}
+bool ClipModel::vision_param(const std::string& name) {
+  return name.rfind("vision_model.", 0) == 0 || name.rfind("visual_projection", 0) == 0;
+}
+
 std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, const ClipTowerConfig& c) {
   check(c.hidden > 0 && c.heads > 0 && c.hidden % c.heads == 0 && c.layers >= 0 && c.intermediate > 0, "E_CONFIG",
         prefix + ": hidden_size must be a positive multiple of num_attention_heads");

@@ -56,6 +56,10 @@ class ClipModel {
   // Where text() pools each row of ids [B, T] (int64, on this model's device): HF's rule, the first end token (or
   // argmax(ids) for legacy configs). The tower is causal, so a row's pooled output ignores positions after it.
   at::Tensor pool_positions(const at::Tensor& ids) const;
+  // Which tower a parameter name belongs to (Hugging Face's names, as the constructor registers them); logit_scale:
+  // neither.
+  static bool text_param(const std::string& name);
+  static bool vision_param(const std::string& name);
   at::Tensor logit_scale() const { return logit_scale_; }
   at::Device device() const { return logit_scale_.device(); }
 

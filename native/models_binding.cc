@@ -234,16 +234,9 @@ Napi::Value AddonClip::Load(const Napi::CallbackInfo& info) {
     }
     check(prepare == "all" || prepare == "vision" || prepare == "text", "E_CONFIG",
           "prepare must be 'all', 'vision' or 'text', got '" + prepare + "'");
-    // HF CLIP's names: vision_model.* and visual_projection, text_model.* and text_projection (logit_scale: both).
-    std::function<bool(const std::string&)> now;
-    if (prepare != "all") {
-      const bool vision = prepare == "vision";
-      now = [vision](const std::string& name) {
-        const bool text = name.rfind("text_model.", 0) == 0 || name.rfind("text_projection", 0) == 0;
-        const bool image = name.rfind("vision_model.", 0) == 0 || name.rfind("visual_projection", 0) == 0;
-        return vision ? !text : !image;
-      };
-    }
+    std::function<bool(const std::string&)> now;  // (logit_scale belongs to neither tower: laid out now)
+    if (prepare == "vision") now = [](const std::string& name) { return !ClipModel::text_param(name); };
+    if (prepare == "text") now = [](const std::string& name) { return !ClipModel::vision_param(name); };
     return run_async(info.Env(), [h, path, device, dtype, now]() -> Finish {
       std::lock_guard<std::mutex> lock(h->mu);
       if (!path.empty()) {

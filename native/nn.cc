@@ -229,7 +229,6 @@ size_t ParamStore::prepare_inference(kernels::WType type, const std::function<bo
   struct Job {
     PackedSlot* slot;
     at::Tensor weight;
-    bool mapped;
   };
   std::vector<Job> jobs;
   // A parameter still in its file mapping is clean: the kernel can drop its pages and read them back if needed.
@@ -244,13 +243,13 @@ size_t ParamStore::prepare_inference(kernels::WType type, const std::function<bo
         touch_pages(static_cast<const uint8_t*>(it->second.data_ptr()), it->second.nbytes());
       continue;
     }
-    const bool mapped = clean(name, it->second);
-    s->set_file_backed(mapped);
+    // (a clean original is paged out by the slot once packed, now or at its first product)
+    s->set_file_backed(clean(name, it->second));
     if (now && !now(name)) {
       s->drop();  // laid out by its first product
       continue;
     }
-    jobs.push_back({s.get(), it->second, mapped});
+    jobs.push_back({s.get(), it->second});
   }
   // Parameters left for later (load() read the mapped pages of those without a slot, such as embedding tables): out
   // of memory until something reads them.
@@ -264,10 +263,7 @@ size_t ParamStore::prepare_inference(kernels::WType type, const std::function<bo
   // Weights are independent: threads take whole weights (packing reads each once and writes its copy).
   std::vector<size_t> bytes(jobs.size(), 0);
   at::parallel_for(0, static_cast<int64_t>(jobs.size()), 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      bytes[i] = jobs[i].slot->get(jobs[i].weight)->bytes();
-      if (jobs[i].mapped) page_out(jobs[i].weight);
-    }
+    for (int64_t i = b; i < e; ++i) bytes[i] = jobs[i].slot->get(jobs[i].weight)->bytes();
   });
   size_t total = 0;
   for (size_t b : bytes) total += b;

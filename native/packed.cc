@@ -312,8 +312,8 @@ std::shared_ptr<const kernels::PackedWeight> PackedSlot::get(const at::Tensor& w
   packed_ = std::move(pw);
   version_ = version;
   ptr_ = w.data_ptr();
-  // A clean file-mapped original (a weight laid out at its first use, or again after a dtype change): the packed
-  // copy stands for it, as after ParamStore::prepare_inference.
+  // A clean file-mapped original, just read by the packing (at load or at the weight's first product): the packed
+  // copy stands for it.
   if (file_backed_ && version == 0) page_out(w);
   return packed_;
 }
