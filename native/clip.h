@@ -71,6 +71,7 @@ class ClipModel {
 
   ClipConfig cfg_;
   ParamStore params_;
+  std::shared_ptr<PackedSlot> patch_slot_;  // the patch embedding as a product (CPU inference)
   at::Tensor patch_w_, class_emb_, vis_pos_, tok_emb_, txt_pos_, visual_proj_, text_proj_, logit_scale_;
   LayerNorm pre_ln_, post_ln_, final_ln_;
   std::vector<ClipEncoderLayer> vis_layers_, txt_layers_;
