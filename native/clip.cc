@@ -107,13 +107,20 @@ at::Tensor ClipModel::vision_embeddings(const at::Tensor& pixels_in) const {
   check(at::isfinite(pixels).all().item<bool>(), "E_VALUE", "pixels contain NaN or infinite values");
   const int64_t B = pixels.size(0), C = cfg_.num_channels, p = cfg_.patch_size, g = cfg_.image_size / p;
   at::Tensor x;
-  // The convolution (stride = kernel = patch) is one product of the patches [B * g * g, C * p * p] with the weight
-  // as a [D, C * p * p] matrix: for CPU inference, through the packed kernels in the model's dtype (ViT-B/32, batch
-  // 8, one thread, Zen 3: this embedding step 44 -> 34 ms, medians, against libtorch's oneDNN convolution).
+  // The convolution (stride = kernel = patch) is a product of the patches [g * g, C * p * p] with the weight as a
+  // [D, C * p * p] matrix: for CPU inference, through the packed kernels in the model's dtype, one image at a time.
+  // (One product over the whole batch was as fast, but how its rows fall into the kernels' row tiles, and so the
+  // rounding of an image's features, then depended on the image's place in the batch.)
   const at::Tensor w = patch_w_.view({patch_w_.size(0), -1});
-  const at::Tensor patches = pixels.reshape({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5}).reshape({B * g * g, C * p * p});
-  if (packed_usable(patches, w, patch_slot_.get())) x = Linear{w, {}, patch_slot_}(patches).view({B, g * g, -1});
-  else x = at::conv2d(pixels, patch_w_, {}, p).flatten(2).transpose(1, 2);  // [B, D, g, g] -> [B, g*g, D]
+  const at::Tensor patches = pixels.reshape({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5}).reshape({B, g * g, C * p * p});
+  if (packed_usable(patches, w, patch_slot_.get())) {
+    const Linear patch{w, {}, patch_slot_};
+    std::vector<at::Tensor> per_image;
+    for (int64_t b = 0; b < B; ++b) per_image.push_back(patch(patches[b]));
+    x = at::stack(per_image);
+  } else {
+    x = at::conv2d(pixels, patch_w_, {}, p).flatten(2).transpose(1, 2);  // [B, D, g, g] -> [B, g*g, D]
+  }
   at::Tensor cls = class_emb_.view({1, 1, -1}).expand({x.size(0), 1, x.size(2)});
   x = at::cat({cls, x}, 1) + vis_pos_.unsqueeze(0);
   return pre_ln_(x);
