@@ -36,6 +36,14 @@ bool ClipModel::vision_param(const std::string& name) {
   return name.rfind("vision_model.", 0) == 0 || name.rfind("visual_projection", 0) == 0;
 }
 
+std::shared_ptr<PackedSlot> ClipModel::slot(const std::string& weight_name) {
+  // Every CLIP product has a row per token (50 per image for ViT-B/32; 49 patches in the embedding) but the last
+  // layer's class token: int8 goes through bf16 pairs where the CPU has AVX512-BF16, the same way whatever the batch.
+  auto s = params_.slot(weight_name, false);
+  s->set_i8_dot(true);
+  return s;
+}
+
 std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, const ClipTowerConfig& c) {
   check(c.hidden > 0 && c.heads > 0 && c.hidden % c.heads == 0 && c.layers >= 0 && c.intermediate > 0, "E_CONFIG",
         prefix + ": hidden_size must be a positive multiple of num_attention_heads");
@@ -43,11 +51,7 @@ std::vector<ClipEncoderLayer> ClipModel::make_layers(const std::string& prefix, 
   for (int64_t i = 0; i < c.layers; ++i) {
     std::string p = prefix + ".encoder.layers." + std::to_string(i) + ".";
     auto lin = [&](const std::string& n, int64_t out, int64_t in) {
-      // Every CLIP product has a row per token (50 per image for ViT-B/32) but the last layer's class token: int8
-      // goes through bf16 pairs where the CPU has AVX512-BF16, the same way whatever the batch.
-      auto slot = params_.slot(p + n + ".weight", false);
-      slot->set_i8_dot(true);
-      return Linear{params_.normal(p + n + ".weight", {out, in}), params_.zeros(p + n + ".bias", {out}), std::move(slot)};
+      return Linear{params_.normal(p + n + ".weight", {out, in}), params_.zeros(p + n + ".bias", {out}), slot(p + n + ".weight")};
     };
     ClipEncoderLayer l;
     l.ln1 = {params_.ones(p + "layer_norm1.weight", {c.hidden}), params_.zeros(p + "layer_norm1.bias", {c.hidden}), c.eps};
@@ -75,8 +79,7 @@ ClipModel::ClipModel(const ClipConfig& cfg, uint64_t seed) : cfg_(cfg) {
   const auto& t = cfg.text;
   int64_t grid = cfg.image_size / cfg.patch_size;
   patch_w_ = params_.normal("vision_model.embeddings.patch_embedding.weight", {v.hidden, cfg.num_channels, cfg.patch_size, cfg.patch_size});
-  patch_slot_ = params_.slot("vision_model.embeddings.patch_embedding.weight", false);
-  patch_slot_->set_i8_dot(true);
+  patch_slot_ = slot("vision_model.embeddings.patch_embedding.weight");
   class_emb_ = params_.normal("vision_model.embeddings.class_embedding", {v.hidden});
   vis_pos_ = params_.normal("vision_model.embeddings.position_embedding.weight", {grid * grid + 1, v.hidden});
   pre_ln_ = {params_.ones("vision_model.pre_layrnorm.weight", {v.hidden}), params_.zeros("vision_model.pre_layrnorm.bias", {v.hidden}), v.eps};
@@ -111,12 +114,15 @@ at::Tensor ClipModel::vision_embeddings(const at::Tensor& pixels_in) const {
   // [D, C * p * p] matrix: for CPU inference, through the packed kernels in the model's dtype, one image at a time.
   // (One product over the whole batch was as fast, but how its rows fall into the kernels' row tiles, and so the
   // rounding of an image's features, then depended on the image's place in the batch.)
+  // Image b's patches, [g * g, C * p * p]: a copy, made only where the product runs (image 0's decides whether it can).
+  const at::Tensor grid = pixels.reshape({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5});
+  auto patches = [&](int64_t b) { return grid[b].reshape({g * g, C * p * p}); };
   const at::Tensor w = patch_w_.view({patch_w_.size(0), -1});
-  const at::Tensor patches = pixels.reshape({B, C, g, p, g, p}).permute({0, 2, 4, 1, 3, 5}).reshape({B, g * g, C * p * p});
-  if (packed_usable(patches, w, patch_slot_.get())) {
+  at::Tensor first = patches(0);
+  if (packed_usable(first, w, patch_slot_.get())) {
     const Linear patch{w, {}, patch_slot_};
-    std::vector<at::Tensor> per_image;
-    for (int64_t b = 0; b < B; ++b) per_image.push_back(patch(patches[b]));
+    std::vector<at::Tensor> per_image{patch(first)};
+    for (int64_t b = 1; b < B; ++b) per_image.push_back(patch(patches(b)));
     x = at::stack(per_image);
   } else {
     x = at::conv2d(pixels, patch_w_, {}, p).flatten(2).transpose(1, 2);  // [B, D, g, g] -> [B, g*g, D]

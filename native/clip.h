@@ -64,6 +64,7 @@ class ClipModel {
   at::Device device() const { return logit_scale_.device(); }
 
  private:
+  std::shared_ptr<PackedSlot> slot(const std::string& weight_name);  // a product's packed slot ([out, in] weight)
   std::vector<ClipEncoderLayer> make_layers(const std::string& prefix, const ClipTowerConfig& c);
   at::Tensor encode(const std::vector<ClipEncoderLayer>& layers, at::Tensor x, bool causal) const;
   at::Tensor vision_embeddings(const at::Tensor& pixels) const;  // validated pixels -> pre-LayerNormed tokens

@@ -285,9 +285,10 @@ size_t PackedSlot::bytes() const {
   return packed_ ? packed_->bytes() : 0;
 }
 
-std::shared_ptr<const kernels::PackedWeight> PackedSlot::get(const at::Tensor& weight) {
-  // A convolution's weight [out, in, kh, kw] is the matrix [out, in * kh * kw] (CLIP's patch embedding).
-  const at::Tensor w = !kn_ && weight.dim() > 2 ? weight.reshape({weight.size(0), -1}) : weight;
+std::shared_ptr<const kernels::PackedWeight> PackedSlot::get(const at::Tensor& w) {
+  // A convolution's weight [out, in, kh, kw] is the matrix [out, in * kh * kw] (CLIP's patch embedding): a view
+  // with the same storage and version counter.
+  if (!kn_ && w.dim() > 2) return get(w.reshape({w.size(0), -1}));
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t version = static_cast<int64_t>(w._version());
   const WType type = static_cast<WType>(type_.load());
