@@ -5,12 +5,14 @@
 #include <sys/mman.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 #include <algorithm>
+#include <mutex>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -166,21 +168,100 @@ size_t elem_size(WType t) { return t == WType::F32 ? 4 : (t == WType::BF16 ? 2 :
 // bfloat16 weights for VDPBF16PS (see cpu_kernels_impl.h): laid out as ceil(K / 2) rows of 32-bit pairs.
 bool pair_layout(WType t, Isa isa) { return t == WType::BF16 && isa == Isa::Avx512Bf16; }
 
-// Large packed weights sit on 2 MiB pages where the kernel allows it (transparent huge pages in "madvise" mode, the
-// common default): first touch costs one fault per 2 MiB instead of per 4 KiB, and the streaming products miss the
-// TLB 512x less often.
-void* alloc64(size_t bytes) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  const bool huge = bytes >= 2 * kHuge;
-  const size_t align = huge ? kHuge : 64;
-  const size_t n = bytes ? (bytes + align - 1) / align * align : 64;
-  void* p = std::aligned_alloc(align, n);
-  if (!p) throw std::bad_alloc();
+// The kernels' memory (packed weights, per-thread scratch), zeroed, 64-byte aligned. Blocks of 64 KiB or more are
+// carved one after another out of large mappings that start on a 2 MiB boundary and ask for transparent huge pages
+// ("madvise" mode is the common default), so every weight, whatever its size, streams from 2 MiB pages and no block
+// is rounded up to one. The TLB then misses 512x less often, and under a VM's nested paging a miss is dear (Zen 5 VM,
+// CLIP b8 at one thread, interleaved runs, per 400-row product, medians / p90 in ms): weights of 4 MiB or more on
+// their own 2 MiB-aligned blocks and the rest on 4 KiB pages (before): 768 x 768 2.76-2.93 / 5.4-6.7; each weight on
+// its own mapping, whole 2 MiB pages huge, its tail on 4 KiB pages: 2.67-3.01 / 3.0-3.4, and 768 x 3072 0.1-1 ms
+// slower than with whole pages; every block rounded up to whole 2 MiB pages: 2.65-2.70 / 2.8-2.9 (CLIP b8
+// 430-451 ms against 479-522), but ~10% more resident memory for the captioner. Smaller blocks come from malloc.
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kArenaMin = size_t{64} << 10;   // smaller blocks: malloc
+constexpr size_t kChunk = size_t{64} << 20;      // a mapping's size, unless one block needs more
+size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+// The large blocks: a block is taken from the current mapping's unused end (never from space freed before, so
+// what is handed out is always still zero). Freeing a block gives the whole 2 MiB pages inside it back to the system
+// at once, and a mapping whose blocks are all freed is unmapped (a disposed model's weights leave no memory behind).
+class Arena {
+ public:
+  static Arena& instance() {
+    static Arena* a = new Arena;  // never destroyed: a weight may be freed during static destruction
+    return *a;
+  }
+
+  void* take(size_t bytes) {
+    const size_t n = round_up(bytes, 64);
+    std::lock_guard<std::mutex> lock(mu_);
+    Chunk* c = current_ >= 0 ? &chunks_[current_] : nullptr;
+    if (!c || c->end - c->next < n) {
+      const size_t len = std::max(kChunk, round_up(n, kHugePage));
+      // Map 2 MiB more than the chunk, keep the part from the first 2 MiB boundary.
+      void* m = mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (m == MAP_FAILED) throw std::bad_alloc();
+      const uintptr_t base = reinterpret_cast<uintptr_t>(m), start = round_up(base, kHugePage);
+      if (start > base) munmap(m, start - base);
+      if (base + kHugePage > start) munmap(reinterpret_cast<void*>(start + len), base + kHugePage - start);
 #ifdef MADV_HUGEPAGE
-  if (huge) madvise(p, n, MADV_HUGEPAGE);  // a hint: ignored where THP is off
+      madvise(reinterpret_cast<void*>(start), len, MADV_HUGEPAGE);  // a hint: ignored where THP is off
 #endif
+      // The new mapping stays current unless the old one has more room left (a block larger than a chunk).
+      const bool keep_old = c && c->end - c->next > len - n;
+      chunks_.push_back({start, start + len, start, 0});
+      if (!keep_old) current_ = static_cast<int>(chunks_.size()) - 1;
+      c = &chunks_.back();
+    }
+    void* p = reinterpret_cast<void*>(c->next);
+    c->next += n;
+    ++c->live;
+    return p;
+  }
+
+  void give(void* p, size_t bytes) {
+    const uintptr_t b = reinterpret_cast<uintptr_t>(p), e = b + round_up(bytes, 64);
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < chunks_.size(); ++i) {
+      Chunk& c = chunks_[i];
+      if (b < c.begin || b >= c.end) continue;
+      if (--c.live == 0) {
+        munmap(reinterpret_cast<void*>(c.begin), c.end - c.begin);
+        chunks_.erase(chunks_.begin() + static_cast<std::ptrdiff_t>(i));
+        const int j = static_cast<int>(i);
+        current_ = current_ == j ? -1 : (current_ > j ? current_ - 1 : current_);
+      } else {
+        const uintptr_t pb = round_up(b, kHugePage), pe = e / kHugePage * kHugePage;
+        if (pe > pb) madvise(reinterpret_cast<void*>(pb), pe - pb, MADV_DONTNEED);
+      }
+      return;
+    }
+  }
+
+ private:
+  struct Chunk {
+    uintptr_t begin, end, next;
+    int64_t live;
+  };
+  std::mutex mu_;
+  std::vector<Chunk> chunks_;  // a few: one per 64 MiB of weights
+  int current_ = -1;
+};
+
+void* alloc64(size_t bytes) {
+  if (bytes >= kArenaMin) return Arena::instance().take(bytes);
+  const size_t n = round_up(bytes ? bytes : 1, 64);
+  void* p = std::aligned_alloc(64, n);
+  if (!p) throw std::bad_alloc();
   std::memset(p, 0, n);
   return p;
+}
+
+// Frees what alloc64(bytes) returned (the same bytes).
+void free64(void* p, size_t bytes) {
+  if (!p) return;
+  if (bytes >= kArenaMin) Arena::instance().give(p, bytes);
+  else std::free(p);
 }
 
 // Per-thread working memory of the products (packed rows of x, a widened panel slice): grows, never shrinks; freed
@@ -188,12 +269,12 @@ void* alloc64(size_t bytes) {
 struct Scratch {
   float* p = nullptr;
   int64_t n = 0;
-  ~Scratch() { std::free(p); }
+  ~Scratch() { free64(p, static_cast<size_t>(n) * sizeof(float)); }
 };
 float* thread_scratch(int64_t floats) {
   thread_local Scratch s;
   if (floats > s.n) {
-    std::free(s.p);
+    free64(s.p, static_cast<size_t>(s.n) * sizeof(float));
     s.p = nullptr;
     s.n = 0;
     s.p = static_cast<float*>(alloc64(static_cast<size_t>(floats) * sizeof(float)));
@@ -223,8 +304,12 @@ Isa active_isa() {
 }
 
 PackedWeight::~PackedWeight() {
-  std::free(data);
-  std::free(scale);
+  free64(data, data_bytes);
+  free64(scale, scale_bytes());
+}
+
+size_t PackedWeight::scale_bytes() const {
+  return panel > 0 ? static_cast<size_t>((N + panel - 1) / panel * panel) * sizeof(float) : 0;
 }
 
 size_t PackedWeight::bytes() const { return data_bytes + (scale ? static_cast<size_t>(N) * sizeof(float) : 0); }
@@ -301,7 +386,7 @@ std::unique_ptr<PackedWeight> pack(const float* w, int64_t N, int64_t K, bool w_
     });
   } else {
     int8_t* d = static_cast<int8_t*>(pw->data);
-    pw->scale = static_cast<float*>(alloc64(static_cast<size_t>(np * P) * sizeof(float)));  // padding: 0
+    pw->scale = static_cast<float*>(alloc64(pw->scale_bytes()));  // padding: 0
     float* s = pw->scale;
     std::vector<float> amax(static_cast<size_t>(N), 0.f);
     each([&](int64_t n, int64_t k) {

@@ -64,6 +64,7 @@ struct PackedWeight {
   PackedWeight& operator=(const PackedWeight&) = delete;
   ~PackedWeight();
   size_t bytes() const;        // data + scales
+  size_t scale_bytes() const;  // what scale points to (the panels' columns, padding included); 0 before packing
 };
 
 // Lays out w for `isa`. w_is_kn: w is [K, N] with row stride ldw (GPT-2's Conv1D); else [N, K] with row stride

@@ -4,10 +4,12 @@
 
 #include "check.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -583,6 +585,94 @@ void test_layer_norm() {
   }
 }
 
+
+// A field of /proc/self/status or /proc/self/smaps_rollup in KiB; -1 where there is none (not Linux).
+long proc_kib(const char* file, const char* field) {
+  FILE* f = std::fopen(file, "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  const size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') v = std::atol(line + n + 1);
+  std::fclose(f);
+  return v;
+}
+
+bool thp_possible() {
+  FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+  if (!f) return false;
+  char line[256] = {0};
+  const bool ok = std::fgets(line, sizeof line, f) && (std::strstr(line, "[always]") || std::strstr(line, "[madvise]"));
+  std::fclose(f);
+  return ok;
+}
+
+// Packed weights of every size (malloc'd small ones; large ones carved from 2 MiB-page mappings, one larger than a
+// mapping): exact float32 round trips, 64-byte aligned, zero padding (a block is never handed out twice), the large
+// ones on huge pages where the kernel allows them, and all of the memory given back once they are freed.
+void test_packed_memory() {
+  const Isa isa = choose_isa(cpu_features(), nullptr);
+  struct Shape { int64_t N, K; };
+  const Shape shapes[] = {{61, 67}, {200, 100}, {768, 768}, {3072, 768}, {768, 768}, {2304, 8000}, {1000, 300}};
+  const long rss0 = proc_kib("/proc/self/status", "VmRSS"), huge0 = proc_kib("/proc/self/smaps_rollup", "AnonHugePages");
+  std::vector<std::unique_ptr<PackedWeight>> ws;
+  std::vector<std::vector<float>> srcs;
+  size_t large_bytes = 0;
+  for (int round = 0; round < 2; ++round) {
+    for (const Shape& sh : shapes) {
+      srcs.push_back(randv(static_cast<size_t>(sh.N * sh.K)));
+      ws.push_back(pack(srcs.back().data(), sh.N, sh.K, false, sh.K, WType::F32, isa));
+      if (ws.back()->data_bytes >= (size_t{64} << 10)) large_bytes += ws.back()->data_bytes;
+    }
+    if (round == 0) {  // free every other one: later blocks must still come zeroed and whole
+      for (size_t i = 0; i < ws.size(); i += 2) ws[i].reset();
+    }
+  }
+  for (size_t i = 0; i < ws.size(); ++i) {
+    if (!ws[i]) continue;
+    const PackedWeight& w = *ws[i];
+    CHECK(reinterpret_cast<uintptr_t>(w.data) % 64 == 0, "weight %zu at %p", i, w.data);
+    std::vector<float> back(static_cast<size_t>(w.N * w.K));
+    unpack(w, back.data());
+    CHECK(std::memcmp(back.data(), srcs[i].data(), back.size() * 4) == 0, "weight %zu (%ld x %ld) round trip", i,
+          static_cast<long>(w.N), static_cast<long>(w.K));
+    // Padding columns (past N in the last panel) read as zero: a product over all panels equals the exact sum.
+    const int64_t rows = 3;
+    std::vector<float> x = randv(static_cast<size_t>(rows * w.K)), y(static_cast<size_t>(rows * w.N));
+    gemm_packed(x.data(), rows, w.K, w, nullptr, y.data(), w.N, 0, w.N);
+    double worst = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t n = 0; n < w.N; n += 97) {
+        double ref = 0, mag = 0;
+        for (int64_t k = 0; k < w.K; ++k) {
+          ref += static_cast<double>(x[r * w.K + k]) * srcs[i][n * w.K + k];
+          mag += std::fabs(static_cast<double>(x[r * w.K + k]) * srcs[i][n * w.K + k]);
+        }
+        worst = std::max(worst, std::fabs(y[r * w.N + n] - ref) / (mag + 1e-30));
+      }
+    CHECK(worst < 1e-5, "weight %zu: relative error %g", i, worst);
+  }
+  const long rss1 = proc_kib("/proc/self/status", "VmRSS"), huge1 = proc_kib("/proc/self/smaps_rollup", "AnonHugePages");
+  if (rss0 >= 0 && huge0 >= 0 && thp_possible()) {
+    long live_large = 0;
+    for (auto& w : ws)
+      if (w && w->data_bytes >= (size_t{64} << 10)) live_large += static_cast<long>(w->data_bytes / 1024);
+    // (the kernel may find no free 2 MiB page now and then: most, not all)
+    CHECK(huge1 - huge0 >= live_large / 2, "huge pages grew by %ld KiB for %ld KiB of large weights", huge1 - huge0,
+          live_large);
+  }
+  ws.clear();
+  srcs.clear();
+  srcs.shrink_to_fit();
+  const long rss2 = proc_kib("/proc/self/status", "VmRSS");
+  if (rss0 >= 0) {
+    CHECK(rss1 - rss0 > static_cast<long>(large_bytes / 1024 / 3), "RSS %ld -> %ld KiB while packed", rss0, rss1);
+    CHECK(rss2 - rss0 < 16 * 1024, "RSS %ld KiB before packing, %ld after freeing every weight", rss0, rss2);
+  }
+  std::printf("packed memory: %zu KiB of large blocks; RSS %ld -> %ld -> %ld KiB; AnonHugePages %ld -> %ld KiB\n",
+              large_bytes / 1024, rss0, rss1, rss2, huge0, huge1);
+}
 }  // namespace
 
 int main() {
@@ -596,6 +686,7 @@ int main() {
   test_attend();
   test_layer_norm();
   test_attend_queries();
+  test_packed_memory();
   std::printf("%d checks, %d failures\n", g_checks, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
