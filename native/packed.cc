@@ -483,8 +483,7 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
     double us[3] = {std::nan(""), std::nan(""), std::nan("")};
     at::Tensor y[3];
   };
-  auto time_paths = [&](bool with_split, bool with_blas_path) {
-    Timed t;
+  auto time_paths = [&](Timed& t, bool with_split, bool with_blas_path) {  // three more runs a path into t
     for (int i = 0; i < 3; ++i)
       for (Path p : {Path::Kernel, Path::Kernel1, Path::Blas}) {
         if ((p == Path::Kernel && !with_split) || (p == Path::Blas && !with_blas_path)) continue;
@@ -495,7 +494,6 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
         double& us = t.us[static_cast<int>(p)];
         us = std::fmin(us, micros_since(t0));  // (fmin of NaN and a time is the time)
       }
-    return t;
   };
   // A choice made before: decided under the lock, run outside it (concurrent callers' products do not wait on
   // each other).
@@ -522,7 +520,8 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   if (found && !retime) return run(known);
   if (trained) return run(Path::Kernel);  // (split: the products too small to split returned above)
   if (retime) {
-    Timed t = time_paths(true, false);
+    Timed t;
+    time_paths(t, true, false);
     std::lock_guard<std::mutex> lock(cal.mu);
     Calibration::Entry& e = cal.choices.at(key);
     KernelChoice& c = e.c;
@@ -538,7 +537,8 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   // path. The candidates: the kernels split between the threads and on one thread (a memory-bound product on a VM's
   // second vCPU was measured no faster split: the join costs what the second stream gains), and BLAS for float32
   // unless forced either way.
-  Timed t = time_paths(split, with_blas);
+  Timed t;
+  time_paths(t, split, with_blas);
   // BLAS must win by a margin too: it reads the float32 original, which then stays resident beside the packed copy
   // (double the weight's memory), and a near tie is within what a shared machine's noise moves.
   auto decide = [&](const Timed& t) {
@@ -551,14 +551,7 @@ at::Tensor product(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b
   // split it is decided once, and one round on a noisy VM picked either side of the same product (Zen 5, one thread,
   // 1 x 768 x 2304: BLAS in 2 of 4 fresh processes, at 302-319 against 333-348 us; in decoding it then took 16% of
   // the time per token, ~240 us a product against the kernels' 160-210).
-  if (decide(t) == Path::Blas) {
-    Timed again = time_paths(split, true);
-    for (int p = 0; p < 3; ++p) {
-      if (!(again.us[p] < t.us[p])) continue;  // (NaN: not timed)
-      t.us[p] = again.us[p];
-      t.y[p] = again.y[p];  // (a path's result does not depend on the run)
-    }
-  }
+  if (decide(t) == Path::Blas) time_paths(t, split, true);
   const double tk = t.us[static_cast<int>(Path::Kernel)], t1 = t.us[static_cast<int>(Path::Kernel1)],
                tb = t.us[static_cast<int>(Path::Blas)];
   const Path path = decide(t);
