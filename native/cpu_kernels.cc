@@ -28,7 +28,9 @@ namespace semicap::kernels {
   int64_t scratch_size(int64_t rows, int64_t K);                                                                    \
   void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,     \
             int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,         \
-            float* scratch);                                                                                       \
+            float* scratch, const float* xs);                                                                      \
+  void pack_rows(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, float* xs, int64_t part,         \
+                 int64_t parts);                                                                                   \
   int pick(const float* x, int64_t n, int64_t* arg, float* sum);                                                   \
   void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \
               float* out);                                                                                         \
@@ -271,8 +273,7 @@ struct Scratch {
   int64_t n = 0;
   ~Scratch() { free64(p, static_cast<size_t>(n) * sizeof(float)); }
 };
-float* thread_scratch(int64_t floats) {
-  thread_local Scratch s;
+float* grow(Scratch& s, int64_t floats) {
   if (floats > s.n) {
     free64(s.p, static_cast<size_t>(s.n) * sizeof(float));
     s.p = nullptr;
@@ -281,6 +282,10 @@ float* thread_scratch(int64_t floats) {
     s.n = floats;
   }
   return s.p;
+}
+float* thread_scratch(int64_t floats) {
+  thread_local Scratch s;
+  return grow(s, floats);
 }
 
 uint16_t to_bf16(float v) {
@@ -432,45 +437,92 @@ void repack_f32(PackedWeight& pw, const float* w, bool w_is_kn, int64_t ldw, int
   }
 }
 
-void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
-                 int64_t ldy, int64_t n_begin, int64_t n_end, Act act) {
+namespace {
+void check_product(const char* fn, int64_t rows, const PackedWeight& w, int64_t n_begin, int64_t n_end, Act act) {
   if (rows < 0 || n_begin < 0 || n_end > w.N || n_begin > n_end || w.panel <= 0 || n_begin % w.panel != 0)
-    throw std::invalid_argument("cpu_kernels::gemm_packed: bad column range [" + std::to_string(n_begin) + ", " +
-                                std::to_string(n_end) + ") for N " + std::to_string(w.N) + ", panel " +
+    throw std::invalid_argument(std::string("cpu_kernels::") + fn + ": bad column range [" + std::to_string(n_begin) +
+                                ", " + std::to_string(n_end) + ") for N " + std::to_string(w.N) + ", panel " +
                                 std::to_string(w.panel));
-  if (rows > 0 && (ldx < w.K || ldy < n_end))
-    throw std::invalid_argument("cpu_kernels::gemm_packed: ldx < K or ldy < n_end");
   if (static_cast<int>(w.isa) > static_cast<int>(best_isa()))
-    throw std::invalid_argument(std::string("cpu_kernels::gemm_packed: weight packed for ") + isa_name(w.isa) +
+    throw std::invalid_argument(std::string("cpu_kernels::") + fn + ": weight packed for " + isa_name(w.isa) +
                                 ", which this CPU does not run");
   if (act != Act::None && act != Act::QuickGelu && act != Act::GeluTanh)
-    throw std::invalid_argument("cpu_kernels::gemm_packed: unknown activation");
-  if (rows == 0 || n_begin == n_end) return;
-  // Weight-type codes of the ISA entry points: 0 float32, 1 bfloat16, 2 int8, 3 int8 through bf16 pairs.
-  const int t = w.type == WType::I8 && w.i8_dot && w.isa == Isa::Avx512Bf16 ? 3 : static_cast<int>(w.type);
+    throw std::invalid_argument(std::string("cpu_kernels::") + fn + ": unknown activation");
+}
+
+// Weight-type codes of the ISA entry points: 0 float32, 1 bfloat16, 2 int8, 3 int8 through bf16 pairs.
+int wtype_code(const PackedWeight& w) {
+  return w.type == WType::I8 && w.i8_dot && w.isa == Isa::Avx512Bf16 ? 3 : static_cast<int>(w.type);
+}
+
+// xs: rows packed by pack_rows, or null (each call packs x into its thread's scratch).
+void run_gemm(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
+              int64_t ldy, int64_t n_begin, int64_t n_end, Act act, const float* xs) {
+  const int t = wtype_code(w);
   const int a = static_cast<int>(act);
   switch (w.isa) {
     case Isa::Portable: {
       float* s = thread_scratch(portable::scratch_size(rows, w.K));
-      portable::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
+      portable::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs);
       break;
     }
     case Isa::Avx2: {
       float* s = thread_scratch(avx2::scratch_size(rows, w.K));
-      avx2::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
+      avx2::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs);
       break;
     }
     case Isa::Avx512: {
       float* s = thread_scratch(avx512::scratch_size(rows, w.K));
-      avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
+      avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs);
       break;
     }
     case Isa::Avx512Bf16: {
       float* s = thread_scratch(avx512bf16::scratch_size(rows, w.K));
-      avx512bf16::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s);
+      avx512bf16::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs);
       break;
     }
   }
+}
+}  // namespace
+
+void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
+                 int64_t ldy, int64_t n_begin, int64_t n_end, Act act) {
+  check_product("gemm_packed", rows, w, n_begin, n_end, act);
+  if (rows > 0 && (ldx < w.K || ldy < n_end))
+    throw std::invalid_argument("cpu_kernels::gemm_packed: ldx < K or ldy < n_end");
+  if (rows == 0 || n_begin == n_end) return;
+  run_gemm(x, rows, ldx, w, bias, y, ldy, n_begin, n_end, act, nullptr);
+}
+
+int64_t packed_rows_floats(int64_t rows, int64_t K) { return rows <= 0 || K <= 0 ? 0 : (rows * K + 15) / 16 * 16; }
+
+void pack_rows(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, float* xs, int part, int parts) {
+  if (rows < 0 || (rows > 0 && ldx < w.K) || parts < 1 || part < 0 || part >= parts || (rows > 0 && !xs))
+    throw std::invalid_argument("cpu_kernels::pack_rows: bad rows, stride, buffer or part");
+  if (static_cast<int>(w.isa) > static_cast<int>(best_isa()))
+    throw std::invalid_argument(std::string("cpu_kernels::pack_rows: weight packed for ") + isa_name(w.isa) +
+                                ", which this CPU does not run");
+  if (rows == 0) return;
+  const int t = wtype_code(w);
+  switch (w.isa) {
+    case Isa::Portable: portable::pack_rows(t, w.K, x, rows, ldx, xs, part, parts); break;
+    case Isa::Avx2: avx2::pack_rows(t, w.K, x, rows, ldx, xs, part, parts); break;
+    case Isa::Avx512: avx512::pack_rows(t, w.K, x, rows, ldx, xs, part, parts); break;
+    case Isa::Avx512Bf16: avx512bf16::pack_rows(t, w.K, x, rows, ldx, xs, part, parts); break;
+  }
+}
+
+void gemm_packed_rows(const float* xs, int64_t rows, const PackedWeight& w, const float* bias, float* y, int64_t ldy,
+                      int64_t n_begin, int64_t n_end, Act act) {
+  check_product("gemm_packed_rows", rows, w, n_begin, n_end, act);
+  if (rows > 0 && (ldy < n_end || !xs)) throw std::invalid_argument("cpu_kernels::gemm_packed_rows: ldy < n_end or no rows");
+  if (rows == 0 || n_begin == n_end) return;
+  run_gemm(nullptr, rows, w.K, w, bias, y, ldy, n_begin, n_end, act, xs);
+}
+
+float* thread_rows_scratch(int64_t floats) {
+  thread_local Scratch s;  // apart from thread_scratch: the helpers' products read it while the owner runs its own
+  return grow(s, floats);
 }
 
 bool greedy_pick(const float* x, int64_t n, int64_t* arg, float* logp, Isa isa) {

@@ -383,28 +383,118 @@ struct Cut {
   int size(int64_t t) const { return static_cast<int>(t + 1 < nt ? RMAX : rows - t * RMAX); }
 };
 
-// x[0..rows) x [0, K) into xp: tile by tile (see Cut), each k-major (tile t at xp + start(t) * krows(K)); for the
-// pair rows, bf16 pairs (x[2i], x[2i + 1]) in one word, the high half 0 past an odd K.
+#if SK_VBYTES == 64
+// Rows x[0..R) (R <= 16, the missing rows zero), k .. k + 15, as 16 columns: out[q] = (x[0][k + q], ..., x[15][k + q]).
+static inline void transpose16(const float* x, int64_t ldx, int R, int64_t k, __m512 (&out)[16]) {
+  __m512 v[16], t[16];
+#pragma GCC unroll 16
+  for (int r = 0; r < 16; ++r) v[r] = r < R ? _mm512_loadu_ps(x + r * ldx + k) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+    v[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    v[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    v[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    v[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512 a = _mm512_shuffle_f32x4(v[j], v[4 + j], 0x88), b = _mm512_shuffle_f32x4(v[j], v[4 + j], 0xDD);
+    const __m512 c = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0x88), d = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0xDD);
+    out[j] = _mm512_shuffle_f32x4(a, c, 0x88);
+    out[j + 8] = _mm512_shuffle_f32x4(a, c, 0xDD);
+    out[j + 4] = _mm512_shuffle_f32x4(b, d, 0x88);
+    out[j + 12] = _mm512_shuffle_f32x4(b, d, 0xDD);
+  }
+}
+#elif SK_VBYTES == 32
+// Rows x[0..R) (R <= 8, the missing rows zero), k .. k + 7, as 8 columns: out[q] = (x[0][k + q], ..., x[7][k + q]).
+static inline void transpose8(const float* x, int64_t ldx, int R, int64_t k, __m256 (&out)[8]) {
+  __m256 v[8], t[8];
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) v[r] = r < R ? _mm256_loadu_ps(x + r * ldx + k) : _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    const __m256d a = _mm256_castps_pd(t[4 * i]), b = _mm256_castps_pd(t[4 * i + 1]);
+    const __m256d c = _mm256_castps_pd(t[4 * i + 2]), d = _mm256_castps_pd(t[4 * i + 3]);
+    v[4 * i] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
+    v[4 * i + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
+    v[4 * i + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
+    v[4 * i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    out[j] = _mm256_permute2f128_ps(v[j], v[4 + j], 0x20);
+    out[j + 4] = _mm256_permute2f128_ps(v[j], v[4 + j], 0x31);
+  }
+}
+#endif
+
+// One tile's R rows of x ([R, K], row stride ldx) k-major into dst: dst[k * R + r] = x[r][k]; for the pair rows,
+// bf16 pairs (x[2i], x[2i + 1]) in one word, the high half 0 past an odd K. Float rows are transposed in registers
+// (the scalar loop was 4% of CLIP's samples at one thread; it only moves bits, so the result is the same).
+template <int T>
+static void pack_tile(const float* x, int64_t ldx, int R, int64_t K, typename Row<T>::X* dst) {
+#ifdef SK_BF16DOT
+  if constexpr (Row<T>::pairs) {
+    const int64_t KR = krows<T>(K);
+    for (int r = 0; r < R; ++r) {
+      const float* src = x + r * ldx;
+      for (int64_t i = 0; i < K / 2; ++i) dst[i * R + r] = bf16_bits(src[2 * i]) | bf16_bits(src[2 * i + 1]) << 16;
+      if (K % 2) dst[(KR - 1) * R + r] = bf16_bits(src[K - 1]);
+    }
+    return;
+  }
+#endif
+  int64_t k = 0;
+#if SK_VBYTES == 64
+  const __mmask16 lanes = static_cast<__mmask16>((1u << R) - 1);
+  for (; R <= 16 && k + 16 <= K; k += 16) {
+    __m512 col[16];
+    transpose16(x, ldx, R, k, col);
+#pragma GCC unroll 16
+    for (int q = 0; q < 16; ++q) _mm512_mask_storeu_ps(dst + (k + q) * R, lanes, col[q]);
+  }
+#elif SK_VBYTES == 32
+  for (; R <= 8 && k + 8 <= K; k += 8) {  // (the wide test build tiles 12 rows on AVX2: those go lane by lane)
+    __m256 col[8];
+    transpose8(x, ldx, R, k, col);
+    // Whole vectors, each spilling 8 - R lanes into the columns after it, which are written later (columns go in
+    // order); a column whose spill would pass the tile's end goes lane by lane.
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
+      if ((k + q) * R + 8 <= K * R) {
+        _mm256_storeu_ps(dst + (k + q) * R, col[q]);
+      } else {
+        float t[8];
+        _mm256_storeu_ps(t, col[q]);
+        for (int r = 0; r < R; ++r) dst[(k + q) * R + r] = t[r];
+      }
+    }
+  }
+#endif
+  for (; k < K; ++k)
+    for (int r = 0; r < R; ++r) dst[k * R + r] = x[r * ldx + k];
+}
+
+// x[0..rows) x [0, K) into xp: tile by tile (see Cut), each k-major (tile t at xp + start(t) * krows(K)).
 template <int T>
 static void pack_x(const float* x, int64_t ldx, int64_t rows, int64_t K, typename Row<T>::X* xp) {
   const Cut cut(rows);
   const int64_t KR = krows<T>(K);
-  for (int64_t t = 0; t < cut.nt; ++t) {
-    const int64_t r0 = cut.start(t);
-    const int R = cut.size(t);
-    typename Row<T>::X* dst = xp + r0 * KR;
-    for (int r = 0; r < R; ++r) {
-      const float* src = x + (r0 + r) * ldx;
-#ifdef SK_BF16DOT
-      if constexpr (Row<T>::pairs) {
-        for (int64_t i = 0; i < K / 2; ++i) dst[i * R + r] = bf16_bits(src[2 * i]) | bf16_bits(src[2 * i + 1]) << 16;
-        if (K % 2) dst[(KR - 1) * R + r] = bf16_bits(src[K - 1]);
-        continue;
-      }
-#endif
-      for (int64_t k = 0; k < K; ++k) dst[k * R + r] = src[k];
-    }
-  }
+  for (int64_t t = 0; t < cut.nt; ++t)
+    pack_tile<T>(x + cut.start(t) * ldx, ldx, cut.size(t), K, xp + cut.start(t) * KR);
 }
 
 // Segment s of K: [seg_start(K, s), + seg_len(K, s)).
@@ -466,21 +556,50 @@ static void widen_panel(const int8_t* data, int64_t np, int64_t K, int64_t p, ui
 static inline int64_t scratch_floats(int64_t rows, int64_t K) { return x_floats(rows, K); }
 #endif
 
+// Rows per row block of `rows` rows: near-equal blocks of at most row_block(K) rows.
+static inline int64_t block_rows(int64_t rows, int64_t K) {
+  const int64_t mb = row_block(K);  // (a block's packed x takes mb * KR <= mb * K elements of 4 bytes)
+  const int64_t nmb = (rows + mb - 1) / mb;
+  return (rows + nmb - 1) / nmb;
+}
+
+// Every row of x packed at once, block after block, each as gemm_t packs it (block m0 at xp + m0 * krows(K)):
+// the tiles [part * nt / parts, (part + 1) * nt / parts) of the nt tiles of all blocks, so that threads can share
+// the packing of one product.
+template <int T>
+static void pack_rows_t(const float* x, int64_t rows, int64_t ldx, int64_t K, typename Row<T>::X* xp, int64_t part,
+                        int64_t parts) {
+  if (rows <= 0 || parts <= 0) return;
+  const int64_t mb = block_rows(rows, K), KR = krows<T>(K);
+  int64_t nt = 0;
+  for (int64_t m0 = 0; m0 < rows; m0 += mb) nt += Cut(lmin(mb, rows - m0)).nt;
+  const int64_t t0 = part * nt / parts, t1 = (part + 1) * nt / parts;
+  int64_t t = 0;
+  for (int64_t m0 = 0; m0 < rows && t < t1; m0 += mb) {
+    const Cut cut(lmin(mb, rows - m0));
+    for (int64_t i = 0; i < cut.nt; ++i, ++t) {
+      if (t < t0 || t >= t1) continue;
+      const int64_t r = m0 + cut.start(i);
+      pack_tile<T>(x + r * ldx, ldx, cut.size(i), K, xp + r * KR);
+    }
+  }
+}
+
+// y = x W over the panels of [n_begin, n_end). xs: x already packed by pack_rows_t (all rows), else null and x is
+// packed here block by block into scratch.
 template <int T>
 static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row<T>::Src* data, const float* scale,
                    int64_t N, int64_t K, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end,
-                   int act, float* scratch) {
+                   int act, float* scratch, const typename Row<T>::X* xs) {
   if (rows <= 0 || n_end <= n_begin) return;
   const int64_t np = (N + P - 1) / P;
   const int64_t p0 = n_begin / P, p1 = (n_end + P - 1) / P;
   const int64_t KR = krows<T>(K);  // weight rows: K, or K's pairs
-  int64_t mb = row_block(K);        // (a block's packed x takes mb * KR <= mb * K elements of 4 bytes)
-  const int64_t nmb = (rows + mb - 1) / mb;
-  mb = (rows + nmb - 1) / nmb;  // near-equal row blocks
-  typename Row<T>::X* xp = reinterpret_cast<typename Row<T>::X*>(scratch);
+  const int64_t mb = block_rows(rows, K);
   for (int64_t m0 = 0; m0 < rows; m0 += mb) {
     const int64_t mr = lmin(mb, rows - m0);
-    pack_x<T>(x + m0 * ldx, ldx, mr, K, xp);
+    const typename Row<T>::X* xp = xs ? xs + m0 * KR : reinterpret_cast<typename Row<T>::X*>(scratch);
+    if (!xs) pack_x<T>(x + m0 * ldx, ldx, mr, K, reinterpret_cast<typename Row<T>::X*>(scratch));
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t n0 = p * P;
       Out o;
@@ -699,33 +818,52 @@ static void activate_one(const float* x, float* y, int64_t n, int act) {
   }
 }
 
-// The entry point each ISA translation unit exports under its own namespace.
+// The entry points each ISA translation unit exports. wtype: 0 float32, 1 bfloat16, 2 int8, 3 int8 through bf16
+// pairs (PackedWeight::i8_dot); xs: x packed by pack_rows_entry for the same wtype and K, or null.
 static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x,
                               int64_t rows, int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin,
-                              int64_t n_end, int act, float* scratch) {
+                              int64_t n_end, int act, float* scratch, const float* xs) {
+#ifdef SK_BF16DOT
+  const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);
+#endif
   switch (wtype) {
     case 0:
       gemm_t<0>(x, rows, ldx, static_cast<const float*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch);
+                scratch, xs);
       break;
     case 1:
 #ifdef SK_BF16DOT
       gemm_t<3>(x, rows, ldx, static_cast<const uint32_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch);
+                scratch, xw);
 #else
       gemm_t<1>(x, rows, ldx, static_cast<const uint16_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch);
+                scratch, xs);
 #endif
       break;
     case 2:
       gemm_t<2>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch);
+                scratch, xs);
       break;
 #ifdef SK_BF16DOT
-    case 3:  // int8 through bf16 pairs (PackedWeight::i8_dot)
+    case 3:
       gemm_t<4>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch);
+                scratch, xw);
       break;
+#endif
+    default: break;
+  }
+}
+
+static inline void pack_rows_entry(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, float* xs,
+                                   int64_t part, int64_t parts) {
+  switch (wtype) {
+    case 0: pack_rows_t<0>(x, rows, ldx, K, xs, part, parts); break;
+    case 2: pack_rows_t<2>(x, rows, ldx, K, xs, part, parts); break;
+#ifdef SK_BF16DOT
+    case 1: pack_rows_t<3>(x, rows, ldx, K, reinterpret_cast<uint32_t*>(xs), part, parts); break;
+    case 3: pack_rows_t<4>(x, rows, ldx, K, reinterpret_cast<uint32_t*>(xs), part, parts); break;
+#else
+    case 1: pack_rows_t<1>(x, rows, ldx, K, xs, part, parts); break;
 #endif
     default: break;
   }
@@ -739,8 +877,12 @@ static inline void gemm_entry(int wtype, const void* data, const float* scale, i
   int64_t scratch_size(int64_t rows, int64_t K) { return scratch_floats(rows, K); }                                \
   void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,   \
             int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,        \
-            float* scratch) {                                                                                      \
-    gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, act, scratch);                \
+            float* scratch, const float* xs) {                                                                     \
+    gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, act, scratch, xs);            \
+  }                                                                                                                \
+  void pack_rows(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, float* xs, int64_t part,         \
+                 int64_t parts) {                                                                                  \
+    pack_rows_entry(wtype, K, x, rows, ldx, xs, part, parts);                                                      \
   }                                                                                                                \
   int pick(const float* x, int64_t n, int64_t* arg, float* sum) { return row_pick(x, n, arg, sum); }              \
   void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \

@@ -212,13 +212,25 @@ at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, con
   auto cols = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     kernels::gemm_packed(xp + r0 * K, r1 - r0, K, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P), act);
   };
-  constexpr int64_t kRowBlock = 48;
+  constexpr int64_t kRowBlock = 48, kSharedRows = 48;
   if (!split) {
     cols(0, rows, 0, panels);
   } else if (panels >= 4 * threads || rows < 2 * kRowBlock) {
-    // One chunk per thread: every chunk packs all of x for its panels (CLIP's 400 rows at two threads: with two
-    // chunks a thread, x packing was 14% of the samples and CLIP b8 260-279 ms against 241-261 with one).
-    pool_for(panels, threads, threads, [&](int64_t p0, int64_t p1) { cols(0, rows, p0, p1); });
+    // One chunk of panels per thread (CLIP's 400 rows at two threads: with two chunks a thread, CLIP b8 260-279 ms
+    // against 241-261 with one). With many rows x is packed once, all threads packing their share of it, and then
+    // read by all: when every chunk packed all of x for itself, that was 7% of CLIP's samples at two threads (and
+    // the share grows with the threads). Few rows (decoding) pack in microseconds: there a second job costs more.
+    if (rows >= kSharedRows) {
+      float* xs = kernels::thread_rows_scratch(kernels::packed_rows_floats(rows, K));
+      pool_for(threads, threads, threads, [&](int64_t b, int64_t e) {
+        for (int64_t part = b; part < e; ++part) kernels::pack_rows(xp, rows, K, pw, xs, static_cast<int>(part), threads);
+      });
+      pool_for(panels, threads, threads, [&](int64_t p0, int64_t p1) {
+        kernels::gemm_packed_rows(xs, rows, pw, bp, yp, N, p0 * P, std::min(N, p1 * P), act);
+      });
+    } else {
+      pool_for(panels, threads, threads, [&](int64_t p0, int64_t p1) { cols(0, rows, p0, p1); });
+    }
   } else {
     const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
     pool_for(blocks, 2 * threads, threads,

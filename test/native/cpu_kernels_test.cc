@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -129,6 +130,26 @@ void run_case(Isa isa, WType t, const Case& c, Act act = Act::None, bool i8_dot 
     }
   ++g_checks;
   if (bad) ++g_failures;
+
+  // The same product over rows packed once (three parts, the last first, as threads may) and its panels in two
+  // ranges, as split products run it: bitwise the same y.
+  const int64_t xs_floats = packed_rows_floats(c.rows, c.K);
+  std::unique_ptr<float, decltype(&std::free)> xs(
+      static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(xs_floats + 16) * sizeof(float))), &std::free);
+  const float guard = -7777.f;  // nothing is written past the rows' rows * K floats
+  for (int64_t i = c.rows * c.K; i < xs_floats + 16; ++i) xs.get()[i] = guard;
+  for (int part = 2; part >= 0; --part) pack_rows(x.data(), c.rows, ldx, *pw, xs.get(), part, 3);
+  bool kept = true;
+  for (int64_t i = c.rows * c.K; i < xs_floats + 16; ++i) kept = kept && xs.get()[i] == guard;
+  CHECK(kept, "%s %s K %ld rows %ld: pack_rows wrote past its rows", isa_name(isa), wtype_name(t), (long)c.K,
+        (long)c.rows);
+  std::vector<float> y2(static_cast<size_t>(c.rows * ldy), sentinel);
+  const int64_t mid = std::min(n_end, n_begin + ((n_end - n_begin) / P / 2) * P);
+  gemm_packed_rows(xs.get(), c.rows, *pw, c.bias ? bias.data() : nullptr, y2.data(), ldy, n_begin, mid, act);
+  gemm_packed_rows(xs.get(), c.rows, *pw, c.bias ? bias.data() : nullptr, y2.data(), ldy, mid, n_end, act);
+  CHECK(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)) == 0,
+        "%s %s N %ld K %ld rows %ld: packed rows differ from gemm_packed", isa_name(isa), wtype_name(t), (long)c.N,
+        (long)c.K, (long)c.rows);
 }
 
 void test_products() {
