@@ -28,9 +28,10 @@ namespace semicap::kernels {
   int64_t scratch_size(int64_t rows, int64_t K);                                                                    \
   void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,     \
             int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,         \
-            float* scratch, const float* xs);                                                                      \
-  void pack_rows(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, float* xs, int64_t part,         \
-                 int64_t parts);                                                                                   \
+            float* scratch, const float* xs, int64_t mb);                                                          \
+  int64_t rows_per_block(int64_t rows, int64_t K);                                                                 \
+  void pack_rows(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, int64_t mb, float* xs,           \
+                 int64_t part, int64_t parts);                                                                     \
   int pick(const float* x, int64_t n, int64_t* arg, float* sum);                                                   \
   void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \
               float* out);                                                                                         \
@@ -455,30 +456,30 @@ int wtype_code(const PackedWeight& w) {
   return w.type == WType::I8 && w.i8_dot && w.isa == Isa::Avx512Bf16 ? 3 : static_cast<int>(w.type);
 }
 
-// xs: rows packed by pack_rows, or null (each call packs x into its thread's scratch).
+// xs: rows packed by pack_rows in blocks of mb, or null (each call packs x into its thread's scratch).
 void run_gemm(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
-              int64_t ldy, int64_t n_begin, int64_t n_end, Act act, const float* xs) {
+              int64_t ldy, int64_t n_begin, int64_t n_end, Act act, const float* xs, int64_t mb) {
   const int t = wtype_code(w);
   const int a = static_cast<int>(act);
   switch (w.isa) {
     case Isa::Portable: {
       float* s = thread_scratch(portable::scratch_size(rows, w.K));
-      portable::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs);
+      portable::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs, mb);
       break;
     }
     case Isa::Avx2: {
       float* s = thread_scratch(avx2::scratch_size(rows, w.K));
-      avx2::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs);
+      avx2::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs, mb);
       break;
     }
     case Isa::Avx512: {
       float* s = thread_scratch(avx512::scratch_size(rows, w.K));
-      avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs);
+      avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs, mb);
       break;
     }
     case Isa::Avx512Bf16: {
       float* s = thread_scratch(avx512bf16::scratch_size(rows, w.K));
-      avx512bf16::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs);
+      avx512bf16::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs, mb);
       break;
     }
   }
@@ -491,33 +492,46 @@ void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& 
   if (rows > 0 && (ldx < w.K || ldy < n_end))
     throw std::invalid_argument("cpu_kernels::gemm_packed: ldx < K or ldy < n_end");
   if (rows == 0 || n_begin == n_end) return;
-  run_gemm(x, rows, ldx, w, bias, y, ldy, n_begin, n_end, act, nullptr);
+  run_gemm(x, rows, ldx, w, bias, y, ldy, n_begin, n_end, act, nullptr, 0);
 }
 
 int64_t packed_rows_floats(int64_t rows, int64_t K) { return rows <= 0 || K <= 0 ? 0 : (rows * K + 15) / 16 * 16; }
 
-void pack_rows(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, float* xs, int part, int parts) {
-  if (rows < 0 || (rows > 0 && ldx < w.K) || parts < 1 || part < 0 || part >= parts || (rows > 0 && !xs))
-    throw std::invalid_argument("cpu_kernels::pack_rows: bad rows, stride, buffer or part");
+int64_t rows_per_block(const PackedWeight& w, int64_t rows) {
+  if (rows <= 0) return 1;
+  switch (w.isa) {
+    case Isa::Portable: return portable::rows_per_block(rows, w.K);
+    case Isa::Avx2: return avx2::rows_per_block(rows, w.K);
+    case Isa::Avx512: return avx512::rows_per_block(rows, w.K);
+    case Isa::Avx512Bf16: return avx512bf16::rows_per_block(rows, w.K);
+  }
+  return 1;
+}
+
+void pack_rows(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, int64_t block, float* xs, int part,
+               int parts) {
+  if (rows < 0 || (rows > 0 && ldx < w.K) || block < 1 || parts < 1 || part < 0 || part >= parts || (rows > 0 && !xs))
+    throw std::invalid_argument("cpu_kernels::pack_rows: bad rows, stride, block, buffer or part");
   if (static_cast<int>(w.isa) > static_cast<int>(best_isa()))
     throw std::invalid_argument(std::string("cpu_kernels::pack_rows: weight packed for ") + isa_name(w.isa) +
                                 ", which this CPU does not run");
   if (rows == 0) return;
   const int t = wtype_code(w);
   switch (w.isa) {
-    case Isa::Portable: portable::pack_rows(t, w.K, x, rows, ldx, xs, part, parts); break;
-    case Isa::Avx2: avx2::pack_rows(t, w.K, x, rows, ldx, xs, part, parts); break;
-    case Isa::Avx512: avx512::pack_rows(t, w.K, x, rows, ldx, xs, part, parts); break;
-    case Isa::Avx512Bf16: avx512bf16::pack_rows(t, w.K, x, rows, ldx, xs, part, parts); break;
+    case Isa::Portable: portable::pack_rows(t, w.K, x, rows, ldx, block, xs, part, parts); break;
+    case Isa::Avx2: avx2::pack_rows(t, w.K, x, rows, ldx, block, xs, part, parts); break;
+    case Isa::Avx512: avx512::pack_rows(t, w.K, x, rows, ldx, block, xs, part, parts); break;
+    case Isa::Avx512Bf16: avx512bf16::pack_rows(t, w.K, x, rows, ldx, block, xs, part, parts); break;
   }
 }
 
-void gemm_packed_rows(const float* xs, int64_t rows, const PackedWeight& w, const float* bias, float* y, int64_t ldy,
-                      int64_t n_begin, int64_t n_end, Act act) {
+void gemm_packed_rows(const float* xs, int64_t rows, int64_t block, const PackedWeight& w, const float* bias, float* y,
+                      int64_t ldy, int64_t n_begin, int64_t n_end, Act act) {
   check_product("gemm_packed_rows", rows, w, n_begin, n_end, act);
-  if (rows > 0 && (ldy < n_end || !xs)) throw std::invalid_argument("cpu_kernels::gemm_packed_rows: ldy < n_end or no rows");
+  if (rows > 0 && (ldy < n_end || !xs || block < 1))
+    throw std::invalid_argument("cpu_kernels::gemm_packed_rows: ldy < n_end, no rows or a bad block");
   if (rows == 0 || n_begin == n_end) return;
-  run_gemm(nullptr, rows, w.K, w, bias, y, ldy, n_begin, n_end, act, xs);
+  run_gemm(nullptr, rows, w.K, w, bias, y, ldy, n_begin, n_end, act, xs, block);
 }
 
 float* thread_rows_scratch(int64_t floats) {

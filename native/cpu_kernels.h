@@ -91,16 +91,20 @@ void repack_f32(PackedWeight& pw, const float* w, bool w_is_kn, int64_t ldw, int
 void gemm_packed(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
                  int64_t ldy, int64_t n_begin, int64_t n_end, Act act = Act::None);
 
-// x packed once for products against weights packed like w (its isa, type and K): all rows in the layout
-// gemm_packed builds block by block in each caller's scratch. Threads that split one product's columns share it
-// instead of each packing all of x (at two threads that was 7% of CLIP's samples). pack_rows packs part `part` of
-// `parts` (whole row tiles), so the threads can also share the packing; xs holds packed_rows_floats(rows, w.K)
-// floats, 64-byte aligned. gemm_packed_rows is gemm_packed over such rows: the same tiles, hence the same result.
-// Both throw std::invalid_argument as gemm_packed does.
+// x packed once for products against weights packed like w (its isa, type and K): the layout gemm_packed builds
+// block by block in each caller's scratch, for many blocks at once. Threads that split one product's columns share
+// it instead of each packing all of x (at two threads that was 7% of CLIP's samples). rows_per_block: the block
+// gemm_packed uses for `rows` rows. pack_rows packs `rows` rows in blocks of `block` (the last shorter) into xs
+// (packed_rows_floats(rows, w.K) floats, 64-byte aligned), part `part` of `parts` (whole row tiles), so that the
+// threads can share the packing too; gemm_packed_rows is gemm_packed over rows packed so, with the same block.
+// With gemm_packed's block for all the rows (and rows starting at a multiple of it), the tiles and so the results
+// are gemm_packed's, bitwise. Both throw std::invalid_argument as gemm_packed does.
 int64_t packed_rows_floats(int64_t rows, int64_t K);
-void pack_rows(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, float* xs, int part, int parts);
-void gemm_packed_rows(const float* xs, int64_t rows, const PackedWeight& w, const float* bias, float* y, int64_t ldy,
-                      int64_t n_begin, int64_t n_end, Act act = Act::None);
+int64_t rows_per_block(const PackedWeight& w, int64_t rows);
+void pack_rows(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, int64_t block, float* xs, int part,
+               int parts);
+void gemm_packed_rows(const float* xs, int64_t rows, int64_t block, const PackedWeight& w, const float* bias, float* y,
+                      int64_t ldy, int64_t n_begin, int64_t n_end, Act act = Act::None);
 // Per-thread memory for packed rows (grows, never shrinks; apart from the scratch the products use).
 float* thread_rows_scratch(int64_t floats);
 

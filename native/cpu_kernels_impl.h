@@ -563,14 +563,14 @@ static inline int64_t block_rows(int64_t rows, int64_t K) {
   return (rows + nmb - 1) / nmb;
 }
 
-// Every row of x packed at once, block after block, each as gemm_t packs it (block m0 at xp + m0 * krows(K)):
-// the tiles [part * nt / parts, (part + 1) * nt / parts) of the nt tiles of all blocks, so that threads can share
-// the packing of one product.
+// Every row of x packed at once, in blocks of mb rows (the last shorter), each as gemm_t packs a block (block m0
+// at xp + m0 * krows(K)): the tiles [part * nt / parts, (part + 1) * nt / parts) of the nt tiles of all blocks, so
+// that threads can share the packing of one product.
 template <int T>
-static void pack_rows_t(const float* x, int64_t rows, int64_t ldx, int64_t K, typename Row<T>::X* xp, int64_t part,
-                        int64_t parts) {
-  if (rows <= 0 || parts <= 0) return;
-  const int64_t mb = block_rows(rows, K), KR = krows<T>(K);
+static void pack_rows_t(const float* x, int64_t rows, int64_t ldx, int64_t K, int64_t mb, typename Row<T>::X* xp,
+                        int64_t part, int64_t parts) {
+  if (rows <= 0 || parts <= 0 || mb <= 0) return;
+  const int64_t KR = krows<T>(K);
   int64_t nt = 0;
   for (int64_t m0 = 0; m0 < rows; m0 += mb) nt += Cut(lmin(mb, rows - m0)).nt;
   const int64_t t0 = part * nt / parts, t1 = (part + 1) * nt / parts;
@@ -585,17 +585,16 @@ static void pack_rows_t(const float* x, int64_t rows, int64_t ldx, int64_t K, ty
   }
 }
 
-// y = x W over the panels of [n_begin, n_end). xs: x already packed by pack_rows_t (all rows), else null and x is
-// packed here block by block into scratch.
+// y = x W over the panels of [n_begin, n_end), rows in blocks of mb (block_rows). xs: x already packed by
+// pack_rows_t with the same mb, else null and x is packed here block by block into scratch.
 template <int T>
 static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row<T>::Src* data, const float* scale,
                    int64_t N, int64_t K, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end,
-                   int act, float* scratch, const typename Row<T>::X* xs) {
-  if (rows <= 0 || n_end <= n_begin) return;
+                   int act, float* scratch, const typename Row<T>::X* xs, int64_t mb) {
+  if (rows <= 0 || n_end <= n_begin || mb <= 0) return;
   const int64_t np = (N + P - 1) / P;
   const int64_t p0 = n_begin / P, p1 = (n_end + P - 1) / P;
   const int64_t KR = krows<T>(K);  // weight rows: K, or K's pairs
-  const int64_t mb = block_rows(rows, K);
   for (int64_t m0 = 0; m0 < rows; m0 += mb) {
     const int64_t mr = lmin(mb, rows - m0);
     const typename Row<T>::X* xp = xs ? xs + m0 * KR : reinterpret_cast<typename Row<T>::X*>(scratch);
@@ -822,48 +821,49 @@ static void activate_one(const float* x, float* y, int64_t n, int act) {
 // pairs (PackedWeight::i8_dot); xs: x packed by pack_rows_entry for the same wtype and K, or null.
 static inline void gemm_entry(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x,
                               int64_t rows, int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin,
-                              int64_t n_end, int act, float* scratch, const float* xs) {
+                              int64_t n_end, int act, float* scratch, const float* xs, int64_t mb) {
+  if (!xs) mb = block_rows(rows, K);
 #ifdef SK_BF16DOT
   const uint32_t* xw = reinterpret_cast<const uint32_t*>(xs);
 #endif
   switch (wtype) {
     case 0:
       gemm_t<0>(x, rows, ldx, static_cast<const float*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch, xs);
+                scratch, xs, mb);
       break;
     case 1:
 #ifdef SK_BF16DOT
       gemm_t<3>(x, rows, ldx, static_cast<const uint32_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch, xw);
+                scratch, xw, mb);
 #else
       gemm_t<1>(x, rows, ldx, static_cast<const uint16_t*>(data), nullptr, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch, xs);
+                scratch, xs, mb);
 #endif
       break;
     case 2:
       gemm_t<2>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch, xs);
+                scratch, xs, mb);
       break;
 #ifdef SK_BF16DOT
     case 3:
       gemm_t<4>(x, rows, ldx, static_cast<const int8_t*>(data), scale, N, K, bias, y, ldy, n_begin, n_end, act,
-                scratch, xw);
+                scratch, xw, mb);
       break;
 #endif
     default: break;
   }
 }
 
-static inline void pack_rows_entry(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, float* xs,
-                                   int64_t part, int64_t parts) {
+static inline void pack_rows_entry(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, int64_t mb,
+                                   float* xs, int64_t part, int64_t parts) {
   switch (wtype) {
-    case 0: pack_rows_t<0>(x, rows, ldx, K, xs, part, parts); break;
-    case 2: pack_rows_t<2>(x, rows, ldx, K, xs, part, parts); break;
+    case 0: pack_rows_t<0>(x, rows, ldx, K, mb, xs, part, parts); break;
+    case 2: pack_rows_t<2>(x, rows, ldx, K, mb, xs, part, parts); break;
 #ifdef SK_BF16DOT
-    case 1: pack_rows_t<3>(x, rows, ldx, K, reinterpret_cast<uint32_t*>(xs), part, parts); break;
-    case 3: pack_rows_t<4>(x, rows, ldx, K, reinterpret_cast<uint32_t*>(xs), part, parts); break;
+    case 1: pack_rows_t<3>(x, rows, ldx, K, mb, reinterpret_cast<uint32_t*>(xs), part, parts); break;
+    case 3: pack_rows_t<4>(x, rows, ldx, K, mb, reinterpret_cast<uint32_t*>(xs), part, parts); break;
 #else
-    case 1: pack_rows_t<1>(x, rows, ldx, K, xs, part, parts); break;
+    case 1: pack_rows_t<1>(x, rows, ldx, K, mb, xs, part, parts); break;
 #endif
     default: break;
   }
@@ -877,12 +877,13 @@ static inline void pack_rows_entry(int wtype, int64_t K, const float* x, int64_t
   int64_t scratch_size(int64_t rows, int64_t K) { return scratch_floats(rows, K); }                                \
   void gemm(int wtype, const void* data, const float* scale, int64_t N, int64_t K, const float* x, int64_t rows,   \
             int64_t ldx, const float* bias, float* y, int64_t ldy, int64_t n_begin, int64_t n_end, int act,        \
-            float* scratch, const float* xs) {                                                                     \
-    gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, act, scratch, xs);            \
+            float* scratch, const float* xs, int64_t mb) {                                                         \
+    gemm_entry(wtype, data, scale, N, K, x, rows, ldx, bias, y, ldy, n_begin, n_end, act, scratch, xs, mb);        \
   }                                                                                                                \
-  void pack_rows(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, float* xs, int64_t part,         \
-                 int64_t parts) {                                                                                  \
-    pack_rows_entry(wtype, K, x, rows, ldx, xs, part, parts);                                                      \
+  int64_t rows_per_block(int64_t rows, int64_t K) { return block_rows(rows, K); }                                  \
+  void pack_rows(int wtype, int64_t K, const float* x, int64_t rows, int64_t ldx, int64_t mb, float* xs,           \
+                 int64_t part, int64_t parts) {                                                                    \
+    pack_rows_entry(wtype, K, x, rows, ldx, mb, xs, part, parts);                                                  \
   }                                                                                                                \
   int pick(const float* x, int64_t n, int64_t* arg, float* sum) { return row_pick(x, n, arg, sum); }              \
   void attend(const float* q, const float* k, const float* v, int64_t D, int64_t len, float scale, float* scores,  \

@@ -212,7 +212,7 @@ at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, con
   auto cols = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1) {
     kernels::gemm_packed(xp + r0 * K, r1 - r0, K, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P), act);
   };
-  constexpr int64_t kRowBlock = 48, kSharedRows = 48;
+  constexpr int64_t kRowBlock = 48, kSharedRows = 48, kSharedBytes = int64_t{8} << 20;
   if (!split) {
     cols(0, rows, 0, panels);
   } else if (panels >= 4 * threads || rows < 2 * kRowBlock) {
@@ -220,14 +220,22 @@ at::Tensor run_kernels(const at::Tensor& x, const kernels::PackedWeight& pw, con
     // against 241-261 with one). With many rows x is packed once, all threads packing their share of it, and then
     // read by all: when every chunk packed all of x for itself, that was 7% of CLIP's samples at two threads (and
     // the share grows with the threads). Few rows (decoding) pack in microseconds: there a second job costs more.
+    // Rows go in groups of whole row blocks (the blocks gemm_packed would use, so the same tiles and results), at
+    // most kSharedBytes of packed x, which each calling thread keeps.
     if (rows >= kSharedRows) {
-      float* xs = kernels::thread_rows_scratch(kernels::packed_rows_floats(rows, K));
-      pool_for(threads, threads, threads, [&](int64_t b, int64_t e) {
-        for (int64_t part = b; part < e; ++part) kernels::pack_rows(xp, rows, K, pw, xs, static_cast<int>(part), threads);
-      });
-      pool_for(panels, threads, threads, [&](int64_t p0, int64_t p1) {
-        kernels::gemm_packed_rows(xs, rows, pw, bp, yp, N, p0 * P, std::min(N, p1 * P), act);
-      });
+      const int64_t block = kernels::rows_per_block(pw, rows);
+      const int64_t group = std::max<int64_t>(1, kSharedBytes / (block * K * 4)) * block;
+      float* xs = kernels::thread_rows_scratch(kernels::packed_rows_floats(std::min(rows, group), K));
+      for (int64_t r0 = 0; r0 < rows; r0 += group) {
+        const int64_t gr = std::min(group, rows - r0);
+        pool_for(threads, threads, threads, [&](int64_t b, int64_t e) {
+          for (int64_t part = b; part < e; ++part)
+            kernels::pack_rows(xp + r0 * K, gr, K, pw, block, xs, static_cast<int>(part), threads);
+        });
+        pool_for(panels, threads, threads, [&](int64_t p0, int64_t p1) {
+          kernels::gemm_packed_rows(xs, gr, block, pw, bp, yp + r0 * N, N, p0 * P, std::min(N, p1 * P), act);
+        });
+      }
     } else {
       pool_for(panels, threads, threads, [&](int64_t p0, int64_t p1) { cols(0, rows, p0, p1); });
     }

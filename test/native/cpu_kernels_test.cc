@@ -138,18 +138,32 @@ void run_case(Isa isa, WType t, const Case& c, Act act = Act::None, bool i8_dot 
       static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(xs_floats + 16) * sizeof(float))), &std::free);
   const float guard = -7777.f;  // nothing is written past the rows' rows * K floats
   for (int64_t i = c.rows * c.K; i < xs_floats + 16; ++i) xs.get()[i] = guard;
-  for (int part = 2; part >= 0; --part) pack_rows(x.data(), c.rows, ldx, *pw, xs.get(), part, 3);
+  const int64_t block = rows_per_block(*pw, c.rows);
+  for (int part = 2; part >= 0; --part) pack_rows(x.data(), c.rows, ldx, *pw, block, xs.get(), part, 3);
   bool kept = true;
   for (int64_t i = c.rows * c.K; i < xs_floats + 16; ++i) kept = kept && xs.get()[i] == guard;
   CHECK(kept, "%s %s K %ld rows %ld: pack_rows wrote past its rows", isa_name(isa), wtype_name(t), (long)c.K,
         (long)c.rows);
   std::vector<float> y2(static_cast<size_t>(c.rows * ldy), sentinel);
   const int64_t mid = std::min(n_end, n_begin + ((n_end - n_begin) / P / 2) * P);
-  gemm_packed_rows(xs.get(), c.rows, *pw, c.bias ? bias.data() : nullptr, y2.data(), ldy, n_begin, mid, act);
-  gemm_packed_rows(xs.get(), c.rows, *pw, c.bias ? bias.data() : nullptr, y2.data(), ldy, mid, n_end, act);
+  gemm_packed_rows(xs.get(), c.rows, block, *pw, c.bias ? bias.data() : nullptr, y2.data(), ldy, n_begin, mid, act);
+  gemm_packed_rows(xs.get(), c.rows, block, *pw, c.bias ? bias.data() : nullptr, y2.data(), ldy, mid, n_end, act);
   CHECK(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)) == 0,
         "%s %s N %ld K %ld rows %ld: packed rows differ from gemm_packed", isa_name(isa), wtype_name(t), (long)c.N,
         (long)c.K, (long)c.rows);
+  // And in groups of whole blocks, each packed and multiplied on its own (as split products with many rows run).
+  if (c.rows > block) {
+    std::vector<float> y3(static_cast<size_t>(c.rows * ldy), sentinel);
+    for (int64_t r0 = 0; r0 < c.rows; r0 += block) {
+      const int64_t gr = std::min(block, c.rows - r0);
+      pack_rows(x.data() + r0 * ldx, gr, ldx, *pw, block, xs.get(), 0, 1);
+      gemm_packed_rows(xs.get(), gr, block, *pw, c.bias ? bias.data() : nullptr, y3.data() + r0 * ldy, ldy, n_begin,
+                       n_end, act);
+    }
+    CHECK(std::memcmp(y.data(), y3.data(), y.size() * sizeof(float)) == 0,
+          "%s %s N %ld K %ld rows %ld: packed row groups differ from gemm_packed", isa_name(isa), wtype_name(t),
+          (long)c.N, (long)c.K, (long)c.rows);
+  }
 }
 
 void test_products() {
