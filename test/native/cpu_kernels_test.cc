@@ -535,6 +535,17 @@ void test_attend_queries() {
             for (int64_t d = 0; d < D; ++d) kt[d * ldk + t] = k[t * D + d];  // the padding stays random
           std::vector<float> out(nq * ldo, NAN), scores(ldk);
           attend_queries(q.data(), ldq, nq, kt.data(), ldk, v.data(), D, D, Tk, causal, scores.data(), out.data(), ldo, isa);
+          // Each query alone (over the keys it sees) gives bitwise its row of the batch.
+          bool alone_same = true;
+          for (int64_t i = 0; i < nq; ++i) {
+            const int64_t len = causal ? Tk - nq + i + 1 : Tk;
+            std::vector<float> one(D, NAN);
+            attend_queries(q.data() + i * ldq, ldq, 1, kt.data(), ldk, v.data(), D, D, len, false, scores.data(),
+                           one.data(), D, isa);
+            alone_same = alone_same && std::memcmp(one.data(), out.data() + i * ldo, D * sizeof(float)) == 0;
+          }
+          CHECK(alone_same, "%s attend_queries D %ld Tk %ld causal %d: a query alone differs from its row in the batch",
+                isa_name(isa), (long)D, (long)Tk, causal);
           double worst = 0;
           for (int64_t i = 0; i < nq; ++i) {
             const int64_t len = causal ? Tk - nq + i + 1 : Tk;
