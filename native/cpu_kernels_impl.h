@@ -383,63 +383,38 @@ struct Cut {
   int size(int64_t t) const { return static_cast<int>(t + 1 < nt ? RMAX : rows - t * RMAX); }
 };
 
-#if SK_VBYTES == 64
-// Rows x[0..R) (R <= 16, the missing rows zero), k .. k + 15, as 16 columns: out[q] = (x[0][k + q], ..., x[15][k + q]).
-static inline void transpose16(const float* x, int64_t ldx, int R, int64_t k, __m512 (&out)[16]) {
-  __m512 v[16], t[16];
+// Zip of blocks of S floats: lo takes the first block of each pair of blocks from a, then from b; hi the second
+// (Eklundh's transpose, one round). The masks are constants once unrolled (one permute each).
+template <int S>
+static inline void zip_blocks(vf a, vf b, vf& lo, vf& hi) {
+  vi ml, mh;
 #pragma GCC unroll 16
-  for (int r = 0; r < 16; ++r) v[r] = r < R ? _mm512_loadu_ps(x + r * ldx + k) : _mm512_setzero_ps();
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  for (int p = 0; p < V; ++p) {
+    const int chunk = p / (2 * S) * (2 * S), off = p % (2 * S);
+    ml[p] = off < S ? chunk + off : V + chunk + off - S;
+    mh[p] = off < S ? chunk + S + off : V + chunk + off;
   }
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-    v[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    v[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    v[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    v[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const __m512 a = _mm512_shuffle_f32x4(v[j], v[4 + j], 0x88), b = _mm512_shuffle_f32x4(v[j], v[4 + j], 0xDD);
-    const __m512 c = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0x88), d = _mm512_shuffle_f32x4(v[8 + j], v[12 + j], 0xDD);
-    out[j] = _mm512_shuffle_f32x4(a, c, 0x88);
-    out[j + 8] = _mm512_shuffle_f32x4(a, c, 0xDD);
-    out[j + 4] = _mm512_shuffle_f32x4(b, d, 0x88);
-    out[j + 12] = _mm512_shuffle_f32x4(b, d, 0xDD);
+  lo = __builtin_shuffle(a, b, ml);
+  hi = __builtin_shuffle(a, b, mh);
+}
+
+template <int S>
+static inline void transpose_rounds(vf (&v)[V]) {
+  if constexpr (S >= 1) {
+#pragma GCC unroll 16
+    for (int i = 0; i < V; ++i)
+      if ((i & S) == 0) zip_blocks<S>(v[i], v[i + S], v[i], v[i + S]);
+    transpose_rounds<S / 2>(v);
   }
 }
-#elif SK_VBYTES == 32
-// Rows x[0..R) (R <= 8, the missing rows zero), k .. k + 7, as 8 columns: out[q] = (x[0][k + q], ..., x[7][k + q]).
-static inline void transpose8(const float* x, int64_t ldx, int R, int64_t k, __m256 (&out)[8]) {
-  __m256 v[8], t[8];
-#pragma GCC unroll 8
-  for (int r = 0; r < 8; ++r) v[r] = r < R ? _mm256_loadu_ps(x + r * ldx + k) : _mm256_setzero_ps();
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-  }
-#pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i) {
-    const __m256d a = _mm256_castps_pd(t[4 * i]), b = _mm256_castps_pd(t[4 * i + 1]);
-    const __m256d c = _mm256_castps_pd(t[4 * i + 2]), d = _mm256_castps_pd(t[4 * i + 3]);
-    v[4 * i] = _mm256_castpd_ps(_mm256_unpacklo_pd(a, c));
-    v[4 * i + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a, c));
-    v[4 * i + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(b, d));
-    v[4 * i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(b, d));
-  }
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    out[j] = _mm256_permute2f128_ps(v[j], v[4 + j], 0x20);
-    out[j + 4] = _mm256_permute2f128_ps(v[j], v[4 + j], 0x31);
-  }
+
+// Rows x[0..R) (R <= V, the missing rows zero), k .. k + V - 1, as V columns: out[q] = (x[0][k + q], ...,
+// x[V - 1][k + q]).
+static inline void transpose_block(const float* x, int64_t ldx, int R, int64_t k, vf (&out)[V]) {
+#pragma GCC unroll 16
+  for (int r = 0; r < V; ++r) out[r] = r < R ? vload(x + r * ldx + k) : vf{};
+  transpose_rounds<V / 2>(out);
 }
-#endif
 
 // One tile's R rows of x ([R, K], row stride ldx) k-major into dst: dst[k * R + r] = x[r][k]; for the pair rows,
 // bf16 pairs (x[2i], x[2i + 1]) in one word, the high half 0 past an odd K. Float rows are transposed in registers
@@ -458,30 +433,26 @@ static void pack_tile(const float* x, int64_t ldx, int R, int64_t K, typename Ro
   }
 #endif
   int64_t k = 0;
+#if SK_VBYTES >= 32
+  for (; R <= V && k + V <= K; k += V) {  // (the wide test build tiles 12 rows on AVX2: those go lane by lane)
+    vf col[V];
+    transpose_block(x, ldx, R, k, col);
 #if SK_VBYTES == 64
-  const __mmask16 lanes = static_cast<__mmask16>((1u << R) - 1);
-  for (; R <= 16 && k + 16 <= K; k += 16) {
-    __m512 col[16];
-    transpose16(x, ldx, R, k, col);
+    const __mmask16 lanes = static_cast<__mmask16>((1u << R) - 1);
 #pragma GCC unroll 16
-    for (int q = 0; q < 16; ++q) _mm512_mask_storeu_ps(dst + (k + q) * R, lanes, col[q]);
-  }
-#elif SK_VBYTES == 32
-  for (; R <= 8 && k + 8 <= K; k += 8) {  // (the wide test build tiles 12 rows on AVX2: those go lane by lane)
-    __m256 col[8];
-    transpose8(x, ldx, R, k, col);
-    // Whole vectors, each spilling 8 - R lanes into the columns after it, which are written later (columns go in
+    for (int q = 0; q < V; ++q) _mm512_mask_storeu_ps(dst + (k + q) * R, lanes, (__m512)col[q]);
+#else
+    // Whole vectors, each spilling V - R lanes into the columns after it, which are written later (columns go in
     // order); a column whose spill would pass the tile's end goes lane by lane.
 #pragma GCC unroll 8
-    for (int q = 0; q < 8; ++q) {
-      if ((k + q) * R + 8 <= K * R) {
-        _mm256_storeu_ps(dst + (k + q) * R, col[q]);
+    for (int q = 0; q < V; ++q) {
+      if ((k + q) * R + V <= K * R) {
+        vstore(dst + (k + q) * R, col[q]);
       } else {
-        float t[8];
-        _mm256_storeu_ps(t, col[q]);
-        for (int r = 0; r < R; ++r) dst[(k + q) * R + r] = t[r];
+        for (int r = 0; r < R; ++r) dst[(k + q) * R + r] = col[q][r];
       }
     }
+#endif
   }
 #endif
   for (; k < K; ++k)
