@@ -439,14 +439,18 @@ void repack_f32(PackedWeight& pw, const float* w, bool w_is_kn, int64_t ldw, int
 }
 
 namespace {
+void check_runs(const char* fn, const PackedWeight& w) {
+  if (static_cast<int>(w.isa) > static_cast<int>(best_isa()))
+    throw std::invalid_argument(std::string("cpu_kernels::") + fn + ": weight packed for " + isa_name(w.isa) +
+                                ", which this CPU does not run");
+}
+
 void check_product(const char* fn, int64_t rows, const PackedWeight& w, int64_t n_begin, int64_t n_end, Act act) {
   if (rows < 0 || n_begin < 0 || n_end > w.N || n_begin > n_end || w.panel <= 0 || n_begin % w.panel != 0)
     throw std::invalid_argument(std::string("cpu_kernels::") + fn + ": bad column range [" + std::to_string(n_begin) +
                                 ", " + std::to_string(n_end) + ") for N " + std::to_string(w.N) + ", panel " +
                                 std::to_string(w.panel));
-  if (static_cast<int>(w.isa) > static_cast<int>(best_isa()))
-    throw std::invalid_argument(std::string("cpu_kernels::") + fn + ": weight packed for " + isa_name(w.isa) +
-                                ", which this CPU does not run");
+  check_runs(fn, w);
   if (act != Act::None && act != Act::QuickGelu && act != Act::GeluTanh)
     throw std::invalid_argument(std::string("cpu_kernels::") + fn + ": unknown activation");
 }
@@ -456,29 +460,31 @@ int wtype_code(const PackedWeight& w) {
   return w.type == WType::I8 && w.i8_dot && w.isa == Isa::Avx512Bf16 ? 3 : static_cast<int>(w.type);
 }
 
-// xs: rows packed by pack_rows in blocks of mb, or null (each call packs x into its thread's scratch).
+// xs: rows packed by pack_rows in blocks of mb, or null (each call packs x into its thread's scratch). With xs the
+// scratch holds only what a product needs besides x (a widened int8 panel): the scratch of 0 rows.
 void run_gemm(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w, const float* bias, float* y,
               int64_t ldy, int64_t n_begin, int64_t n_end, Act act, const float* xs, int64_t mb) {
   const int t = wtype_code(w);
   const int a = static_cast<int>(act);
+  const int64_t sr = xs ? 0 : rows;
   switch (w.isa) {
     case Isa::Portable: {
-      float* s = thread_scratch(portable::scratch_size(rows, w.K));
+      float* s = thread_scratch(portable::scratch_size(sr, w.K));
       portable::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs, mb);
       break;
     }
     case Isa::Avx2: {
-      float* s = thread_scratch(avx2::scratch_size(rows, w.K));
+      float* s = thread_scratch(avx2::scratch_size(sr, w.K));
       avx2::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs, mb);
       break;
     }
     case Isa::Avx512: {
-      float* s = thread_scratch(avx512::scratch_size(rows, w.K));
+      float* s = thread_scratch(avx512::scratch_size(sr, w.K));
       avx512::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs, mb);
       break;
     }
     case Isa::Avx512Bf16: {
-      float* s = thread_scratch(avx512bf16::scratch_size(rows, w.K));
+      float* s = thread_scratch(avx512bf16::scratch_size(sr, w.K));
       avx512bf16::gemm(t, w.data, w.scale, w.N, w.K, x, rows, ldx, bias, y, ldy, n_begin, n_end, a, s, xs, mb);
       break;
     }
@@ -512,9 +518,7 @@ void pack_rows(const float* x, int64_t rows, int64_t ldx, const PackedWeight& w,
                int parts) {
   if (rows < 0 || (rows > 0 && ldx < w.K) || block < 1 || parts < 1 || part < 0 || part >= parts || (rows > 0 && !xs))
     throw std::invalid_argument("cpu_kernels::pack_rows: bad rows, stride, block, buffer or part");
-  if (static_cast<int>(w.isa) > static_cast<int>(best_isa()))
-    throw std::invalid_argument(std::string("cpu_kernels::pack_rows: weight packed for ") + isa_name(w.isa) +
-                                ", which this CPU does not run");
+  check_runs("pack_rows", w);
   if (rows == 0) return;
   const int t = wtype_code(w);
   switch (w.isa) {

@@ -583,7 +583,7 @@ static void gemm_t(const float* x, int64_t rows, int64_t ldx, const typename Row
       const typename Row<T>::E* w[SEG];
 #ifdef SK_BF16DOT
       if constexpr (Row<T>::widen_panel) {
-        uint32_t* panel = reinterpret_cast<uint32_t*>(scratch + x_floats(rows, K));
+        uint32_t* panel = reinterpret_cast<uint32_t*>(scratch + (xs ? 0 : x_floats(rows, K)));  // (see run_gemm)
         widen_panel(data, np, K, p, panel);
         for (int s = 0; s < SEG; ++s) w[s] = panel + seg_start(KR, s) * P;
       } else
