@@ -236,12 +236,18 @@ std::vector<RowToken> DecodeBatch::add(const Gpt2Model& gpt, const at::Tensor& p
         const size_t L = tmp.k.size();
         row.cache.k.resize(L);
         row.cache.v.resize(L);
+        // Every layer's keys and values in one block: large enough for the CPU cache of freed memory (cpu_allocator),
+        // so the next caption's rows reuse pages already mapped. A buffer per layer (150 KB for GPT-2 at 50
+        // positions) went to malloc, and each decoding step wrote its new position into pages it had never touched:
+        // ~145 page faults per step at batch 8, 12 us each on a VM measured (a sixth of a step).
+        auto shape = tmp.k[0].sizes().vec();
+        shape[0] = 1;
+        shape[2] = row.cache.capacity;
+        shape.insert(shape.begin(), static_cast<int64_t>(2 * L));
+        const at::Tensor block = at::empty(shape, tmp.k[0].options());
         for (size_t i = 0; i < L; ++i) {
-          auto shape = tmp.k[i].sizes().vec();
-          shape[0] = 1;
-          shape[2] = row.cache.capacity;
-          row.cache.k[i] = at::empty(shape, tmp.k[i].options());
-          row.cache.v[i] = at::empty(shape, tmp.v[i].options());
+          row.cache.k[i] = block[static_cast<int64_t>(2 * i)];
+          row.cache.v[i] = block[static_cast<int64_t>(2 * i + 1)];
           row.cache.k[i].narrow(2, 0, K).copy_(tmp.k[i].narrow(0, r, 1));
           row.cache.v[i].narrow(2, 0, K).copy_(tmp.v[i].narrow(0, r, 1));
         }
