@@ -710,7 +710,29 @@ static void attend_one(const float* q, const float* k, const float* v, int64_t D
     __builtin_prefetch(v + i);
   }
   float mx = -__builtin_inff();
-  for (int64_t t = 0; t < len; ++t) {
+  int64_t t = 0;
+  if (D % V == 0) {
+    // V keys at a time: their dot products as V vectors of partial sums, transposed in registers so that lane t of
+    // the sum of the V columns, added in order, is key t's horizontal sum: the same additions in the same order as
+    // the one-key loop below (bitwise the same scores), without a chain of V scalar additions per key.
+    for (; t + V <= len; t += V) {
+      vf acc[V];
+#pragma GCC unroll 16
+      for (int j = 0; j < V; ++j) {
+        const float* kt = k + (t + j) * D;
+        vf a = vf{};
+        for (int64_t d = 0; d < D; d += V) a = vfma(vload(q + d), vload(kt + d), a);
+        acc[j] = a;
+      }
+      transpose_rounds<V / 2>(acc);
+      vf s = vf{};
+#pragma GCC unroll 16
+      for (int j = 0; j < V; ++j) s += acc[j];
+      vstore(scores + t, s * vset1(scale));
+    }
+    for (int64_t u = 0; u < t; ++u) mx = scores[u] > mx ? scores[u] : mx;
+  }
+  for (; t < len; ++t) {
     const float* kt = k + t * D;
     vf acc = vf{};
     for (int64_t d = 0; d < DV; d += V) acc = vfma(vload(q + d), vload(kt + d), acc);
