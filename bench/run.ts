@@ -643,6 +643,26 @@ for (const r of rows) {
 const table = lines.join('\n')
 results.table = rows
 
+// Each target as a time: met or not, and whether it asks for less than this machine's floor (the FLOPs at the best
+// matmul rate measured here, or the bytes at the best bandwidth), which no float32 implementation reaches with the
+// same arithmetic.
+function targetMs(r: Row): number {
+  const m = /^(?:latency <=|throughput >=|<=|>=) ([\d.]+)x (ORT|floor|eager)$/.exec(r.target ?? '')
+  if (!m) return NaN
+  const f = Number(m[1])
+  if (m[2] === 'ORT') return r.target!.startsWith('latency') ? (r.ort ?? NaN) * f : (r.ort ?? NaN) / f
+  if (m[2] === 'floor') return r.floor * f
+  return r.eagerSame / f
+}
+const targetLines = rows
+  .filter((r) => Number.isFinite(targetMs(r)) && Number.isFinite(r.addon))
+  .map((r) => {
+    const t = targetMs(r)
+    const below = Number.isFinite(r.floor) && t < r.floor ? `; below the floor (${f0(r.floor)} ms): out of reach in float32 here` : ''
+    return `- ${r.what}, ${r.threads} thread(s): target ${r.target} = ${f0(t)} ms; semicap ${f0(r.addon)} ms: ${r.addon <= t ? 'met' : 'not met'}${below}`
+  })
+results.targets = targetLines
+
 const prof = results.addon.caption_profile ?? {}
 const profLines: string[] = []
 for (const [T, p] of Object.entries(prof as Record<string, Record<string, number>>)) {
@@ -689,6 +709,9 @@ const md = [
   '',
   table,
   '',
+  'Targets as times (ORT and eager: same threads):',
+  ...targetLines,
+  '',
   `Cross-check: addon and eager greedy ids identical in ${results.check.greedy_rows_identical} / ${results.check.rows} rows (batch 8, same pixels and weights; first differing positions ${JSON.stringify(results.check.first_differing_position)}).`,
   ...(results.check.ort
     ? [
@@ -727,6 +750,7 @@ const md = [
 results.loads = loads
 
 console.log('\n' + table + '\n')
+console.log(targetLines.join('\n'))
 console.log(`cross-check: ${results.check.greedy_rows_identical} / ${results.check.rows} greedy rows identical (addon vs eager)`)
 if (results.check.ort) console.log(`three-way: ORT = addon ${results.check.ort.ort_vs_addon} / ${results.check.ort.rows}, ORT = eager ${results.check.ort.ort_vs_eager ?? '–'} / ${results.check.ort.rows}`)
 console.log(profLines.join('\n'))
