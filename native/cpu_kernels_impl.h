@@ -49,12 +49,16 @@ constexpr int RMAX = SK_RMAX;
 constexpr int SEG = 4;                        // K segments of the layout (pack() asks segments())
 // The first tile of a panel pulls it from memory. When that tile has many rows its arithmetic keeps the core busy
 // and the hardware prefetcher alone no longer keeps enough of the weight in flight: such tiles also prefetch the
-// weight PF_AHEAD panel rows ahead (into L2). Measured on a Zen 4, one thread, weights from DRAM (GB/s of weight
-// read, logits 768 x 50257): float32 8 rows 18-19 -> 22-25, bf16 pairs 8 rows 16-19 -> 24-25 on AVX-512; the same
-// prefetch at 1-4 rows (light tiles, which the hardware prefetcher alone feeds at 28-32 GB/s) cost 10-25%, so it
-// starts at two thirds of a full tile (8 rows of 12, 4 of 6). Not on SSE2 (the portable loop, narrow panel rows).
+// weight PF_AHEAD_BYTES ahead in each of its 4 streams (into L2). Measured on a Zen 4, one thread, weights from DRAM
+// (GB/s of weight read, logits 768 x 50257): float32 8 rows 18-19 -> 22-25, bf16 pairs 8 rows 16-19 -> 24-25 on
+// AVX-512; the same prefetch at 1-4 rows (light tiles, which the hardware prefetcher alone feeds at 28-32 GB/s) cost
+// 10-25%, so it starts at two thirds of a full tile (8 rows of 12, 4 of 6). Not on SSE2 (the portable loop, narrow
+// panel rows). The distance is in bytes, not panel rows (a float32 row is twice a bf16 one): on a Zen 5 VM, 8 rows,
+// 512 MB of weights rotated, 2 KiB beat 1 and 4 KiB for float32 (GPT-2's products 8-15% faster than at 4 KiB, the
+// old 32 float32 rows) and for bf16 (2 KiB = the old 32 bf16 rows); int8 and AVX2 (2 KiB = the old 32 float32 rows)
+// did not move, nor did 400-row (CLIP) products.
 constexpr int PF_MIN_ROWS = SK_VBYTES >= 32 ? (2 * RMAX + 2) / 3 : RMAX + 1;
-constexpr int64_t PF_AHEAD = 32;
+constexpr int64_t PF_AHEAD_BYTES = 2048;
 #ifndef SK_X_BYTES
 #define SK_X_BYTES (4 * 1024 * 1024)
 #endif
@@ -248,7 +252,7 @@ template <int T> struct Runs {
   int extra;
 };
 
-// out[r][0..1] = sum over the runs' rows k of x[k][r] * (weight row k). PF: also prefetch the runs PF_AHEAD rows
+// out[r][0..1] = sum over the runs' rows k of x[k][r] * (weight row k). PF: also prefetch the runs PF_AHEAD_BYTES
 // ahead (see PF_MIN_ROWS).
 template <int T, int R, bool PF>
 static inline void tile(const Runs<T>& q, vf (&out)[R][2]) {
@@ -268,7 +272,8 @@ static inline void tile(const Runs<T>& q, vf (&out)[R][2]) {
       typename Row<T>::W a, b;
       if constexpr (PF) {  // prefetches never fault, so reading past the weight's end is harmless
         constexpr int64_t row_bytes = sizeof(typename Row<T>::E) * P;
-        const char* ahead = reinterpret_cast<const char*>(w[s] + (i + PF_AHEAD) * P);
+        constexpr int64_t ahead_rows = PF_AHEAD_BYTES / row_bytes > 0 ? PF_AHEAD_BYTES / row_bytes : 1;
+        const char* ahead = reinterpret_cast<const char*>(w[s] + (i + ahead_rows) * P);
         __builtin_prefetch(ahead, 0, 1);
         if constexpr (row_bytes > 64) __builtin_prefetch(ahead + 64, 0, 1);
       }
