@@ -54,9 +54,9 @@ constexpr int SEG = 4;                        // K segments of the layout (pack(
 // AVX-512; the same prefetch at 1-4 rows (light tiles, which the hardware prefetcher alone feeds at 28-32 GB/s) cost
 // 10-25%, so it starts at two thirds of a full tile (8 rows of 12, 4 of 6). Not on SSE2 (the portable loop, narrow
 // panel rows). The distance is in bytes, not panel rows (a float32 row is twice a bf16 one): on a Zen 5 VM, 8 rows,
-// 512 MB of weights rotated, 2 KiB beat 1 and 4 KiB for float32 (GPT-2's products 8-15% faster than at 4 KiB, the
-// old 32 float32 rows) and for bf16 (2 KiB = the old 32 bf16 rows); int8 and AVX2 (2 KiB = the old 32 float32 rows)
-// did not move, nor did 400-row (CLIP) products.
+// 512 MB of weights rotated, 2 KiB beat 1 and 4 KiB for float32 (GPT-2's products 5-15% faster than at 4 KiB, the
+// old 32 rows of 128 B) and for bf16 (2 KiB: the old 32 rows of 64 B); int8 (1 -> 2 KiB), AVX2 float32 (2 KiB
+// before and after) and 400-row (CLIP) products did not move.
 constexpr int PF_MIN_ROWS = SK_VBYTES >= 32 ? (2 * RMAX + 2) / 3 : RMAX + 1;
 constexpr int64_t PF_AHEAD_BYTES = 2048;
 #ifndef SK_X_BYTES
@@ -272,8 +272,8 @@ static inline void tile(const Runs<T>& q, vf (&out)[R][2]) {
       typename Row<T>::W a, b;
       if constexpr (PF) {  // prefetches never fault, so reading past the weight's end is harmless
         constexpr int64_t row_bytes = sizeof(typename Row<T>::E) * P;
-        constexpr int64_t ahead_rows = PF_AHEAD_BYTES / row_bytes > 0 ? PF_AHEAD_BYTES / row_bytes : 1;
-        const char* ahead = reinterpret_cast<const char*>(w[s] + (i + ahead_rows) * P);
+        static_assert(PF_AHEAD_BYTES >= row_bytes, "the prefetch distance is at least one panel row");
+        const char* ahead = reinterpret_cast<const char*>(w[s] + (i + PF_AHEAD_BYTES / row_bytes) * P);
         __builtin_prefetch(ahead, 0, 1);
         if constexpr (row_bytes > 64) __builtin_prefetch(ahead + 64, 0, 1);
       }

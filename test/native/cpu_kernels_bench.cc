@@ -85,8 +85,9 @@ struct Shape {
 };
 
 bool g_hot = false;
-// > the 32 MiB L3 of the machines measured. --cold-mb 512: a working set as large as GPT-2's weights (on a VM with
-// nested paging, products then run ~15% slower than at 96 MB, as they do inside a decoding step).
+// > the 32 MiB L3 of the machines measured, in at most 64 copies (a weight under 1.5 MiB rotates through less).
+// --cold-mb 512: GPT-2's larger weights rotate through as much memory as decoding streams (on a VM with nested
+// paging, products then run ~15% slower than at 96 MB, as they do inside a decoding step).
 size_t g_cold_bytes = 96u << 20;
 
 int copies_for(size_t bytes) {
